@@ -1,0 +1,435 @@
+//! The typed contents of `kiln.toml`: every key, its default, and its validation.
+//!
+//! Unknown keys are refused (`deny_unknown_fields`) so a typo never goes unnoticed; values that
+//! need checking beyond their type carry their span so errors can name the line.
+
+use crate::port::PortForward;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::ops::Range;
+use toml::Spanned;
+
+/// The whole of kiln.toml.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The service name: lowercase letters, digits, `-` and `_`, at most 63 characters.
+    #[serde(deserialize_with = "de_name")]
+    pub name: String,
+    /// Free text shown by `kiln ps` and the web console.
+    #[serde(default)]
+    pub description: String,
+    /// Which kernel boots the VM.
+    #[serde(default)]
+    pub kernel: KernelChoice,
+    /// Extra kernel command-line arguments, appended after Kiln's own.
+    #[serde(default)]
+    pub cmdline: String,
+    /// Virtual CPUs (1–64).
+    #[serde(default = "default_cpus", deserialize_with = "de_cpus")]
+    pub cpus: u32,
+    /// Guest memory in MiB (16–65536).
+    #[serde(default = "default_memory", deserialize_with = "de_memory")]
+    pub memory: u32,
+    /// Port forwards used by `kiln run` when no `-p` is given.
+    #[serde(default)]
+    pub ports: Vec<PortForward>,
+    /// When the service counts as ready: `"tcp:PORT"`, `"exit"` or `"none"`.
+    #[serde(default)]
+    pub ready: Ready,
+    /// Seconds the host waits for readiness before stopping the VM and reporting failure.
+    #[serde(default = "default_ready_timeout", deserialize_with = "de_timeout")]
+    pub ready_timeout: u32,
+    /// How the image is packed.
+    #[serde(default)]
+    pub image: ImageFormat,
+    /// What goes in the root filesystem.
+    #[serde(default)]
+    pub root: Root,
+    /// Guest network settings.
+    #[serde(default)]
+    pub network: Network,
+    /// Environment variables given to etc/rc.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+}
+
+/// `kernel = "debian" | "debian:PACKAGE" | "PATH"`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KernelChoice {
+    /// A Debian kernel package (default `linux-image-cloud-amd64`).
+    Debian(String),
+    /// A kernel file, relative to the recipe folder or absolute (span kept for errors).
+    File(Spanned<String>),
+}
+
+/// The default Debian kernel package.
+pub const DEFAULT_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
+
+impl Default for KernelChoice {
+    fn default() -> Self {
+        KernelChoice::Debian(DEFAULT_KERNEL_PACKAGE.into())
+    }
+}
+
+impl<'de> Deserialize<'de> for KernelChoice {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s: Spanned<String> = Spanned::deserialize(d)?;
+        let v = s.get_ref().trim();
+        if v == "debian" {
+            return Ok(KernelChoice::Debian(DEFAULT_KERNEL_PACKAGE.into()));
+        }
+        if let Some(pkg) = v.strip_prefix("debian:") {
+            if pkg.is_empty()
+                || !pkg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-+.".contains(c))
+            {
+                return Err(serde::de::Error::custom(format!(
+                    "kernel: `{v}` is not a Debian package name (expected debian:linux-image-…)"
+                )));
+            }
+            return Ok(KernelChoice::Debian(pkg.into()));
+        }
+        if v.is_empty() {
+            return Err(serde::de::Error::custom(
+                "kernel: empty; use \"debian\" or the path of a bzImage/vmlinux",
+            ));
+        }
+        Ok(KernelChoice::File(s))
+    }
+}
+
+/// The readiness check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Ready {
+    /// A TCP port listening inside the guest.
+    Tcp(u16),
+    /// etc/rc exiting with status 0.
+    Exit,
+    /// Ready as soon as etc/rc starts.
+    #[default]
+    None,
+}
+
+impl Ready {
+    /// The form written to init.conf and kiln.toml.
+    pub fn as_conf(&self) -> String {
+        match self {
+            Ready::Tcp(p) => format!("tcp:{p}"),
+            Ready::Exit => "exit".into(),
+            Ready::None => "none".into(),
+        }
+    }
+}
+
+impl std::str::FromStr for Ready {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "exit" => Ok(Ready::Exit),
+            "none" => Ok(Ready::None),
+            _ => {
+                let port = s.strip_prefix("tcp:").ok_or_else(|| {
+                    format!("ready: `{s}` is not one of \"tcp:PORT\", \"exit\", \"none\"")
+                })?;
+                match port.parse::<u16>() {
+                    Ok(p) if p > 0 => Ok(Ready::Tcp(p)),
+                    _ => Err(format!("ready: `{port}` is not a TCP port (1–65535)")),
+                }
+            }
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Ready {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[image]`: how the root filesystem is packed.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ImageFormat {
+    /// Only `"initramfs"` today.
+    #[serde(default = "default_format", deserialize_with = "de_format")]
+    pub format: String,
+    /// `zstd` (default), `xz` (CRC32, as the kernel needs), `gzip` or `none`.
+    #[serde(default)]
+    pub compression: Compression,
+}
+
+impl Default for ImageFormat {
+    fn default() -> Self {
+        ImageFormat {
+            format: default_format(),
+            compression: Compression::default(),
+        }
+    }
+}
+
+/// Initramfs compression.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// zstd: fast to decompress, the default.
+    #[default]
+    Zstd,
+    /// xz with CRC32 check: smallest.
+    Xz,
+    /// gzip.
+    Gzip,
+    /// Uncompressed.
+    None,
+}
+
+impl Compression {
+    /// The name used in kiln.toml.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Gzip => "gzip",
+            Compression::None => "none",
+        }
+    }
+}
+
+/// `[root]`: what goes in the root filesystem besides etc/rc, files/ and common/.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Root {
+    /// Install busybox (from Debian's busybox-static) and its applet links.
+    #[serde(default = "yes")]
+    pub busybox: bool,
+    /// Host executables copied with their shared-library closure.
+    #[serde(default)]
+    pub binaries: Vec<Spanned<String>>,
+    /// Host files copied as they are: `"/etc/foo"` or `"/host/path:/guest/path"`.
+    #[serde(default)]
+    pub files: Vec<Spanned<String>>,
+    /// Kernel modules to load besides the virtio set.
+    #[serde(default)]
+    pub modules: Vec<String>,
+}
+
+impl Default for Root {
+    fn default() -> Self {
+        Root {
+            busybox: true,
+            binaries: vec![],
+            files: vec![],
+            modules: vec![],
+        }
+    }
+}
+
+/// `[network]`: the guest side of the network.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// `"user"` (QEMU user networking, the default) or `"none"`.
+    #[serde(default = "default_net_mode", deserialize_with = "de_net_mode")]
+    pub mode: String,
+    /// Guest address with prefix.
+    #[serde(default = "default_address")]
+    pub address: String,
+    /// Default gateway.
+    #[serde(default = "default_gateway")]
+    pub gateway: String,
+    /// DNS server.
+    #[serde(default = "default_dns")]
+    pub dns: String,
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Network {
+            mode: default_net_mode(),
+            address: default_address(),
+            gateway: default_gateway(),
+            dns: default_dns(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse kiln.toml text; on error, the span (if known) and the message.
+    pub fn parse(text: &str) -> Result<Config, (Option<Range<usize>>, String)> {
+        let cfg: Config = toml::from_str(text).map_err(|e| (e.span(), e.message().to_string()))?;
+        cfg.validate(text)?;
+        Ok(cfg)
+    }
+
+    fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
+        if self.network.mode == "user" {
+            let at = |key: &str, m: String| (find_key(text, key), format!("network.{key}: {m}"));
+            check_cidr(&self.network.address).map_err(|m| at("address", m))?;
+            check_ip(&self.network.gateway).map_err(|m| at("gateway", m))?;
+            check_ip(&self.network.dns).map_err(|m| at("dns", m))?;
+        }
+        for b in &self.root.binaries {
+            if !b.get_ref().starts_with('/') {
+                return Err((
+                    Some(b.span()),
+                    format!(
+                        "root.binaries: `{}` must be an absolute host path (for example /usr/bin/curl)",
+                        b.get_ref()
+                    ),
+                ));
+            }
+        }
+        for f in &self.root.files {
+            let (src, dst) = split_file_spec(f.get_ref());
+            if !src.starts_with('/') || !dst.starts_with('/') {
+                return Err((
+                    Some(f.span()),
+                    format!(
+                        "root.files: `{}` must be an absolute host path, or HOST:GUEST with both absolute",
+                        f.get_ref()
+                    ),
+                ));
+            }
+        }
+        for (k, _) in &self.env {
+            if k.is_empty() || k.contains('=') || k.chars().any(|c| c.is_whitespace()) {
+                return Err((
+                    find_key(text, k),
+                    format!("env: `{k}` is not a valid variable name"),
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Split a `root.files` entry into (host path, guest path).
+pub fn split_file_spec(s: &str) -> (&str, &str) {
+    match s.split_once(':') {
+        Some((a, b)) => (a, b),
+        None => (s, s),
+    }
+}
+
+/// The span of the first line that assigns `key` (for errors found after parsing).
+fn find_key(text: &str, key: &str) -> Option<Range<usize>> {
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        let t = t.strip_prefix('"').unwrap_or(t);
+        if let Some(rest) = t.strip_prefix(key) {
+            let rest = rest.strip_prefix('"').unwrap_or(rest).trim_start();
+            if rest.starts_with('=') {
+                let start = offset + (line.len() - line.trim_start().len());
+                return Some(start..start + key.len());
+            }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+fn check_ip(s: &str) -> Result<(), String> {
+    s.parse::<std::net::Ipv4Addr>()
+        .map(|_| ())
+        .map_err(|_| format!("`{s}` is not an IPv4 address"))
+}
+
+fn check_cidr(s: &str) -> Result<(), String> {
+    let (ip, prefix) = s
+        .split_once('/')
+        .ok_or_else(|| format!("`{s}` needs a prefix length, like 10.0.2.15/24"))?;
+    check_ip(ip)?;
+    match prefix.parse::<u8>() {
+        Ok(p) if p <= 32 => Ok(()),
+        _ => Err(format!("`{prefix}` is not a prefix length (0–32)")),
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cpus() -> u32 {
+    1
+}
+fn default_memory() -> u32 {
+    128
+}
+fn default_ready_timeout() -> u32 {
+    30
+}
+fn default_format() -> String {
+    "initramfs".into()
+}
+fn default_net_mode() -> String {
+    "user".into()
+}
+fn default_address() -> String {
+    "10.0.2.15/24".into()
+}
+fn default_gateway() -> String {
+    "10.0.2.2".into()
+}
+fn default_dns() -> String {
+    "10.0.2.3".into()
+}
+
+fn de_name<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    let ok = !s.is_empty()
+        && s.len() <= 63
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "name: `{s}` must be 1–63 lowercase letters, digits, `-` or `_`, starting with a letter or digit"
+        )))
+    }
+}
+
+fn de_range<'de, D: Deserializer<'de>>(d: D, key: &str, lo: i64, hi: i64) -> Result<u32, D::Error> {
+    let v = i64::deserialize(d)?;
+    if v < lo || v > hi {
+        return Err(serde::de::Error::custom(format!(
+            "{key}: {v} is out of range ({lo}–{hi})"
+        )));
+    }
+    Ok(v as u32)
+}
+
+fn de_cpus<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    de_range(d, "cpus", 1, 64)
+}
+fn de_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    de_range(d, "memory (MiB)", 16, 65536)
+}
+fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    de_range(d, "ready_timeout (seconds)", 1, 3600)
+}
+
+fn de_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "initramfs" {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "image.format: `{s}` is not supported; use \"initramfs\""
+        )))
+    }
+}
+
+fn de_net_mode<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "user" || s == "none" {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "network.mode: `{s}` is not one of \"user\", \"none\""
+        )))
+    }
+}
