@@ -293,7 +293,7 @@ impl Config {
                 ));
             }
         }
-        for (k, _) in &self.env {
+        for k in self.env.keys() {
             if k.is_empty() || k.contains('=') || k.chars().any(|c| c.is_whitespace()) {
                 return Err((
                     find_key(text, k),
