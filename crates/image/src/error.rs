@@ -1,0 +1,192 @@
+//! The crate's error type, [`ImageError`]: every message names the path or
+//! entry involved and, where possible, what the user should do about it.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Compression;
+
+/// Everything that can go wrong while building, compressing, decompressing or
+/// reading an initramfs image.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ImageError {
+    /// The staging directory does not exist, is not a directory or cannot be accessed.
+    #[error("staging directory {path} is not usable: {source}; create it (or fix the path) before building the image")]
+    StagingDir {
+        /// The staging directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// Listing a directory of the staging tree failed.
+    #[error("cannot walk staging directory at {path}: {source}; check its permissions")]
+    Walk {
+        /// The path that could not be listed or inspected.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// A file (or symlink) of the staging tree could not be read.
+    #[error("cannot read staging file {path}: {source}")]
+    ReadStaging {
+        /// The staged file.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// A staged file changed size between the walk and the moment it was archived.
+    #[error("staging file {path} changed while the image was being built (expected {expected} bytes, found {actual}); do not modify the staging tree during a build")]
+    StagingChanged {
+        /// The staged file.
+        path: PathBuf,
+        /// The size recorded in the archive header.
+        expected: u64,
+        /// The number of bytes actually available.
+        actual: u64,
+    },
+
+    /// The staging tree holds a file type that cannot go into the image.
+    #[error("unsupported file type ({kind}) at {path}: remove it in a hook")]
+    UnsupportedFileType {
+        /// The offending staged path.
+        path: PathBuf,
+        /// Human-readable file type, e.g. "fifo" or "socket".
+        kind: &'static str,
+    },
+
+    /// A path (or symlink target) is longer than the kernel's unpacker accepts.
+    #[error("path too long in archive: {path} is {len} bytes, the kernel accepts at most {max}; shorten it")]
+    PathTooLong {
+        /// The archive path (lossily converted to UTF-8).
+        path: String,
+        /// Its length in bytes.
+        len: usize,
+        /// The maximum accepted length in bytes.
+        max: usize,
+    },
+
+    /// A path (or symlink target) cannot be stored in the archive.
+    #[error("invalid path {path:?} in archive: {reason}")]
+    InvalidPath {
+        /// The path as given (lossily converted to UTF-8).
+        path: String,
+        /// Why it is rejected.
+        reason: &'static str,
+    },
+
+    /// A file does not fit in the 32-bit size field of the newc format.
+    #[error("file too large for a newc cpio archive: {path} is {size} bytes (the format limit is 4 GiB - 1); remove it from the image")]
+    FileTooLarge {
+        /// The archive path.
+        path: String,
+        /// Its size in bytes.
+        size: u64,
+    },
+
+    /// An extra entry cannot be placed where it was asked to go.
+    #[error("extra entry {path} conflicts with the image tree: {reason}")]
+    ExtraConflict {
+        /// The extra entry's (normalised) path.
+        path: String,
+        /// What it conflicts with and how to fix it.
+        reason: String,
+    },
+
+    /// The requested mtime does not fit the 32-bit newc field.
+    #[error("mtime {mtime} does not fit in the 32-bit newc mtime field; use (or set SOURCE_DATE_EPOCH to) a value below 4294967296")]
+    MtimeOutOfRange {
+        /// The rejected mtime.
+        mtime: u64,
+    },
+
+    /// A compression level outside the range the compressor accepts.
+    #[error("invalid {compression} compression level {level}: use {min}..={max}, or leave it unset for the default")]
+    InvalidLevel {
+        /// The compression the level was meant for.
+        compression: Compression,
+        /// The rejected level.
+        level: i32,
+        /// The lowest accepted level.
+        min: i32,
+        /// The highest accepted level.
+        max: i32,
+    },
+
+    /// A compression name that [`Compression::from_str`](std::str::FromStr) does not know.
+    #[error("unknown compression {0:?}: expected one of none, gzip, xz, zstd")]
+    UnknownCompression(String),
+
+    /// The compressor could not be initialised.
+    #[error("cannot set up {compression} compression: {source}")]
+    Compressor {
+        /// The compression that failed.
+        compression: Compression,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// The reader given to [`cpio::Writer::add_file_reader`](crate::cpio::Writer::add_file_reader) failed.
+    #[error("cannot read data for archive entry {path}: {source}")]
+    ReadEntryData {
+        /// The archive path.
+        path: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// The reader given to [`cpio::Writer::add_file_reader`](crate::cpio::Writer::add_file_reader) ended early.
+    #[error("short data for archive entry {path}: expected {expected} bytes, the reader ended after {actual}")]
+    ShortEntryData {
+        /// The archive path.
+        path: String,
+        /// The length announced in the header.
+        expected: u64,
+        /// The number of bytes the reader delivered.
+        actual: u64,
+    },
+
+    /// Writing to the archive's output failed (generic writer, path unknown).
+    #[error("cannot write the archive: {source}; check free space and permissions of the output")]
+    WriteArchive {
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// Writing the image file failed.
+    #[error("cannot write initramfs {path}: {source}; check free space and permissions of its directory")]
+    Write {
+        /// The destination image.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// A cpio archive being read is not valid newc.
+    #[error("malformed cpio archive at byte {offset}: {reason}")]
+    Malformed {
+        /// Byte offset (in the uncompressed archive) where the problem was found.
+        offset: usize,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Decompressing an image failed.
+    #[error("cannot decompress {compression} image: {source}; the file is corrupt or truncated, rebuild it")]
+    Decompress {
+        /// The detected compression.
+        compression: Compression,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// The data is neither gzip, xz, zstd nor a newc archive.
+    #[error("unrecognised image format (starts with {magic}): expected gzip, xz, zstd or a newc cpio archive")]
+    UnknownFormat {
+        /// Hex dump of the first bytes.
+        magic: String,
+    },
+}

@@ -1,0 +1,26 @@
+//! `kiln-image` owns the last step of a Kiln build: turning a staging
+//! directory (the guest root tree on disk) into a reproducible, compressed
+//! newc cpio initramfs for QEMU microvm, written atomically.
+//!
+//! * [`write_initramfs`] walks the staging tree, merges [`ExtraEntry`]s (device
+//!   nodes and other entries an unprivileged build cannot create), and writes
+//!   the compressed image with fixed ownership (0:0), a fixed mtime and
+//!   sequential inode numbers, so identical inputs give byte-identical images.
+//! * [`cpio`] is the newc writer and reader (the reader is used to inspect images).
+//! * [`Compression`], [`compress`] and [`decompress`] handle gzip, xz (CRC32,
+//!   LZMA2 only) and zstd in the forms the kernel can unpack.
+//! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too.
+
+mod atomic;
+mod compress;
+pub mod cpio;
+mod error;
+mod initramfs;
+
+pub use atomic::atomic_write;
+pub use compress::{compress, decompress, Compression};
+pub use error::ImageError;
+pub use initramfs::{
+    source_date_epoch, write_initramfs, BuildOptions, ExtraEntry, ExtraKind, ImageStats,
+    DEFAULT_DIR_MODE, SOURCE_DATE_EPOCH,
+};
