@@ -1,0 +1,234 @@
+//! Build-time hooks (`postinst/*.sh`), confined with bubblewrap.
+//!
+//! Each hook runs with the staging folder as its working directory, in new user, mount, PID,
+//! network and IPC namespaces, with no capabilities, the host's / mounted read-only, a private
+//! /tmp, and only the staging folder writable. If that sandbox cannot be set up the build is
+//! refused: hooks are never run unconfined.
+
+use crate::RootfsError;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+/// The bubblewrap binary (`$KILN_BWRAP` or `bwrap` on PATH).
+pub fn bwrap_binary() -> Option<PathBuf> {
+    if let Ok(p) = std::env::var("KILN_BWRAP") {
+        let p = PathBuf::from(p);
+        return p.is_file().then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+}
+
+/// The sandboxed command for one hook.
+pub fn sandbox_command(bwrap: &Path, staging: &Path, recipe_dir: &Path, hook: &Path) -> Command {
+    let mut c = Command::new(bwrap);
+    c.args([
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--cap-drop",
+        "ALL",
+    ])
+    .args([
+        "--ro-bind",
+        "/",
+        "/",
+        "--dev",
+        "/dev",
+        "--proc",
+        "/proc",
+        "--tmpfs",
+        "/tmp",
+    ])
+    .arg("--ro-bind")
+    .arg(recipe_dir)
+    .arg(recipe_dir)
+    .arg("--bind")
+    .arg(staging)
+    .arg(staging)
+    .arg("--chdir")
+    .arg(staging)
+    .arg("--clearenv")
+    .args([
+        "--setenv",
+        "PATH",
+        "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+    ])
+    .args(["--setenv", "HOME", "/tmp", "--setenv", "LC_ALL", "C"])
+    .arg("--setenv")
+    .arg("KILN_STAGING")
+    .arg(staging)
+    .arg("--setenv")
+    .arg("KILN_RECIPE")
+    .arg(recipe_dir)
+    .args(["--", "/bin/sh", "-e"])
+    .arg(hook);
+    c
+}
+
+/// Find bubblewrap, or refuse.
+pub fn find_sandbox() -> Result<PathBuf, RootfsError> {
+    bwrap_binary()
+        .ok_or_else(|| RootfsError::NoSandbox("bubblewrap (bwrap) is not installed".into()))
+}
+
+/// Check that the sandbox can be set up here (runs an empty script inside it).
+pub fn check_sandbox(bwrap: &Path, staging: &Path, recipe_dir: &Path) -> Result<(), RootfsError> {
+    let mut c = sandbox_command(bwrap, staging, recipe_dir, Path::new("/dev/null"));
+    let out = c
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| RootfsError::NoSandbox(format!("{}: {e}", bwrap.display())))?;
+    if !out.status.success() {
+        return Err(RootfsError::NoSandbox(format!(
+            "{} failed: {}",
+            bwrap.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Run every hook in order; stop at the first failure. `log` receives each hook's output.
+pub fn run_hooks(
+    hooks: &[PathBuf],
+    staging: &Path,
+    recipe_dir: &Path,
+    log: &mut dyn FnMut(&str),
+) -> Result<(), RootfsError> {
+    if hooks.is_empty() {
+        return Ok(());
+    }
+    let bwrap = find_sandbox()?;
+    check_sandbox(&bwrap, staging, recipe_dir)?;
+    for hook in hooks {
+        let mut child = sandbox_command(&bwrap, staging, recipe_dir, hook)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| RootfsError::NoSandbox(format!("{}: {e}", bwrap.display())))?;
+        let mut out = String::new();
+        let mut err = String::new();
+        // Read stderr in a thread so neither pipe can fill up and block the hook.
+        let stderr = child.stderr.take();
+        let t = std::thread::spawn(move || {
+            let mut s = String::new();
+            if let Some(mut e) = stderr {
+                let _ = e.read_to_string(&mut s);
+            }
+            s
+        });
+        if let Some(mut o) = child.stdout.take() {
+            let _ = o.read_to_string(&mut out);
+        }
+        err.push_str(&t.join().unwrap_or_default());
+        let status = child.wait().map_err(RootfsError::io(hook))?;
+        let combined = format!("{out}{err}");
+        for line in combined.lines() {
+            log(line);
+        }
+        if !status.success() {
+            let lines: Vec<&str> = combined.lines().collect();
+            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+            return Err(RootfsError::HookFailed {
+                hook: hook.clone(),
+                status: status.to_string(),
+                output: tail,
+            });
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    fn sandbox_available() -> bool {
+        let d = tempfile::tempdir().expect("tmp");
+        find_sandbox()
+            .and_then(|b| check_sandbox(&b, d.path(), d.path()))
+            .is_ok()
+    }
+
+    #[test]
+    fn hook_writes_staging_but_not_host() {
+        assert!(
+            sandbox_available(),
+            "bubblewrap must be installed for the test suite (make setup)"
+        );
+        let recipe = tempfile::tempdir().expect("tmp");
+        let staging = tempfile::tempdir().expect("tmp");
+        let host_dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tmp");
+        let victim = host_dir.path().join("victim.txt");
+        fs::write(&victim, "original").expect("write");
+        let hook = recipe.path().join("10-evil.sh");
+        fs::write(
+            &hook,
+            format!(
+                "echo inside > ./made-by-hook\necho pwned > {}\n",
+                victim.display()
+            ),
+        )
+        .expect("write hook");
+        let mut lines = Vec::new();
+        let e = run_hooks(std::slice::from_ref(&hook), staging.path(), recipe.path(), &mut |l| {
+            lines.push(l.to_string())
+        })
+        .expect_err("writing outside staging must fail");
+        assert!(matches!(e, RootfsError::HookFailed { .. }), "{e}");
+        assert!(
+            e.to_string().contains("10-evil.sh") && e.to_string().contains("Read-only file system"),
+            "{e}"
+        );
+        assert_eq!(fs::read_to_string(&victim).expect("read"), "original");
+        assert_eq!(
+            fs::read_to_string(staging.path().join("made-by-hook")).expect("read"),
+            "inside\n"
+        );
+    }
+
+    #[test]
+    fn hook_cannot_write_the_recipe() {
+        let recipe = tempfile::tempdir().expect("tmp");
+        let staging = tempfile::tempdir().expect("tmp");
+        let hook = recipe.path().join("a.sh");
+        fs::write(&hook, "touch \"$KILN_RECIPE/x\"\n").expect("w");
+        let e =
+            run_hooks(&[hook], staging.path(), recipe.path(), &mut |_| {}).expect_err("must fail");
+        assert!(e.to_string().contains("Read-only file system"), "{e}");
+        assert!(!recipe.path().join("x").exists());
+    }
+
+    #[test]
+    fn failing_hook_reports_its_output() {
+        let recipe = tempfile::tempdir().expect("tmp");
+        let staging = tempfile::tempdir().expect("tmp");
+        let hook = recipe.path().join("b.sh");
+        fs::write(&hook, "echo about to fail\nfalse\necho not reached\n").expect("w");
+        let e =
+            run_hooks(&[hook], staging.path(), recipe.path(), &mut |_| {}).expect_err("must fail");
+        let s = e.to_string();
+        assert!(
+            s.contains("about to fail") && !s.contains("not reached"),
+            "{s}"
+        );
+    }
+
+    #[test]
+    fn unusable_sandbox_refuses() {
+        let d = tempfile::tempdir().expect("tmp");
+        let e = check_sandbox(Path::new("/nonexistent/bwrap"), d.path(), d.path())
+            .expect_err("must refuse");
+        assert!(
+            e.to_string()
+                .contains("refuses to run postinst hooks unconfined"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,62 @@
+//! Root filesystem assembly: the staging tree a recipe becomes before it is packed.
+//!
+//! - [`elf`]: the shared-library closure of host binaries (PT_INTERP, DT_NEEDED, RPATH/RUNPATH,
+//!   ld.so.conf), symlinks kept as symlinks.
+//! - [`stage`]: writing into the staging folder without ever following a symlink out of it, and
+//!   remembering why each file is there.
+//! - [`hooks`]: running `postinst/*.sh` in a sandbox where only the staging folder is writable.
+//! - [`manifest`]: the list of every file in the result with its size, source and reason.
+
+pub mod elf;
+pub mod hooks;
+pub mod manifest;
+pub mod stage;
+
+pub use manifest::{FileEntry, FileKind};
+pub use stage::Staging;
+
+use std::path::PathBuf;
+
+/// Errors of root filesystem assembly.
+#[derive(Debug, thiserror::Error)]
+pub enum RootfsError {
+    /// The shared-library closure failed.
+    #[error(transparent)]
+    Elf(#[from] elf::ElfError),
+    /// A path inside the staging tree is not usable.
+    #[error("staging {}: {message}", .path.display())]
+    Staging {
+        /// The guest path.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Hooks cannot be confined, so they are not run.
+    #[error("cannot sandbox build hooks: {0}. Kiln refuses to run postinst hooks unconfined; install bubblewrap (apt-get install bubblewrap) and make sure unprivileged user namespaces are allowed, or remove the postinst/ folder")]
+    NoSandbox(String),
+    /// A hook exited non-zero.
+    #[error("build hook {} failed ({status}); its last output:\n{output}", .hook.display())]
+    HookFailed {
+        /// The hook script.
+        hook: PathBuf,
+        /// Exit status text.
+        status: String,
+        /// The last lines it printed.
+        output: String,
+    },
+    /// An I/O error on a named path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+impl RootfsError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RootfsError {
+        let path = path.into();
+        move |source| RootfsError::Io { path, source }
+    }
+}

@@ -1,0 +1,121 @@
+//! The file list of a built root: every path with its kind, size, source and reason.
+
+use crate::stage::Origin;
+use crate::RootfsError;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+/// The type of a manifest entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FileKind {
+    /// A regular file.
+    File,
+    /// A folder.
+    Dir,
+    /// A symbolic link.
+    Symlink,
+}
+
+/// One path of the image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Guest path.
+    pub path: String,
+    /// Type.
+    pub kind: FileKind,
+    /// Size in bytes (files; link target length for symlinks).
+    pub size: u64,
+    /// Permission bits.
+    pub mode: u32,
+    /// Symlink target.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub target: Option<String>,
+    /// Where it came from.
+    pub source: String,
+    /// Why it is there.
+    pub reason: String,
+}
+
+/// Walk the finished staging tree (after hooks) and describe every path, using the recorded
+/// origins; paths nobody recorded were made by a build hook.
+pub fn describe(
+    staging: &Path,
+    origins: &BTreeMap<PathBuf, Origin>,
+) -> Result<Vec<FileEntry>, RootfsError> {
+    let mut out = Vec::new();
+    for entry in walkdir::WalkDir::new(staging)
+        .min_depth(1)
+        .sort_by_file_name()
+    {
+        let entry = entry.map_err(|e| RootfsError::Io {
+            path: e.path().unwrap_or(staging).to_path_buf(),
+            source: e.into(),
+        })?;
+        let rel = entry.path().strip_prefix(staging).unwrap_or(entry.path());
+        let guest = Path::new("/").join(rel);
+        let meta = entry
+            .path()
+            .symlink_metadata()
+            .map_err(RootfsError::io(entry.path()))?;
+        let ft = meta.file_type();
+        let (kind, target) = if ft.is_symlink() {
+            let t = std::fs::read_link(entry.path()).map_err(RootfsError::io(entry.path()))?;
+            (FileKind::Symlink, Some(t.display().to_string()))
+        } else if ft.is_dir() {
+            (FileKind::Dir, None)
+        } else {
+            (FileKind::File, None)
+        };
+        let (source, reason) = match origins.get(&guest) {
+            Some(o) => (o.source.clone(), o.reason.clone()),
+            None if kind == FileKind::Dir => ("kiln".into(), "parent folder".into()),
+            None => ("postinst".into(), "made by a build hook".into()),
+        };
+        out.push(FileEntry {
+            path: guest.display().to_string(),
+            kind,
+            size: if kind == FileKind::Dir { 0 } else { meta.len() },
+            mode: meta.permissions().mode() & 0o7777,
+            target,
+            source,
+            reason,
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Staging;
+
+    #[test]
+    fn unrecorded_files_are_attributed_to_hooks() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = Staging::new(d.path()).expect("staging");
+        s.write_file(
+            Path::new("/etc/rc"),
+            b"exec sh\n",
+            0o755,
+            "recipe etc/rc",
+            "entry script",
+        )
+        .expect("w");
+        std::fs::write(d.path().join("etc/by-hook"), "x").expect("w");
+        let list = describe(d.path(), s.origins()).expect("describe");
+        let rc = list.iter().find(|e| e.path == "/etc/rc").expect("rc");
+        assert_eq!((rc.kind, rc.size, rc.mode), (FileKind::File, 8, 0o755));
+        assert_eq!(rc.reason, "entry script");
+        let h = list
+            .iter()
+            .find(|e| e.path == "/etc/by-hook")
+            .expect("hook file");
+        assert_eq!(h.reason, "made by a build hook");
+        assert!(list
+            .iter()
+            .any(|e| e.path == "/etc" && e.kind == FileKind::Dir));
+    }
+}
