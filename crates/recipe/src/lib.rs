@@ -7,7 +7,9 @@
 mod config;
 mod port;
 
-pub use config::{Compression, Config, ImageFormat, KernelChoice, Network, Ready, Root};
+pub use config::{
+    split_file_spec, Compression, Config, ImageFormat, KernelChoice, Network, Ready, Root,
+};
 pub use port::{PortForward, Protocol};
 
 use std::path::{Path, PathBuf};

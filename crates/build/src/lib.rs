@@ -1,0 +1,581 @@
+//! The recipe → image pipeline: provision the kernel and busybox, assemble the staging tree,
+//! run the hooks, pack the initramfs, and write the image folder (kernel, initramfs,
+//! manifest.json) atomically.
+//!
+//! An image folder is only ever seen complete: it is built beside its destination under a
+//! temporary name and renamed into place. A build whose inputs have not changed (same
+//! fingerprint) reuses the existing folder.
+
+mod fingerprint;
+pub mod manifest;
+
+pub use manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
+
+use kiln_debpkg::Cache;
+use kiln_kernel::{KernelSource, BASE_MODULES};
+use kiln_recipe::{KernelChoice, Recipe};
+use kiln_rootfs::elf::{NodeKind, Resolver};
+use kiln_rootfs::Staging;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The name of the manifest in an image folder.
+pub const MANIFEST: &str = "manifest.json";
+/// The kernel's file name in an image folder.
+pub const KERNEL_FILE: &str = "vmlinuz";
+/// The Debian package busybox comes from.
+pub const BUSYBOX_PACKAGE: &str = "busybox-static";
+
+/// Errors of the build pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The recipe is invalid.
+    #[error(transparent)]
+    Recipe(#[from] kiln_recipe::RecipeError),
+    /// A Debian package could not be had.
+    #[error(transparent)]
+    Package(#[from] kiln_debpkg::DebError),
+    /// The kernel could not be provisioned.
+    #[error(transparent)]
+    Kernel(#[from] kiln_kernel::KernelError),
+    /// Root filesystem assembly failed.
+    #[error(transparent)]
+    Rootfs(#[from] kiln_rootfs::RootfsError),
+    /// Packing failed.
+    #[error(transparent)]
+    Image(#[from] kiln_image::ImageError),
+    /// A host binary listed in the recipe cannot be used.
+    #[error("{location}: root.binaries: {message}")]
+    Binary {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A host file listed in the recipe cannot be used.
+    #[error("{location}: root.files: {message}")]
+    File {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// kiln-init was not found.
+    #[error("kiln-init (the guest init) not found at {}: build it with `make init`, or set KILN_INIT to its path", .0.display())]
+    NoInit(PathBuf),
+    /// An image folder is not usable.
+    #[error("{}: {message}", .path.display())]
+    BadImage {
+        /// The folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An I/O error on a named path.
+    #[error("{}: {source}", .path.display())]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let path = path.into();
+    move |source| BuildError::Io { path, source }
+}
+
+/// Progress reporting for long steps (the CLI shows a spinner).
+pub trait Progress {
+    /// A new phase starts.
+    fn phase(&self, name: &str);
+    /// A line of output (e.g. from a hook).
+    fn log(&self, line: &str);
+}
+
+/// A progress sink that shows nothing.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn phase(&self, _: &str) {}
+    fn log(&self, _: &str) {}
+}
+
+/// What a build needs besides the recipe.
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    /// The image folder to write.
+    pub out_dir: PathBuf,
+    /// The download cache.
+    pub cache_root: PathBuf,
+    /// The kiln-init binary to install as /init.
+    pub init_binary: PathBuf,
+    /// Re-download packages even when cached.
+    pub refresh: bool,
+    /// Rebuild even when the fingerprint matches.
+    pub force: bool,
+}
+
+/// The result of a build.
+#[derive(Debug, Clone)]
+pub struct BuildReport {
+    /// The image folder.
+    pub out_dir: PathBuf,
+    /// Its manifest.
+    pub manifest: ImageManifest,
+    /// True when an up-to-date image was reused.
+    pub reused: bool,
+    /// Wall time of the build.
+    pub elapsed: Duration,
+}
+
+/// Where kiln-init is: `$KILN_INIT`, else `../guest/kiln-init` relative to the running
+/// executable (the cargo target folder, where `make init` puts it), else `../lib/kiln/kiln-init`
+/// (an installed layout).
+pub fn find_init() -> Result<PathBuf, BuildError> {
+    if let Ok(p) = std::env::var("KILN_INIT") {
+        let p = PathBuf::from(p);
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(BuildError::NoInit(p))
+        };
+    }
+    let exe = std::env::current_exe().map_err(io("current executable"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    let candidates = [
+        dir.join("../guest/kiln-init"),
+        dir.join("../lib/kiln/kiln-init"),
+    ];
+    candidates
+        .iter()
+        .find(|p| p.is_file())
+        .cloned()
+        .ok_or_else(|| BuildError::NoInit(candidates[0].clone()))
+}
+
+/// Build `recipe` into `opts.out_dir`.
+pub fn build(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
+    let started = Instant::now();
+    let cfg = &recipe.config;
+    if !opts.init_binary.is_file() {
+        return Err(BuildError::NoInit(opts.init_binary.clone()));
+    }
+    let cache = Cache::new(opts.cache_root.clone());
+
+    progress.phase("kernel");
+    let source = match &cfg.kernel {
+        KernelChoice::Debian(pkg) => KernelSource::Debian {
+            package: pkg.clone(),
+        },
+        KernelChoice::File(p) => KernelSource::Path {
+            kernel: recipe.resolve(p.get_ref()),
+            modules: None,
+        },
+    };
+    let kernel = kiln_kernel::provision(&cache, &source, opts.refresh)?;
+
+    let busybox = if cfg.root.busybox {
+        progress.phase("busybox");
+        let deb = cache.fetch(BUSYBOX_PACKAGE, opts.refresh)?;
+        let tree = cache.unpack(&deb)?;
+        Some((
+            tree.join("bin/busybox"),
+            format!("{} {}", deb.package, deb.version),
+        ))
+    } else {
+        None
+    };
+
+    let fp = fingerprint::compute(
+        recipe,
+        &kernel.sha256,
+        busybox.as_ref().map(|b| b.1.as_str()),
+        &opts.init_binary,
+    )?;
+    if !opts.force {
+        if let Some(m) = read_manifest_if_fresh(&opts.out_dir, &fp) {
+            return Ok(BuildReport {
+                out_dir: opts.out_dir.clone(),
+                manifest: m,
+                reused: true,
+                elapsed: started.elapsed(),
+            });
+        }
+    }
+
+    let parent = opts.out_dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    let work = tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.tmp-",
+            opts.out_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+        .tempdir_in(parent)
+        .map_err(io(parent))?;
+    let staging_dir = work.path().join("root");
+    let image_dir = work.path().join("image");
+    std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+
+    progress.phase("root filesystem");
+    let mut st = Staging::new(&staging_dir)?;
+    skeleton(&mut st)?;
+    if let Some((bb, from)) = &busybox {
+        install_busybox(&mut st, bb, from)?;
+    }
+    st.copy_file(
+        Path::new("/init"),
+        &opts.init_binary,
+        Some(0o755),
+        "kiln-init, the guest's PID 1",
+    )?;
+    install_binaries(recipe, &mut st)?;
+    install_files(recipe, &mut st)?;
+
+    let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(cfg.root.modules.iter().cloned());
+    let mut module_paths = Vec::new();
+    let mut module_names = Vec::new();
+    if let (Some(dir), Some(version)) = (&kernel.modules_dir, &kernel.version) {
+        for m in kiln_kernel::module_closure(dir, &wanted)? {
+            let guest = Path::new("/lib/modules")
+                .join(version)
+                .join(kiln_kernel::guest_rel_path(&m));
+            let data = kiln_kernel::read_module(dir, &m)?;
+            let reason = if wanted.iter().any(|w| w.replace('-', "_") == m.name) {
+                "kernel module the VM needs".to_string()
+            } else {
+                "dependency of another kernel module".to_string()
+            };
+            st.write_file(&guest, &data, 0o644, &kernel.description, &reason)?;
+            module_paths.push(guest.display().to_string());
+            module_names.push(m.name.clone());
+        }
+    }
+
+    let init_conf = init_conf(recipe, &module_paths);
+    st.write_file(
+        Path::new("/etc/kiln/init.conf"),
+        init_conf.as_bytes(),
+        0o644,
+        "kiln",
+        "kiln-init's configuration",
+    )?;
+    if recipe.common_dir().is_dir() {
+        st.overlay(
+            &recipe.common_dir(),
+            Path::new("/etc/include"),
+            "recipe common/ (shared rc snippets)",
+        )?;
+    }
+    if recipe.files_dir().is_dir() {
+        st.overlay(&recipe.files_dir(), Path::new("/"), "recipe files/ overlay")?;
+    }
+    st.copy_file(
+        Path::new("/etc/rc"),
+        &recipe.rc_path(),
+        Some(0o755),
+        "the service's entry script (etc/rc)",
+    )?;
+
+    let hooks = recipe.hooks()?;
+    if !hooks.is_empty() {
+        progress.phase("postinst hooks");
+        kiln_rootfs::hooks::run_hooks(&hooks, &staging_dir, &recipe.dir, &mut |l| progress.log(l))?;
+    }
+    let files = kiln_rootfs::manifest::describe(&staging_dir, st.origins())?;
+
+    progress.phase("initramfs");
+    let compression: kiln_image::Compression = cfg.image.compression.as_str().parse()?;
+    let image_opts = kiln_image::BuildOptions::from_env(compression);
+    let initramfs_name = format!("initramfs.{}", compression.extension());
+    let extras = [kiln_image::ExtraEntry::char_dev("dev/console", 0o600, 5, 1)];
+    let stats = kiln_image::write_initramfs(
+        &staging_dir,
+        &extras,
+        &image_opts,
+        &image_dir.join(&initramfs_name),
+    )?;
+
+    let kernel_dest = image_dir.join(KERNEL_FILE);
+    if std::fs::hard_link(&kernel.image, &kernel_dest).is_err() {
+        std::fs::copy(&kernel.image, &kernel_dest).map_err(io(&kernel.image))?;
+    }
+
+    let manifest = ImageManifest {
+        kiln_version: env!("CARGO_PKG_VERSION").into(),
+        name: cfg.name.clone(),
+        description: cfg.description.clone(),
+        fingerprint: fp,
+        recipe: recipe.dir.display().to_string(),
+        kernel: KernelInfo {
+            file: KERNEL_FILE.into(),
+            description: kernel.description.clone(),
+            version: kernel.version.clone(),
+            sha256: kernel.sha256.clone(),
+            size: kernel.size,
+        },
+        initramfs: InitramfsInfo {
+            file: initramfs_name,
+            compression: compression.name().into(),
+            size: stats.compressed_bytes,
+            uncompressed_size: stats.uncompressed_bytes,
+            entries: stats.entries,
+            sha256: stats.sha256,
+        },
+        boot: BootConfig::from_recipe(cfg),
+        modules: module_names,
+        files,
+    };
+    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::BadImage {
+        path: image_dir.join(MANIFEST),
+        message: e.to_string(),
+    })?;
+    kiln_image::atomic_write(&image_dir.join(MANIFEST), &json)
+        .map_err(io(image_dir.join(MANIFEST)))?;
+
+    // Swap the finished folder into place.
+    let old = work.path().join("old");
+    let had_old = opts.out_dir.exists();
+    if had_old {
+        std::fs::rename(&opts.out_dir, &old).map_err(io(&opts.out_dir))?;
+    }
+    if let Err(e) = std::fs::rename(&image_dir, &opts.out_dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, &opts.out_dir);
+        }
+        return Err(BuildError::Io {
+            path: opts.out_dir.clone(),
+            source: e,
+        });
+    }
+    drop(work);
+    Ok(BuildReport {
+        out_dir: opts.out_dir.clone(),
+        manifest,
+        reused: false,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// Read an image folder's manifest and check its files are there.
+pub fn load_image(dir: &Path) -> Result<ImageManifest, BuildError> {
+    let path = dir.join(MANIFEST);
+    let data = std::fs::read(&path).map_err(|e| BuildError::BadImage {
+        path: path.clone(),
+        message: format!("cannot read ({e}); is this an image folder made by `kiln build`?"),
+    })?;
+    let m: ImageManifest = serde_json::from_slice(&data).map_err(|e| BuildError::BadImage {
+        path: path.clone(),
+        message: format!("not a Kiln manifest ({e}); rebuild the image"),
+    })?;
+    for f in [&m.kernel.file, &m.initramfs.file] {
+        if !dir.join(f).is_file() {
+            return Err(BuildError::BadImage {
+                path: dir.join(f),
+                message: "missing from the image folder; rebuild it with `kiln build`".into(),
+            });
+        }
+    }
+    Ok(m)
+}
+
+fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {
+    let m = load_image(dir).ok()?;
+    (m.fingerprint == fp).then_some(m)
+}
+
+const SKELETON_DIRS: &[(&str, u32)] = &[
+    ("/usr/bin", 0o755),
+    ("/usr/sbin", 0o755),
+    ("/usr/lib", 0o755),
+    ("/usr/lib64", 0o755),
+    ("/etc", 0o755),
+    ("/dev", 0o755),
+    ("/proc", 0o555),
+    ("/sys", 0o555),
+    ("/tmp", 0o1777),
+    ("/run", 0o755),
+    ("/var/log", 0o755),
+    ("/var/tmp", 0o1777),
+    ("/root", 0o700),
+    ("/mnt", 0o755),
+];
+
+fn skeleton(st: &mut Staging) -> Result<(), BuildError> {
+    for (d, mode) in SKELETON_DIRS {
+        st.mkdir(Path::new(d), *mode, "root skeleton")?;
+    }
+    // Merged /usr, as on Debian 12, so host paths like /lib/x86_64-linux-gnu/libc.so.6 and
+    // /usr/lib/x86_64-linux-gnu/libc.so.6 are one file in the guest too.
+    for (link, target) in [
+        ("/bin", "usr/bin"),
+        ("/sbin", "usr/sbin"),
+        ("/lib", "usr/lib"),
+        ("/lib64", "usr/lib64"),
+    ] {
+        st.symlink(
+            Path::new(link),
+            Path::new(target),
+            "kiln",
+            "merged /usr layout",
+        )?;
+    }
+    st.symlink(
+        Path::new("/var/run"),
+        Path::new("../run"),
+        "kiln",
+        "root skeleton",
+    )?;
+    let etc: &[(&str, &str)] = &[
+        (
+            "/etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
+        ("/etc/group", "root:x:0:\nnogroup:x:65534:\n"),
+        ("/etc/shadow", "root:*:0:0:99999:7:::\n"),
+    ];
+    for (p, text) in etc {
+        let mode = if p.ends_with("shadow") { 0o600 } else { 0o644 };
+        st.write_file(
+            Path::new(p),
+            text.as_bytes(),
+            mode,
+            "kiln",
+            "minimal user database",
+        )?;
+    }
+    Ok(())
+}
+
+/// Applets that must not shadow kiln-init (or busybox itself).
+const SKIP_APPLETS: &[&str] = &["init", "linuxrc", "busybox"];
+
+fn install_busybox(st: &mut Staging, busybox: &Path, from: &str) -> Result<(), BuildError> {
+    st.copy_file(
+        Path::new("/usr/bin/busybox"),
+        busybox,
+        Some(0o755),
+        "busybox: shell and basic utilities",
+    )?;
+    let out = std::process::Command::new(busybox)
+        .arg("--list-full")
+        .output()
+        .map_err(io(busybox))?;
+    if !out.status.success() {
+        return Err(BuildError::BadImage {
+            path: busybox.to_path_buf(),
+            message: "`busybox --list-full` failed; the cached busybox-static may be corrupt (run with --refresh)".into(),
+        });
+    }
+    let list = String::from_utf8_lossy(&out.stdout);
+    for applet in list.lines().map(str::trim).filter(|l| !l.is_empty()) {
+        let name = applet.rsplit('/').next().unwrap_or(applet);
+        if SKIP_APPLETS.contains(&name) {
+            continue;
+        }
+        let guest = Path::new("/").join(applet);
+        st.symlink(
+            &guest,
+            Path::new("/usr/bin/busybox"),
+            from,
+            "busybox applet",
+        )?;
+    }
+    Ok(())
+}
+
+fn install_binaries(recipe: &Recipe, st: &mut Staging) -> Result<(), BuildError> {
+    let binaries = &recipe.config.root.binaries;
+    if binaries.is_empty() {
+        return Ok(());
+    }
+    let resolver = Resolver::new(Path::new("/")).map_err(kiln_rootfs::RootfsError::from)?;
+    // Check each binary on its own first so an error can name its kiln.toml line.
+    for b in binaries {
+        let path = PathBuf::from(b.get_ref());
+        if let Err(e) = resolver.closure(std::slice::from_ref(&path)) {
+            return Err(BuildError::Binary {
+                location: recipe.locate(b.span()),
+                message: e.to_string(),
+            });
+        }
+    }
+    let roots: Vec<PathBuf> = binaries
+        .iter()
+        .map(|b| PathBuf::from(b.get_ref()))
+        .collect();
+    let closure = resolver
+        .closure(&roots)
+        .map_err(kiln_rootfs::RootfsError::from)?;
+    for node in &closure.nodes {
+        let reason = node.reasons.join("; ");
+        match &node.kind {
+            NodeKind::File { source, .. } => {
+                st.copy_file(&node.path, source, None, &reason)?;
+            }
+            NodeKind::Symlink { target } => {
+                st.symlink(
+                    &node.path,
+                    target,
+                    &node.path.display().to_string(),
+                    &reason,
+                )?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn install_files(recipe: &Recipe, st: &mut Staging) -> Result<(), BuildError> {
+    for f in &recipe.config.root.files {
+        let (src, dst) = kiln_recipe::split_file_spec(f.get_ref());
+        let src = Path::new(src);
+        if !src.is_file() {
+            return Err(BuildError::File {
+                location: recipe.locate(f.span()),
+                message: format!(
+                    "{} is not a file on this host; fix the path, or put the file under files/ in the recipe",
+                    src.display()
+                ),
+            });
+        }
+        st.copy_file(Path::new(dst), src, None, "listed in root.files")?;
+    }
+    Ok(())
+}
+
+/// kiln-init's configuration for this recipe.
+pub fn init_conf(recipe: &Recipe, modules: &[String]) -> String {
+    let cfg = &recipe.config;
+    let mut s = String::from("# written by kiln build; read by kiln-init\n");
+    s.push_str(&format!("hostname={}\n", cfg.name));
+    for m in modules {
+        s.push_str(&format!("module={m}\n"));
+    }
+    if cfg.network.mode == "none" {
+        s.push_str("net=none\n");
+    } else {
+        s.push_str(&format!(
+            "net=eth0 {} {}\n",
+            cfg.network.address, cfg.network.gateway
+        ));
+        s.push_str(&format!("dns={}\n", cfg.network.dns));
+    }
+    s.push_str(&format!("ready={}\n", cfg.ready.as_conf()));
+    s.push_str("rc=/etc/rc\n");
+    for (k, v) in &cfg.env {
+        s.push_str(&format!("env={k}={v}\n"));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,97 @@
+//! manifest.json: what an image folder holds and how to boot it.
+
+use kiln_recipe::Config;
+use kiln_rootfs::FileEntry;
+use serde::{Deserialize, Serialize};
+
+/// The whole manifest of an image folder.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageManifest {
+    /// The Kiln version that built it.
+    pub kiln_version: String,
+    /// The recipe's name.
+    pub name: String,
+    /// The recipe's description.
+    #[serde(default)]
+    pub description: String,
+    /// Hash of every build input; equal fingerprints mean the image is up to date.
+    pub fingerprint: String,
+    /// The recipe folder it was built from.
+    pub recipe: String,
+    /// The kernel.
+    pub kernel: KernelInfo,
+    /// The initramfs.
+    pub initramfs: InitramfsInfo,
+    /// How to boot it.
+    pub boot: BootConfig,
+    /// Kernel modules in the image, in load order.
+    pub modules: Vec<String>,
+    /// Every path in the root filesystem.
+    pub files: Vec<FileEntry>,
+}
+
+/// The kernel of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KernelInfo {
+    /// File name in the image folder.
+    pub file: String,
+    /// Where it came from.
+    pub description: String,
+    /// Kernel release, when known.
+    pub version: Option<String>,
+    /// sha256.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The initramfs of an image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InitramfsInfo {
+    /// File name in the image folder.
+    pub file: String,
+    /// zstd, xz, gzip or none.
+    pub compression: String,
+    /// Compressed size.
+    pub size: u64,
+    /// cpio size before compression.
+    pub uncompressed_size: u64,
+    /// Archive entries.
+    pub entries: usize,
+    /// sha256 of the file.
+    pub sha256: String,
+}
+
+/// Boot settings carried from the recipe (overridable on `kiln run`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootConfig {
+    /// Extra kernel arguments.
+    pub cmdline: String,
+    /// vCPUs.
+    pub cpus: u32,
+    /// MiB.
+    pub memory: u32,
+    /// Default forwards, `[addr:]host:guest[/proto]`.
+    pub ports: Vec<String>,
+    /// Readiness check as in kiln.toml.
+    pub ready: String,
+    /// Seconds.
+    pub ready_timeout: u32,
+    /// "user" or "none".
+    pub network: String,
+}
+
+impl BootConfig {
+    /// The boot settings of a recipe.
+    pub fn from_recipe(cfg: &Config) -> BootConfig {
+        BootConfig {
+            cmdline: cfg.cmdline.clone(),
+            cpus: cfg.cpus,
+            memory: cfg.memory,
+            ports: cfg.ports.iter().map(|p| p.to_string()).collect(),
+            ready: cfg.ready.as_conf(),
+            ready_timeout: cfg.ready_timeout,
+            network: cfg.network.mode.clone(),
+        }
+    }
+}

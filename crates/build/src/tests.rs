@@ -1,0 +1,63 @@
+//! Unit tests of the pieces of the pipeline that need no downloads.
+
+use super::*;
+
+fn recipe(toml: &str) -> (tempfile::TempDir, Recipe) {
+    let d = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(d.path().join("etc")).expect("mkdir");
+    std::fs::write(d.path().join("etc/rc"), "exec sh\n").expect("rc");
+    std::fs::write(d.path().join("kiln.toml"), toml).expect("toml");
+    let r = Recipe::load(d.path()).expect("load");
+    (d, r)
+}
+
+#[test]
+fn init_conf_carries_network_ready_modules_env() {
+    let (_d, r) = recipe("name = \"web\"\nready = \"tcp:80\"\n[env]\nA = \"b\"\n");
+    let c = init_conf(&r, &["/lib/modules/v/kernel/virtio.ko".into()]);
+    assert!(c.contains("hostname=web\n"));
+    assert!(c.contains("module=/lib/modules/v/kernel/virtio.ko\n"));
+    assert!(c.contains("net=eth0 10.0.2.15/24 10.0.2.2\n"));
+    assert!(c.contains("dns=10.0.2.3\n"));
+    assert!(c.contains("ready=tcp:80\n"));
+    assert!(c.contains("env=A=b\n"));
+    let (_d, r) = recipe("name = \"x\"\n[network]\nmode = \"none\"\n");
+    assert!(init_conf(&r, &[]).contains("net=none\n"));
+}
+
+#[test]
+fn fingerprint_follows_recipe_content() {
+    let (d, r) = recipe("name = \"web\"\n");
+    let init = d.path().join("init-bin");
+    std::fs::write(&init, "x").expect("w");
+    let a = fingerprint::compute(&r, "k", None, &init).expect("fp");
+    assert_eq!(a, fingerprint::compute(&r, "k", None, &init).expect("fp"));
+    assert_ne!(a, fingerprint::compute(&r, "k2", None, &init).expect("fp"));
+    std::fs::write(d.path().join("etc/rc"), "exec httpd\n").expect("w");
+    assert_ne!(a, fingerprint::compute(&r, "k", None, &init).expect("fp"));
+}
+
+#[test]
+fn load_image_refuses_non_images() {
+    let d = tempfile::tempdir().expect("tmp");
+    let e = load_image(d.path()).expect_err("empty folder");
+    assert!(e.to_string().contains("is this an image folder"), "{e}");
+    std::fs::write(d.path().join(MANIFEST), "{}").expect("w");
+    let e = load_image(d.path()).expect_err("bad manifest");
+    assert!(e.to_string().contains("not a Kiln manifest"), "{e}");
+}
+
+#[test]
+fn missing_init_binary_is_refused_before_any_work() {
+    let (d, r) = recipe("name = \"web\"\n");
+    let opts = BuildOptions {
+        out_dir: d.path().join("out"),
+        cache_root: d.path().join("cache"),
+        init_binary: d.path().join("no-init"),
+        refresh: false,
+        force: false,
+    };
+    let e = build(&r, &opts, &Quiet).expect_err("no init");
+    assert!(e.to_string().contains("make init"), "{e}");
+    assert!(!opts.out_dir.exists());
+}
