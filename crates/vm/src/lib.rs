@@ -6,6 +6,7 @@
 //! processes so they can be unit tested without QEMU.
 
 pub mod accel;
+pub mod cmdline;
 pub mod console;
 pub mod ports;
 pub mod qemu;

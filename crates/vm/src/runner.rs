@@ -214,6 +214,39 @@ impl Drop for Launched {
     }
 }
 
+/// Stop a VM we only know by pid and paths (a detached one): control-channel `poweroff`, wait
+/// up to `grace`; then QMP `quit`; then SIGKILL.
+pub fn stop_pid(pid: u32, paths: &RunPaths, grace: Duration) -> StopOutcome {
+    let wait = |t: Duration| {
+        let deadline = Instant::now() + t;
+        while pid_alive(pid) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        true
+    };
+    if !pid_alive(pid) {
+        return StopOutcome::AlreadyExited;
+    }
+    if request_poweroff(&paths.control_socket).is_ok() && wait(grace) {
+        return StopOutcome::Graceful;
+    }
+    if let Ok(mut q) = Qmp::connect(&paths.qmp_socket) {
+        let _ = q.quit();
+        if wait(Duration::from_secs(3)) {
+            return StopOutcome::Quit;
+        }
+    }
+    // SAFETY: kill(2) on a pid we verified alive; no memory is involved.
+    unsafe {
+        libc::kill(pid as libc::pid_t, libc::SIGKILL);
+    }
+    wait(Duration::from_secs(5));
+    StopOutcome::Killed
+}
+
 /// Ask kiln-init to power off through the control channel.
 pub fn request_poweroff(control_socket: &Path) -> std::io::Result<()> {
     let mut s = UnixStream::connect(control_socket)?;

@@ -1,0 +1,236 @@
+//! `kiln`: the command line. Thin glue over the library crates: it parses flags, picks
+//! folders, shows progress, and maps errors to exit codes (2 for bad input, 1 for failures).
+
+mod dirs;
+mod run;
+mod state;
+mod term;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use kiln_build::{BuildError, BuildOptions, Progress};
+use kiln_recipe::Recipe;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+/// Kiln bakes tiny single-purpose virtual machines and boots them in well under a second.
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Build a recipe into an image folder (kernel + compressed initramfs + manifest.json).
+    Build(BuildArgs),
+    /// Boot a recipe (built first if stale) or an image folder.
+    Run(run::RunArgs),
+    /// Stop a detached VM: ask its init to power off, then quit QEMU, then kill it.
+    Stop {
+        /// The VM's name.
+        name: String,
+        /// Seconds to wait for a graceful power-off.
+        #[arg(long, default_value_t = 10)]
+        timeout: u64,
+    },
+    /// List detached VMs.
+    Ps {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a built image's manifest summary (or the whole manifest with --json).
+    Inspect {
+        /// Image folder.
+        image: PathBuf,
+        /// Print the whole manifest.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Args, Debug)]
+struct BuildArgs {
+    /// The recipe folder.
+    recipe: PathBuf,
+    /// Output image folder (default: out/NAME).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Re-download cached packages.
+    #[arg(long)]
+    refresh: bool,
+    /// Rebuild even when the image is up to date.
+    #[arg(long)]
+    force: bool,
+}
+
+/// An error that means "the user's input is wrong" (exit code 2).
+#[derive(Debug)]
+pub struct BadInput(pub String);
+impl std::fmt::Display for BadInput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+impl std::error::Error for BadInput {}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("kiln: error: {e:#}");
+            ExitCode::from(exit_code(&e))
+        }
+    }
+}
+
+fn exit_code(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.downcast_ref::<BadInput>().is_some()
+            || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
+        {
+            return 2;
+        }
+        if let Some(b) = cause.downcast_ref::<BuildError>() {
+            return match b {
+                BuildError::Recipe(_)
+                | BuildError::Binary { .. }
+                | BuildError::File { .. }
+                | BuildError::BadImage { .. } => 2,
+                BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
+                BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
+                BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => 2,
+                _ => 1,
+            };
+        }
+        if let Some(kiln_vm::VmError::PortInUse { .. }) = cause.downcast_ref::<kiln_vm::VmError>() {
+            return 2;
+        }
+    }
+    1
+}
+
+fn dispatch(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Build(a) => {
+            let recipe = Recipe::load(&a.recipe)?;
+            let out = a
+                .output
+                .unwrap_or_else(|| PathBuf::from("out").join(&recipe.config.name));
+            let report = build_recipe(&recipe, &out, a.refresh, a.force)?;
+            print_build_summary(&report);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(a) => run::run(a),
+        Command::Stop { name, timeout } => run::stop(&name, timeout),
+        Command::Ps { json } => run::ps(json),
+        Command::Inspect { image, json } => {
+            let m = kiln_build::load_image(&image)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!("{} ({} files)", m.name, m.files.len());
+                println!(
+                    "kernel     {} ({})",
+                    human(m.kernel.size),
+                    m.kernel.description
+                );
+                println!(
+                    "initramfs  {} {} ({} uncompressed, {} entries)",
+                    human(m.initramfs.size),
+                    m.initramfs.compression,
+                    human(m.initramfs.uncompressed_size),
+                    m.initramfs.entries
+                );
+                println!("modules    {}", m.modules.join(" "));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Human-readable size.
+pub fn human(bytes: u64) -> String {
+    if bytes >= 1 << 20 {
+        format!("{:.2} MB", bytes as f64 / 1e6)
+    } else {
+        format!("{:.1} kB", bytes as f64 / 1e3)
+    }
+}
+
+struct Spinner(indicatif::ProgressBar);
+
+impl Spinner {
+    fn new() -> Spinner {
+        let pb = indicatif::ProgressBar::new_spinner();
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+        );
+        pb.set_prefix("building");
+        pb.enable_steady_tick(std::time::Duration::from_millis(100));
+        Spinner(pb)
+    }
+}
+
+impl Progress for Spinner {
+    fn phase(&self, name: &str) {
+        self.0.set_message(name.to_string());
+    }
+    fn log(&self, line: &str) {
+        self.0.println(format!("  | {line}"));
+    }
+}
+
+impl Drop for Spinner {
+    fn drop(&mut self) {
+        self.0.finish_and_clear();
+    }
+}
+
+/// Build a recipe into `out`, with a spinner.
+pub fn build_recipe(
+    recipe: &Recipe,
+    out: &Path,
+    refresh: bool,
+    force: bool,
+) -> Result<kiln_build::BuildReport> {
+    let init = kiln_build::find_init()?;
+    let opts = BuildOptions {
+        out_dir: out.to_path_buf(),
+        cache_root: dirs::cache_root(),
+        init_binary: init,
+        refresh,
+        force,
+    };
+    let spinner = Spinner::new();
+    let r = kiln_build::build(recipe, &opts, &spinner)
+        .with_context(|| format!("building {}", recipe.dir.display()));
+    drop(spinner);
+    r
+}
+
+fn print_build_summary(r: &kiln_build::BuildReport) {
+    let m = &r.manifest;
+    eprintln!(
+        "kiln: {} {} in {:.2} s: {}",
+        m.name,
+        if r.reused { "up to date" } else { "built" },
+        r.elapsed.as_secs_f64(),
+        r.out_dir.display()
+    );
+    eprintln!(
+        "  initramfs {} ({}, {} files)  kernel {}",
+        human(m.initramfs.size),
+        m.initramfs.compression,
+        m.files.len(),
+        human(m.kernel.size)
+    );
+}

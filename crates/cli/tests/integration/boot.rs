@@ -1,0 +1,237 @@
+//! Booting real VMs under QEMU (TCG here) and talking to them with real clients.
+
+use super::*;
+use kiln_test_support::{curl, free_port, qemu_pids_with, wait_until, KillOnDrop};
+use std::io::Read;
+use std::process::Stdio;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(90);
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}{}", free_port())
+}
+
+#[test]
+fn foreground_run_serves_http_and_stops_cleanly_on_sigterm() {
+    let d = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let name = unique("fg");
+    let mut c = kiln(d.path());
+    c.args([
+        "run",
+        "--no-console",
+        "--name",
+        &name,
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .arg(httpd_image())
+    .stdin(Stdio::null())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = KillOnDrop(c.spawn().expect("spawn kiln run"));
+    let url = format!("http://127.0.0.1:{port}/");
+    let (code, body) = wait_until(
+        "HTTP 200 from the guest",
+        BOOT,
+        Duration::from_millis(100),
+        || curl(&url, 0.5).filter(|(c, _)| *c == 200),
+    );
+    assert_eq!(code, 200);
+    assert!(body.contains("Hello from a Kiln microVM"), "{body}");
+    let pids = qemu_pids_with(&format!("kiln-{name}"));
+    assert_eq!(pids.len(), 1, "one QEMU for the VM: {pids:?}");
+
+    child.signal(libc::SIGTERM);
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("kiln run exits after SIGTERM");
+    let mut err = String::new();
+    child
+        .0
+        .stderr
+        .take()
+        .expect("stderr")
+        .read_to_string(&mut err)
+        .expect("read");
+    assert!(status.success(), "exit {status:?}:\n{err}");
+    assert!(err.contains(&format!("kiln: {name} ready: guest")), "{err}");
+    assert!(err.contains("(tcg)") || err.contains("(kvm)"), "{err}");
+    assert!(
+        qemu_pids_with(&format!("kiln-{name}")).is_empty(),
+        "QEMU left running"
+    );
+}
+
+#[test]
+fn detached_vm_is_listed_reached_and_stopped() {
+    let d = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let name = unique("bg");
+    let mut c = kiln(d.path());
+    c.args([
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .arg(httpd_image());
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("ready: guest"), "{}", text(&o));
+    // Ready means the port listens in the guest; the first request may still need a retry
+    // while slirp learns the route.
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_until(
+        "HTTP 200",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || curl(&url, 0.5).filter(|(c, _)| *c == 200),
+    );
+    let mut c = kiln(d.path());
+    c.args(["ps", "--json"]);
+    let o = run(c);
+    let ps: serde_json::Value = serde_json::from_slice(&o.stdout).expect("ps json");
+    let row = ps
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .expect("listed");
+    assert_eq!(row["state"], "running");
+    let pid = row["pid"].as_u64().expect("pid") as u32;
+
+    let mut c = kiln(d.path());
+    c.args(["stop", &name]);
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains("Graceful"),
+        "init should power off on request: {}",
+        text(&o)
+    );
+    assert!(
+        !std::path::Path::new(&format!("/proc/{pid}")).exists() || !kiln_vm::runner::pid_alive(pid)
+    );
+    assert!(
+        qemu_pids_with(&format!("kiln-{name}")).is_empty(),
+        "QEMU left running"
+    );
+    let log_dir = d.path().join("vms").join(&name);
+    assert!(
+        !log_dir.exists(),
+        "stale record left at {}",
+        log_dir.display()
+    );
+    let mut c = kiln(d.path());
+    c.args(["stop", &name]);
+    let o = run(c);
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "stopping an unknown VM: {}",
+        text(&o)
+    );
+}
+
+#[test]
+fn exit_status_follows_rc() {
+    let r = scratch_recipe("httpd");
+    std::fs::write(
+        r.path().join("etc/rc"),
+        "#!/bin/sh\necho rc-ran-here\nexit 3\n",
+    )
+    .expect("w");
+    let t = std::fs::read_to_string(r.path().join("kiln.toml")).expect("r");
+    std::fs::write(
+        r.path().join("kiln.toml"),
+        t.replace("ready = \"tcp:80\"", "ready = \"exit\""),
+    )
+    .expect("w");
+    let d = tempfile::tempdir().expect("tmp");
+    let name = unique("rc");
+    let mut c = kiln(d.path());
+    c.args(["run", "--name", &name, "-p", &format!("{}:80", free_port())])
+        .arg(r.path());
+    let o = run(c);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(3), "{t}");
+    assert!(
+        t.contains("rc-ran-here") && t.contains("kiln: rc exited with status 3"),
+        "{t}"
+    );
+    assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());
+}
+
+#[test]
+fn a_guest_that_never_gets_ready_is_stopped_and_reported() {
+    let r = scratch_recipe("httpd");
+    let t = std::fs::read_to_string(r.path().join("kiln.toml")).expect("r");
+    std::fs::write(
+        r.path().join("kiln.toml"),
+        t.replace("ready = \"tcp:80\"", "ready = \"tcp:81\""),
+    )
+    .expect("w");
+    let d = tempfile::tempdir().expect("tmp");
+    let name = unique("nr");
+    let mut c = kiln(d.path());
+    c.args([
+        "run",
+        "--no-console",
+        "--ready-timeout",
+        "12",
+        "--name",
+        &name,
+        "-p",
+        &format!("{}:80", free_port()),
+    ])
+    .arg(r.path());
+    let o = run(c);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(
+        t.contains("did not become ready within 12 s") && t.contains("Last console lines"),
+        "{t}"
+    );
+    assert!(
+        qemu_pids_with(&format!("kiln-{name}")).is_empty(),
+        "QEMU left running"
+    );
+}
+
+#[test]
+fn rescue_shell_runs_commands_from_stdin() {
+    let d = tempfile::tempdir().expect("tmp");
+    let name = unique("rescue");
+    let mut c = kiln(d.path());
+    c.args(["run", "--name", &name])
+        .arg(recipe("rescue"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(c.spawn().expect("spawn"));
+    {
+        use std::io::Write;
+        let mut stdin = child.0.stdin.take().expect("stdin");
+        stdin
+            .write_all(b"echo answer-$((6*7))\nexit 0\n")
+            .expect("write");
+    }
+    let status = child
+        .wait_timeout(BOOT)
+        .expect("rescue VM powers off after `exit`");
+    let mut out = String::new();
+    child
+        .0
+        .stdout
+        .take()
+        .expect("stdout")
+        .read_to_string(&mut out)
+        .expect("read");
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("answer-42"), "{out}");
+    assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());
+}

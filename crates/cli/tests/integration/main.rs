@@ -1,0 +1,93 @@
+//! Kiln's integration tests: the real `kiln` binary builds real recipes and boots them in real
+//! QEMU (TCG on our machines); clients are real (curl). One test binary, as ripgrep does.
+
+mod boot;
+mod build;
+mod refusals;
+
+use kiln_test_support::workspace_root;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+/// A `kiln` command with an isolated state folder (the download cache is shared).
+pub fn kiln(state: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    c.env("KILN_STATE_DIR", state)
+        .env("XDG_RUNTIME_DIR", state)
+        .env_remove("SOURCE_DATE_EPOCH")
+        .current_dir(workspace_root());
+    if std::env::var_os("KILN_INIT").is_none() {
+        c.env("KILN_INIT", workspace_root().join("target/guest/kiln-init"));
+    }
+    c
+}
+
+/// Run and capture, with stdin closed.
+pub fn run(mut c: Command) -> Output {
+    c.stdin(std::process::Stdio::null())
+        .output()
+        .expect("run kiln")
+}
+
+/// stdout + stderr as text.
+pub fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A recipe folder from the repository.
+pub fn recipe(name: &str) -> PathBuf {
+    workspace_root().join("recipes").join(name)
+}
+
+/// recipes/httpd built once per test run, shared by the boot tests.
+pub fn httpd_image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    let (_, out) = IMAGE.get_or_init(|| {
+        let d = tempfile::tempdir().expect("tmp");
+        let out = d.path().join("httpd");
+        let mut c = kiln(d.path());
+        c.arg("build").arg(recipe("httpd")).arg("-o").arg(&out);
+        let o = run(c);
+        assert!(
+            o.status.success(),
+            "kiln build recipes/httpd failed:\n{}",
+            text(&o)
+        );
+        (d, out)
+    });
+    out
+}
+
+/// Copy a repository recipe into a temp folder so a test can change it.
+pub fn scratch_recipe(from: &str) -> tempfile::TempDir {
+    let d = tempfile::tempdir().expect("tmp");
+    let src = recipe(from);
+    for entry in walk(&src) {
+        let rel = entry.strip_prefix(&src).expect("prefix");
+        let dest = d.path().join(rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&dest).expect("mkdir");
+        } else {
+            std::fs::create_dir_all(dest.parent().expect("parent")).expect("mkdir");
+            std::fs::copy(&entry, &dest).expect("copy");
+        }
+    }
+    d
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).expect("read_dir").flatten() {
+        let p = e.path();
+        out.push(p.clone());
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+    }
+    out
+}
