@@ -1,0 +1,35 @@
+# Kiln's entry points. `make demo` and `make test` do all the set-up on a fresh Debian machine.
+CARGO ?= cargo
+export KILN_INIT := $(CURDIR)/target/guest/kiln-init
+
+.PHONY: setup build init demo test unit lint bench clean
+
+setup:
+	./scripts/setup.sh
+
+init:
+	./scripts/build-init.sh
+
+build: init
+	$(CARGO) build --release -p kiln
+
+demo: setup build
+	./scripts/demo.sh
+
+test: setup init lint
+	$(CARGO) build -p kiln
+	$(CARGO) test --workspace --no-fail-fast
+
+unit:
+	$(CARGO) test --workspace --lib --bins
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench: setup build
+	./scripts/bench.sh
+
+clean:
+	$(CARGO) clean
+	rm -rf out

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs what Kiln needs on a fresh Debian 12 machine. Idempotent: installs only what is
+# missing. Runs apt as root (or through sudo).
+set -euo pipefail
+
+PKGS=(
+  qemu-system-x86   # the VMM (microvm machine)
+  busybox-static    # the guest's shell and tools come from this package (fetched by apt-get download)
+  bubblewrap        # the sandbox for recipes' build hooks
+  curl              # the demo's and tests' HTTP client
+  cpio xz-utils zstd file   # tests cross-check images with the standard tools
+  build-essential pkg-config
+)
+
+sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+missing=()
+for p in "${PKGS[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+# apt-get download (kernel, busybox) needs package lists even when nothing is missing.
+lists_empty=$(find /var/lib/apt/lists -maxdepth 1 -name '*_Packages*' 2>/dev/null | head -1)
+if [ ${#missing[@]} -gt 0 ] || [ -z "$lists_empty" ]; then
+  echo "setup: apt-get update" >&2
+  sudo_ apt-get update -q
+fi
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}" >&2
+  sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (https://rustup.rs) and re-run" >&2
+  exit 1
+fi
+# The guest init is smallest as a static musl binary; scripts/build-init.sh falls back to
+# glibc +crt-static when the target cannot be had.
+if command -v rustup >/dev/null 2>&1; then
+  rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
+    || rustup target add x86_64-unknown-linux-musl || echo "setup: musl target unavailable; init will be built with glibc +crt-static" >&2
+fi
+echo "setup: ok" >&2
