@@ -177,9 +177,12 @@ mod tests {
         )
         .expect("write hook");
         let mut lines = Vec::new();
-        let e = run_hooks(std::slice::from_ref(&hook), staging.path(), recipe.path(), &mut |l| {
-            lines.push(l.to_string())
-        })
+        let e = run_hooks(
+            std::slice::from_ref(&hook),
+            staging.path(),
+            recipe.path(),
+            &mut |l| lines.push(l.to_string()),
+        )
         .expect_err("writing outside staging must fail");
         assert!(matches!(e, RootfsError::HookFailed { .. }), "{e}");
         assert!(
