@@ -1,0 +1,129 @@
+//! PID 1 duties: the signals init listens for, reaping, the shutdown
+//! sequence, and the panic hook that turns any panic into a power-off.
+//!
+//! Shutdown: `kill(-1, SIGTERM)`, reap until no children are left or 2 s have
+//! passed, `kill(-1, SIGKILL)`, `sync()`, print `kiln: powering off` (or
+//! `kiln: rebooting`), `reboot(RB_POWER_OFF)` (skipped without ACPI, where it
+//! would hang in a kernel halt), then `reboot(RB_AUTOBOOT)` (QEMU runs with
+//! `-no-reboot`), and finally `pause()` forever.
+
+use crate::{report, sys};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Signals handled synchronously by the main loop (blocked in every thread):
+/// `SIGCHLD` for reaping, and busybox's `halt` (`SIGUSR1`), `poweroff`
+/// (`SIGUSR2`), `reboot` (`SIGTERM`) conventions plus `SIGPWR`.
+pub const SIGNALS: [i32; 5] = [
+    libc::SIGCHLD,
+    libc::SIGUSR1,
+    libc::SIGUSR2,
+    libc::SIGTERM,
+    libc::SIGPWR,
+];
+
+/// How the VM should end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// `reboot(RB_POWER_OFF)`.
+    PowerOff,
+    /// `reboot(RB_AUTOBOOT)`.
+    Reboot,
+}
+
+/// What a signal received by PID 1 asks for (`None` for `SIGCHLD`).
+pub fn action_for_signal(sig: i32) -> Option<Action> {
+    match sig {
+        libc::SIGUSR1 | libc::SIGUSR2 | libc::SIGPWR => Some(Action::PowerOff),
+        libc::SIGTERM => Some(Action::Reboot),
+        _ => None,
+    }
+}
+
+/// Grace period between SIGTERM and SIGKILL.
+const GRACE_MS: u64 = 2000;
+
+static SHUTTING_DOWN: AtomicBool = AtomicBool::new(false);
+
+/// Whether `reboot(RB_POWER_OFF)` can actually power off. Without ACPI
+/// (microvm with `acpi=off`) the kernel turns a power-off into a halt that
+/// never returns and leaves the VM hanging, so reboot instead: QEMU runs with
+/// `-no-reboot`, so that ends it too.
+fn can_power_off() -> bool {
+    std::path::Path::new("/sys/firmware/acpi").exists()
+}
+
+/// The final, unconditional step: sync and ask the kernel to end the VM.
+fn halt(action: Action) -> ! {
+    sys::sync();
+    if action == Action::PowerOff && can_power_off() {
+        sys::reboot(libc::RB_POWER_OFF);
+    }
+    sys::reboot(libc::RB_AUTOBOOT);
+    sys::pause_forever()
+}
+
+/// Terminate every process, then power off or reboot. Never returns. A second
+/// concurrent call (e.g. a panic during shutdown) skips straight to the end.
+pub fn shutdown(action: Action) -> ! {
+    if SHUTTING_DOWN.swap(true, Ordering::SeqCst) {
+        halt(action);
+    }
+    let _ = sys::kill(-1, libc::SIGTERM);
+    let chld = sys::sigset(&[libc::SIGCHLD]);
+    let deadline = sys::boottime_ms() + GRACE_MS;
+    'wait: loop {
+        loop {
+            match sys::reap_one() {
+                sys::Reaped::Child(..) => continue,
+                sys::Reaped::NoChildren => break 'wait,
+                sys::Reaped::Running => break,
+            }
+        }
+        let now = sys::boottime_ms();
+        if now >= deadline {
+            break;
+        }
+        // SIGCHLD is blocked in every thread of init, so this wakes on the
+        // next child exit; the cap guards against a lost wake-up.
+        sys::wait_signal(&chld, Some((deadline - now).min(50)));
+    }
+    let _ = sys::kill(-1, libc::SIGKILL);
+    sys::sync();
+    sys::emit(match action {
+        Action::PowerOff => "kiln: powering off\n",
+        Action::Reboot => "kiln: rebooting\n",
+    });
+    halt(action)
+}
+
+/// Install the panic hook: print `kiln: init panicked: MESSAGE` and power off.
+pub fn install_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| info.payload().downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("(no message)");
+        let mut line = report::Line::new().s("init panicked: ").s(msg);
+        if let Some(loc) = info.location() {
+            line = line.s(" at ").s(loc.file()).s(":").n(i64::from(loc.line()));
+        }
+        sys::emit(&line.finish());
+        shutdown(Action::PowerOff);
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signal_actions() {
+        assert_eq!(action_for_signal(libc::SIGUSR2), Some(Action::PowerOff));
+        assert_eq!(action_for_signal(libc::SIGUSR1), Some(Action::PowerOff));
+        assert_eq!(action_for_signal(libc::SIGPWR), Some(Action::PowerOff));
+        assert_eq!(action_for_signal(libc::SIGTERM), Some(Action::Reboot));
+        assert_eq!(action_for_signal(libc::SIGCHLD), None);
+    }
+}

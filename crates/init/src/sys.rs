@@ -1,0 +1,334 @@
+//! The thin system-call layer: every `unsafe` libc call init makes outside
+//! networking ([`crate::net`]) lives here, each wrapped in a small safe
+//! function that reports failure as an errno value.
+//!
+//! Nothing in this module makes decisions; the boot logic in `main.rs` and the
+//! pure parsers decide what to do with the results.
+
+use std::ffi::CString;
+
+/// A raw `errno` value.
+pub type Errno = i32;
+
+/// Result of a system call wrapper: the value, or the `errno` it failed with.
+pub type SysResult<T> = Result<T, Errno>;
+
+/// The calling thread's current `errno`.
+pub fn errno() -> Errno {
+    // SAFETY: __errno_location always returns a valid pointer to this
+    // thread's errno, on both musl and glibc.
+    unsafe { *libc::__errno_location() }
+}
+
+/// Turn a C-style return value (`-1` on failure) into a [`SysResult`].
+fn check(ret: libc::c_long) -> SysResult<libc::c_long> {
+    if ret == -1 {
+        Err(errno())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// A NUL-terminated copy of `s`; `EINVAL` if it contains a NUL byte.
+pub fn cstr(s: &str) -> SysResult<CString> {
+    CString::new(s).map_err(|_| libc::EINVAL)
+}
+
+/// The human-readable text for an errno value, e.g. "No such file or directory".
+pub fn strerror(err: Errno) -> String {
+    let mut buf = [0u8; 128];
+    // SAFETY: the buffer is valid for its full length; both libcs bind the
+    // XSI variant, which writes a NUL-terminated string into it.
+    let rc = unsafe { libc::strerror_r(err, buf.as_mut_ptr().cast(), buf.len()) };
+    let len = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    if rc != 0 || len == 0 {
+        let mut s = String::from("error ");
+        crate::report::push_num(&mut s, i64::from(err));
+        return s;
+    }
+    String::from_utf8_lossy(&buf[..len]).into_owned()
+}
+
+/// The errno text for an `std::io::Error` (falls back to its `Display`).
+pub fn io_error_text(e: &std::io::Error) -> String {
+    match e.raw_os_error() {
+        Some(n) => strerror(n),
+        None => e.to_string(),
+    }
+}
+
+/// Write all of `bytes` to `fd`, retrying on partial writes and `EINTR`.
+/// Errors are ignored: there is nowhere else to report them.
+pub fn write_all(fd: i32, mut bytes: &[u8]) {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer/length pair comes from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return;
+        }
+        if n == 0 {
+            return;
+        }
+        bytes = &bytes[n as usize..];
+    }
+}
+
+/// Print one complete console line (already terminated by `\n`) with a single
+/// unbuffered `write(2)` to stdout, so it is never held back or interleaved
+/// with another of our own lines.
+pub fn emit(line: &str) {
+    write_all(1, line.as_bytes());
+}
+
+/// `mount(2)`. `data` may be empty.
+pub fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    data: &str,
+) -> SysResult<()> {
+    let (source, target, fstype, data) = (cstr(source)?, cstr(target)?, cstr(fstype)?, cstr(data)?);
+    // SAFETY: all pointers are valid NUL-terminated strings for the call.
+    let rc = unsafe {
+        libc::mount(
+            source.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            flags,
+            data.as_ptr().cast(),
+        )
+    };
+    check(rc.into()).map(drop)
+}
+
+/// Milliseconds since boot, `CLOCK_BOOTTIME` (includes time suspended; for a
+/// fresh VM it is the guest uptime).
+pub fn boottime_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+/// Sleep for `ms` milliseconds (restarted on `EINTR`).
+pub fn sleep_ms(ms: u64) {
+    let mut req = libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    };
+    let mut rem = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: both timespecs are valid; on EINTR we continue with the remainder.
+    while unsafe { libc::nanosleep(&req, &mut rem) } == -1 && errno() == libc::EINTR {
+        req = rem;
+    }
+}
+
+/// `open(2)` with `O_CLOEXEC` added.
+pub fn open(path: &str, flags: i32) -> SysResult<i32> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated path.
+    let fd = unsafe { libc::open(p.as_ptr(), flags | libc::O_CLOEXEC) };
+    check(fd.into()).map(|fd| fd as i32)
+}
+
+/// `close(2)`, ignoring errors.
+pub fn close(fd: i32) {
+    // SAFETY: closing a descriptor we own.
+    unsafe { libc::close(fd) };
+}
+
+/// Whether `fd` is an open descriptor.
+pub fn fd_is_open(fd: i32) -> bool {
+    // SAFETY: F_GETFD on any integer is harmless.
+    unsafe { libc::fcntl(fd, libc::F_GETFD) != -1 }
+}
+
+/// Clear `FD_CLOEXEC` so children inherit `fd`.
+pub fn clear_cloexec(fd: i32) {
+    // SAFETY: F_SETFD on any integer is harmless.
+    unsafe { libc::fcntl(fd, libc::F_SETFD, 0) };
+}
+
+/// `dup2(2)`.
+pub fn dup2(from: i32, to: i32) -> SysResult<()> {
+    // SAFETY: plain descriptor duplication.
+    check(unsafe { libc::dup2(from, to) }.into()).map(drop)
+}
+
+/// `mknod(2)` of a character device.
+pub fn mknod_char(path: &str, mode: u32, major: u32, minor: u32) -> SysResult<()> {
+    let p = cstr(path)?;
+    let dev = libc::makedev(major, minor);
+    // SAFETY: p is a valid NUL-terminated path.
+    check(unsafe { libc::mknod(p.as_ptr(), libc::S_IFCHR | mode, dev) }.into()).map(drop)
+}
+
+/// Whether `path` is writable by us (`access(2)` with `W_OK`).
+pub fn writable(path: &str) -> bool {
+    match cstr(path) {
+        // SAFETY: p is a valid NUL-terminated path.
+        Ok(p) => unsafe { libc::access(p.as_ptr(), libc::W_OK) == 0 },
+        Err(_) => false,
+    }
+}
+
+/// `finit_module(2)` on the file at `path` with the given parameter string.
+/// `flags` are `MODULE_INIT_*` flags.
+pub fn finit_module(path: &str, params: &str, flags: u32) -> SysResult<()> {
+    let fd = open(path, libc::O_RDONLY)?;
+    let params = match cstr(params) {
+        Ok(p) => p,
+        Err(e) => {
+            close(fd);
+            return Err(e);
+        }
+    };
+    // SAFETY: fd is open, params is a valid NUL-terminated string.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_finit_module,
+            fd,
+            params.as_ptr(),
+            flags as libc::c_long,
+        )
+    };
+    let res = check(rc).map(drop);
+    close(fd);
+    res
+}
+
+/// `sethostname(2)`.
+pub fn sethostname(name: &str) -> SysResult<()> {
+    // SAFETY: pointer/length pair from a live str.
+    check(unsafe { libc::sethostname(name.as_ptr().cast(), name.len()) }.into()).map(drop)
+}
+
+/// `kill(2)`.
+pub fn kill(pid: i32, sig: i32) -> SysResult<()> {
+    // SAFETY: sending a signal has no memory-safety implications.
+    check(unsafe { libc::kill(pid, sig) }.into()).map(drop)
+}
+
+/// Our own process id.
+pub fn getpid() -> i32 {
+    // SAFETY: always succeeds.
+    unsafe { libc::getpid() }
+}
+
+/// Outcome of one non-blocking `waitpid(-1, WNOHANG)`.
+pub enum Reaped {
+    /// A child exited: its pid and raw wait status.
+    Child(i32, i32),
+    /// Children exist but none has exited yet.
+    Running,
+    /// There are no children left (`ECHILD`).
+    NoChildren,
+}
+
+/// One `waitpid(-1, &status, WNOHANG)`.
+pub fn reap_one() -> Reaped {
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid, writable int.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        match pid {
+            0 => return Reaped::Running,
+            p if p > 0 => return Reaped::Child(p, status),
+            _ if errno() == libc::EINTR => continue,
+            _ => return Reaped::NoChildren,
+        }
+    }
+}
+
+/// A signal set built from a list of signal numbers.
+pub fn sigset(signals: &[i32]) -> libc::sigset_t {
+    // SAFETY: sigemptyset fully initialises the set before sigaddset uses it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for &s in signals {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block `signals` in the calling thread (threads spawned later inherit the
+/// mask, so call this before spawning any).
+pub fn block_signals(signals: &[i32]) {
+    let set = sigset(signals);
+    // SAFETY: valid set pointer; old mask not requested.
+    unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+}
+
+/// Unblock every signal in the calling thread (used in the child before exec).
+/// Async-signal-safe.
+pub fn unblock_all_signals() {
+    // SAFETY: sigemptyset initialises the set; sigprocmask is async-signal-safe.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+    }
+}
+
+/// Wait up to `timeout_ms` (or forever if `None`) for one of the (blocked)
+/// signals in `set`; returns the signal number, or `None` on timeout.
+pub fn wait_signal(set: &libc::sigset_t, timeout_ms: Option<u64>) -> Option<i32> {
+    let ts = timeout_ms.map(|ms| libc::timespec {
+        tv_sec: (ms / 1000) as libc::time_t,
+        tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
+    });
+    let tsp = match &ts {
+        Some(t) => t as *const libc::timespec,
+        None => std::ptr::null(),
+    };
+    // SAFETY: set and (optional) timeout point to valid values; siginfo not requested.
+    let sig = unsafe { libc::sigtimedwait(set, std::ptr::null_mut(), tsp) };
+    if sig > 0 {
+        Some(sig)
+    } else {
+        None
+    }
+}
+
+/// `sync(2)`.
+pub fn sync() {
+    // SAFETY: no arguments.
+    unsafe { libc::sync() };
+}
+
+/// `reboot(2)` with one of the `RB_*` commands. Only returns on failure.
+pub fn reboot(cmd: i32) {
+    // SAFETY: no memory involved.
+    unsafe { libc::reboot(cmd) };
+}
+
+/// `pause(2)` forever.
+pub fn pause_forever() -> ! {
+    loop {
+        // SAFETY: no arguments.
+        unsafe { libc::pause() };
+    }
+}
+
+/// In the child between fork and exec: start a new session and make the
+/// console on fd 0 its controlling terminal. Async-signal-safe; a missing tty
+/// (e.g. console is not a terminal) is not an error.
+pub fn become_session_leader_with_ctty() {
+    // SAFETY: setsid and ioctl are async-signal-safe and touch no Rust memory.
+    unsafe {
+        libc::setsid();
+        libc::ioctl(0, libc::TIOCSCTTY as _, 1 as libc::c_int);
+    }
+}
