@@ -21,8 +21,10 @@ use std::time::{Duration, Instant};
 
 /// The name of the manifest in an image folder.
 pub const MANIFEST: &str = "manifest.json";
-/// The kernel's file name in an image folder.
+/// The kernel's file name in an image folder (a bzImage).
 pub const KERNEL_FILE: &str = "vmlinuz";
+/// The kernel's file name in an image folder when it boots through PVH (uncompressed ELF).
+pub const PVH_KERNEL_FILE: &str = "vmlinux";
 /// The Debian package busybox comes from.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -304,10 +306,25 @@ pub fn build(
         &image_dir.join(&initramfs_name),
     )?;
 
-    let kernel_dest = image_dir.join(KERNEL_FILE);
-    if std::fs::hard_link(&kernel.image, &kernel_dest).is_err() {
-        std::fs::copy(&kernel.image, &kernel_dest).map_err(io(&kernel.image))?;
+    // Boot the uncompressed ELF through its PVH entry when the kernel allows: it skips the
+    // bzImage's decompression, which is slow under TCG.
+    let pvh = opts
+        .cache_root
+        .join("pvh")
+        .join(format!("{}.vmlinux", kernel.sha256));
+    let (boot_image, kernel_file, protocol) = if kiln_kernel::pvh::ensure_pvh(&kernel.image, &pvh)?
+    {
+        (pvh, PVH_KERNEL_FILE, "pvh")
+    } else {
+        (kernel.image.clone(), KERNEL_FILE, "bzimage")
+    };
+    let kernel_dest = image_dir.join(kernel_file);
+    if std::fs::hard_link(&boot_image, &kernel_dest).is_err() {
+        std::fs::copy(&boot_image, &kernel_dest).map_err(io(&boot_image))?;
     }
+    let file_size = std::fs::metadata(&kernel_dest)
+        .map_err(io(&kernel_dest))?
+        .len();
 
     let manifest = ImageManifest {
         kiln_version: env!("CARGO_PKG_VERSION").into(),
@@ -316,7 +333,9 @@ pub fn build(
         fingerprint: fp,
         recipe: recipe.dir.display().to_string(),
         kernel: KernelInfo {
-            file: KERNEL_FILE.into(),
+            file: kernel_file.into(),
+            boot: protocol.into(),
+            file_size,
             description: kernel.description.clone(),
             version: kernel.version.clone(),
             sha256: kernel.sha256.clone(),

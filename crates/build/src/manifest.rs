@@ -35,13 +35,17 @@ pub struct ImageManifest {
 pub struct KernelInfo {
     /// File name in the image folder.
     pub file: String,
+    /// How it boots: "pvh" (uncompressed ELF, PVH entry) or "bzimage".
+    pub boot: String,
+    /// Size of the file in the image folder.
+    pub file_size: u64,
     /// Where it came from.
     pub description: String,
     /// Kernel release, when known.
     pub version: Option<String>,
-    /// sha256.
+    /// sha256 of the kernel as shipped.
     pub sha256: String,
-    /// Size in bytes.
+    /// Size in bytes of the kernel as shipped (the compressed bzImage).
     pub size: u64,
 }
 

@@ -1,6 +1,7 @@
 //! `kiln`: the command line. Thin glue over the library crates: it parses flags, picks
 //! folders, shows progress, and maps errors to exit codes (2 for bad input, 1 for failures).
 
+mod bench;
 mod dirs;
 mod run;
 mod state;
@@ -27,6 +28,8 @@ enum Command {
     Build(BuildArgs),
     /// Boot a recipe (built first if stale) or an image folder.
     Run(run::RunArgs),
+    /// Boot a recipe N times and measure each phase, optionally beside a plain baseline.
+    Bench(bench::BenchArgs),
     /// Stop a detached VM: ask its init to power off, then quit QEMU, then kill it.
     Stop {
         /// The VM's name.
@@ -129,6 +132,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(a),
+        Command::Bench(a) => bench::bench(a),
         Command::Stop { name, timeout } => run::stop(&name, timeout),
         Command::Ps { json } => run::ps(json),
         Command::Inspect { image, json } => {

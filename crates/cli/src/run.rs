@@ -61,8 +61,39 @@ pub struct RunArgs {
     pub no_console: bool,
 }
 
+impl RunArgs {
+    /// The options `kiln bench` boots with: one forward, no console, defaults otherwise.
+    pub(crate) fn for_bench(
+        image: &Path,
+        host_port: u16,
+        guest_port: u16,
+        accel: AccelChoice,
+        memory: Option<u32>,
+    ) -> RunArgs {
+        RunArgs {
+            target: image.to_path_buf(),
+            ports: vec![PortForward {
+                host_addr: std::net::Ipv4Addr::LOCALHOST,
+                host_port,
+                guest_port,
+                protocol: kiln_recipe::Protocol::Tcp,
+            }],
+            cpus: None,
+            memory,
+            name: Some(format!("bench{host_port}")),
+            detach: false,
+            accel,
+            ready_timeout: None,
+            append: None,
+            verbose: false,
+            timings: false,
+            no_console: true,
+        }
+    }
+}
+
 /// Resolve TARGET to an image folder, building a recipe if needed.
-fn image_for(target: &Path) -> Result<(PathBuf, ImageManifest)> {
+pub(crate) fn image_for(target: &Path) -> Result<(PathBuf, ImageManifest)> {
     if target.join(kiln_build::MANIFEST).is_file() {
         let m = kiln_build::load_image(target)?;
         return Ok((target.to_path_buf(), m));
@@ -91,16 +122,16 @@ fn image_for(target: &Path) -> Result<(PathBuf, ImageManifest)> {
     Ok((out, report.manifest))
 }
 
-struct Plan {
+pub(crate) struct Plan {
     name: String,
-    spec: VmSpec,
+    pub(crate) spec: VmSpec,
     ready_timeout: Duration,
     ports: Vec<PortForward>,
     image_dir: PathBuf,
     run_dir: PathBuf,
 }
 
-fn plan(
+pub(crate) fn plan(
     a: &RunArgs,
     image_dir: &Path,
     m: &ImageManifest,

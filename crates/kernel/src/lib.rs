@@ -9,6 +9,8 @@
 
 mod image;
 mod modules;
+pub mod pvh;
+pub mod tiny;
 
 use std::fs;
 use std::io::{self, Write};

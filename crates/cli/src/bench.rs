@@ -1,0 +1,556 @@
+//! `kiln bench`: boots a recipe N times and measures each phase, beside a plain baseline run in
+//! the same session (Debian's kernel with a busybox initramfs, started by a hand-written QEMU
+//! command), interleaved so both see the same machine load. Prints min / median / p90 and the
+//! kiln/baseline ratio; `--json` for machines.
+
+use crate::run::{image_for, plan, RunArgs};
+use crate::{dirs, human};
+use anyhow::{bail, Context, Result};
+use clap::Args;
+use kiln_build::ImageManifest;
+use kiln_image::{cpio, Compression};
+use kiln_recipe::Recipe;
+use kiln_vm::runner::{self, ConsoleMsg, RunPaths};
+use kiln_vm::{accel, AccelChoice, ConsoleEvent, LineParser};
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Options of `kiln bench`.
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// The recipe to measure (its readiness check must be tcp:PORT).
+    pub recipe: PathBuf,
+    /// Boots of each kind.
+    #[arg(long, short = 'n', default_value_t = 10)]
+    pub boots: usize,
+    /// Also measure the plain baseline, interleaved.
+    #[arg(long)]
+    pub baseline: bool,
+    /// Also measure build times (cold: empty download cache; warm: cached downloads).
+    #[arg(long)]
+    pub build: bool,
+    /// Find the smallest --memory (MiB) at which the service still answers.
+    #[arg(long)]
+    pub min_memory: bool,
+    /// Per-boot deadline in seconds: a boot that misses it counts as a hang.
+    #[arg(long, default_value_t = 60)]
+    pub deadline: u64,
+    /// Accelerator.
+    #[arg(long, default_value = "auto")]
+    pub accel: AccelChoice,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One boot's figures (ms, bytes).
+#[derive(Debug, Default, Clone)]
+struct Sample {
+    ready_host_ms: Option<f64>,
+    guest_ready_ms: Option<f64>,
+    first_200_ms: Option<f64>,
+    rss_kb: Option<f64>,
+    stop_ms: Option<f64>,
+    phases: BTreeMap<String, f64>,
+    hung: bool,
+}
+
+fn http_get_ok(port: u16) -> bool {
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let Ok(mut s) = TcpStream::connect_timeout(&addr, Duration::from_millis(200)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(300)));
+    if s.write_all(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut buf = [0u8; 32];
+    match s.read(&mut buf) {
+        Ok(n) if n >= 12 => buf[..n].starts_with(b"HTTP/1.") && &buf[9..12] == b"200",
+        _ => false,
+    }
+}
+
+/// Poll GET / with short attempts from `start` until a 200 or `deadline`.
+fn wait_first_200(port: u16, start: Instant, deadline: Instant) -> Option<f64> {
+    while Instant::now() < deadline {
+        if http_get_ok(port) {
+            return Some(start.elapsed().as_secs_f64() * 1000.0);
+        }
+    }
+    None
+}
+
+fn rss_kb(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One Kiln boot: launch → ready line → first 200 → RSS → graceful stop.
+fn kiln_boot(
+    image_dir: &Path,
+    m: &ImageManifest,
+    guest_port: u16,
+    accel: AccelChoice,
+    deadline: Duration,
+    memory: Option<u32>,
+) -> Result<Sample> {
+    let port = free_port()?;
+    let run_dir = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
+    let args = RunArgs::for_bench(image_dir, port, guest_port, accel, memory);
+    let probe = accel::choose(
+        accel,
+        &kiln_vm::check_qemu()?,
+        &image_dir.join(&m.kernel.file),
+        &dirs::cache_root(),
+    );
+    let p = plan(&args, image_dir, m, run_dir.path(), probe.accel)?;
+    let qemu = kiln_vm::check_qemu()?;
+    let paths = RunPaths::in_dir(run_dir.path());
+    let mut vm = runner::spawn(&qemu, &p.spec, &paths, false)?;
+    let start = vm.started;
+    let end = start + deadline;
+    let console = vm.connect_console()?;
+    let parser = Arc::new(Mutex::new(LineParser::new(30)));
+    let events = runner::read_console(console, None, parser.clone());
+    let mut s = Sample::default();
+    // Poll HTTP in parallel with the console so neither delays the other.
+    let poller = std::thread::spawn(move || wait_first_200(port, start, end));
+    while Instant::now() < end && s.ready_host_ms.is_none() {
+        match events.recv_timeout(Duration::from_millis(20)) {
+            Ok(ConsoleMsg::Event(ConsoleEvent::Ready { guest_ms })) => {
+                s.ready_host_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
+                s.guest_ready_ms = Some(guest_ms as f64);
+            }
+            Ok(ConsoleMsg::Closed) => break,
+            _ => {}
+        }
+    }
+    // The timeline line follows the ready line.
+    if let Ok(ConsoleMsg::Event(ConsoleEvent::Timeline(ph))) =
+        events.recv_timeout(Duration::from_millis(500))
+    {
+        s.phases = ph.into_iter().map(|(k, v)| (k, v as f64)).collect();
+    }
+    s.first_200_ms = poller.join().unwrap_or(None);
+    s.hung = s.first_200_ms.is_none();
+    s.rss_kb = rss_kb(vm.pid());
+    let t = Instant::now();
+    let outcome = vm.stop(Duration::from_secs(10));
+    if outcome == runner::StopOutcome::Graceful {
+        s.stop_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
+    }
+    if s.hung {
+        eprintln!(
+            "bench: kiln boot missed the {deadline:?} deadline; console:\n{}",
+            parser.lock().map(|p| p.tail()).unwrap_or_default()
+        );
+    }
+    Ok(s)
+}
+
+/// The baseline's busybox initramfs: a shell /init that loads the virtio modules with insmod,
+/// configures eth0 with ifconfig/route and runs busybox httpd, as one would by hand.
+fn baseline_initramfs(m: &ImageManifest, image_dir: &Path, dest: &Path) -> Result<()> {
+    let cache = kiln_debpkg::Cache::new(dirs::cache_root());
+    let deb = cache.fetch(kiln_build::BUSYBOX_PACKAGE, false)?;
+    let busybox = std::fs::read(cache.unpack(&deb)?.join("bin/busybox"))?;
+    // The modules come from the Kiln image itself (same kernel), in its load order.
+    let initramfs = std::fs::read(image_dir.join(&m.initramfs.file))?;
+    let entries = cpio::read_archive(&kiln_image::decompress(&initramfs)?)?;
+    let mut w = cpio::Writer::new(Vec::new());
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "www",
+        "lib",
+        "lib/modules",
+    ] {
+        w.add_dir(d, 0o755)?;
+    }
+    w.add_device("dev/console", cpio::DeviceKind::Char, 0o600, 5, 1)?;
+    w.add_file("bin/busybox", 0o755, &busybox)?;
+    w.add_symlink("bin/sh", "busybox")?;
+    let mut insmods = String::new();
+    for name in &m.modules {
+        let e = entries
+            .iter()
+            .find(|e| {
+                e.path.ends_with(&format!("/{}.ko", name))
+                    || e.path.ends_with(&format!("/{}.ko", name.replace('_', "-")))
+            })
+            .with_context(|| format!("module {name} not in the image"))?;
+        w.add_file(format!("lib/modules/{name}.ko"), 0o644, &e.data)?;
+        insmods.push_str(&format!("insmod /lib/modules/{name}.ko\n"));
+    }
+    w.add_file("www/index.html", 0o644, b"baseline\n")?;
+    let init = format!(
+        "#!/bin/sh\n/bin/busybox --install -s /bin\nmount -t proc proc /proc\nmount -t sysfs sys /sys\nmount -t devtmpfs dev /dev\n{insmods}\
+         ifconfig lo 127.0.0.1 up\nifconfig eth0 10.0.2.15 netmask 255.255.255.0 up\nroute add default gw 10.0.2.2\n\
+         httpd -p 80 -h /www\necho baseline-ready\nexec sh -c 'while :; do sleep 3600; done'\n"
+    );
+    w.add_file("init", 0o755, init.as_bytes())?;
+    let raw = w.finish()?;
+    let gz = kiln_image::compress(&raw, Compression::Gzip, None)?;
+    std::fs::write(dest, gz)?;
+    Ok(())
+}
+
+/// One baseline boot with the hand-written QEMU command.
+fn baseline_boot(
+    kernel: &Path,
+    initrd: &Path,
+    accel: kiln_vm::Accel,
+    deadline: Duration,
+) -> Result<Sample> {
+    let port = free_port()?;
+    let qemu = kiln_vm::check_qemu()?;
+    let accel_arg = if accel == kiln_vm::Accel::Kvm {
+        "kvm"
+    } else {
+        "tcg"
+    };
+    let start = Instant::now();
+    let child = Command::new(qemu)
+        .args([
+            "-M",
+            "microvm",
+            "-accel",
+            accel_arg,
+            "-m",
+            "128",
+            "-nodefaults",
+            "-no-user-config",
+        ])
+        .args([
+            "-display",
+            "none",
+            "-no-reboot",
+            "-serial",
+            "null",
+            "-kernel",
+        ])
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", "console=ttyS0 panic=-1 quiet"])
+        .args([
+            "-netdev",
+            &format!("user,id=n0,hostfwd=tcp:127.0.0.1:{port}-:80"),
+            "-device",
+            "virtio-net-device,netdev=n0",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let mut child = KillGuard(child);
+    let mut s = Sample {
+        first_200_ms: wait_first_200(port, start, start + deadline),
+        ..Sample::default()
+    };
+    s.hung = s.first_200_ms.is_none();
+    s.rss_kb = rss_kb(child.0.id());
+    let _ = child.0.kill();
+    let _ = child.0.wait();
+    Ok(s)
+}
+
+struct KillGuard(std::process::Child);
+impl Drop for KillGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// min, median, p90.
+type Stats = Option<(f64, f64, f64)>;
+
+/// min, median, p90 of the present values.
+fn stats(values: impl Iterator<Item = Option<f64>>) -> Stats {
+    let mut v: Vec<f64> = values.flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let pick = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    Some((v[0], pick(0.5), pick(0.9)))
+}
+
+fn time_build(recipe: &Recipe, cache: &Path, out: &Path) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let o = Command::new(exe)
+        .env("KILN_CACHE_DIR", cache)
+        .arg("build")
+        .arg(&recipe.dir)
+        .arg("-o")
+        .arg(out)
+        .arg("--force")
+        .stdin(Stdio::null())
+        .output()?;
+    if !o.status.success() {
+        bail!("build failed: {}", String::from_utf8_lossy(&o.stderr));
+    }
+    Ok(t.elapsed().as_secs_f64() * 1000.0)
+}
+
+/// `kiln bench`.
+pub fn bench(a: BenchArgs) -> Result<ExitCode> {
+    let recipe = Recipe::load(&a.recipe)?;
+    let guest_port = match recipe.config.ready {
+        kiln_recipe::Ready::Tcp(p) => p,
+        _ => bail!(crate::BadInput(format!(
+            "{}: bench needs ready = \"tcp:PORT\" to measure the first HTTP answer",
+            recipe.config_path().display()
+        ))),
+    };
+    let (image_dir, m) = image_for(&a.recipe)?;
+    let deadline = Duration::from_secs(a.deadline);
+    let probe = accel::choose(
+        a.accel,
+        &kiln_vm::check_qemu()?,
+        &image_dir.join(&m.kernel.file),
+        &dirs::cache_root(),
+    );
+    let work = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
+    let mut report = serde_json::json!({
+        "recipe": m.name, "accel": probe.accel.to_string(), "accel_reason": probe.reason, "boots": a.boots,
+        "host": host_line(),
+        "image_bytes": m.initramfs.size, "kernel_bytes": m.kernel.size,
+    });
+
+    if a.build {
+        let cold_cache = work.path().join("cold-cache");
+        let cold = time_build(&recipe, &cold_cache, &work.path().join("cold"))?;
+        let warm = time_build(&recipe, &cold_cache, &work.path().join("warm"))?;
+        let exe = std::env::current_exe()?;
+        let t = Instant::now();
+        let o = Command::new(exe)
+            .env("KILN_CACHE_DIR", &cold_cache)
+            .arg("build")
+            .arg(&recipe.dir)
+            .arg("-o")
+            .arg(work.path().join("warm"))
+            .output()?;
+        let noop = t.elapsed().as_secs_f64() * 1000.0;
+        if !o.status.success() {
+            bail!("no-op build failed");
+        }
+        report["build_ms"] = serde_json::json!({ "cold": cold, "warm": warm, "up_to_date": noop });
+    }
+
+    let baseline_initrd = work.path().join("baseline.cpio.gz");
+    if a.baseline {
+        baseline_initramfs(&m, &image_dir, &baseline_initrd)?;
+        report["baseline_image_bytes"] = std::fs::metadata(&baseline_initrd)?.len().into();
+    }
+    let kernel = image_dir.join(&m.kernel.file);
+    let mut kiln_samples = Vec::new();
+    let mut base_samples = Vec::new();
+    for i in 0..a.boots {
+        kiln_samples.push(kiln_boot(
+            &image_dir, &m, guest_port, a.accel, deadline, None,
+        )?);
+        if a.baseline {
+            base_samples.push(baseline_boot(
+                &kernel,
+                &baseline_initrd,
+                probe.accel,
+                deadline,
+            )?);
+        }
+        if !a.json {
+            eprint!("\rbench: boot {}/{}", i + 1, a.boots);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    let hangs = kiln_samples.iter().filter(|s| s.hung).count();
+    let base_hangs = base_samples.iter().filter(|s| s.hung).count();
+    report["hangs"] = hangs.into();
+    report["baseline_hangs"] = base_hangs.into();
+
+    let mut rows: Vec<(String, Stats, Stats)> = vec![
+        (
+            "run to first HTTP 200 (ms)".into(),
+            stats(kiln_samples.iter().map(|s| s.first_200_ms)),
+            stats(base_samples.iter().map(|s| s.first_200_ms)),
+        ),
+        (
+            "run to ready line (ms)".into(),
+            stats(kiln_samples.iter().map(|s| s.ready_host_ms)),
+            None,
+        ),
+        (
+            "guest uptime at ready (ms)".into(),
+            stats(kiln_samples.iter().map(|s| s.guest_ready_ms)),
+            None,
+        ),
+        (
+            "QEMU RSS (MB)".into(),
+            stats(kiln_samples.iter().map(|s| s.rss_kb.map(|k| k / 1024.0))),
+            stats(base_samples.iter().map(|s| s.rss_kb.map(|k| k / 1024.0))),
+        ),
+        (
+            "graceful stop (ms)".into(),
+            stats(kiln_samples.iter().map(|s| s.stop_ms)),
+            None,
+        ),
+    ];
+    let phase_names: Vec<String> = kiln_samples
+        .first()
+        .map(|s| s.phases.keys().cloned().collect())
+        .unwrap_or_default();
+    for ph in phase_names {
+        rows.push((
+            format!("guest phase {ph} (ms)"),
+            stats(kiln_samples.iter().map(|s| s.phases.get(&ph).copied())),
+            None,
+        ));
+    }
+
+    if a.min_memory {
+        let mut lo = 16u32;
+        let mut hi = m.boot.memory.max(32);
+        // Invariant: hi works (checked first), lo does not or is the floor.
+        let works = |mem: u32| -> Result<bool> {
+            Ok(!kiln_boot(
+                &image_dir,
+                &m,
+                guest_port,
+                a.accel,
+                deadline.min(Duration::from_secs(40)),
+                Some(mem),
+            )?
+            .hung)
+        };
+        if works(hi)? {
+            while hi - lo > 4 {
+                let mid = (lo + hi) / 2;
+                if works(mid)? {
+                    hi = mid;
+                } else {
+                    lo = mid;
+                }
+            }
+            report["min_memory_mib"] = hi.into();
+        }
+    }
+
+    let table: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|(name, k, b)| {
+            serde_json::json!({
+                "metric": name,
+                "kiln": k.map(|(mi, me, p)| serde_json::json!({"min": mi, "median": me, "p90": p})),
+                "baseline": b.map(|(mi, me, p)| serde_json::json!({"min": mi, "median": me, "p90": p})),
+                "ratio_median": match (k, b) { (Some(k), Some(b)) if b.1 > 0.0 => Some(k.1 / b.1), _ => None },
+            })
+        })
+        .collect();
+    report["metrics"] = table.into();
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "kiln bench {} — {} boots, accelerator {} ({})",
+        m.name, a.boots, probe.accel, probe.reason
+    );
+    println!("host: {}", report["host"].as_str().unwrap_or(""));
+    println!(
+        "image {} (initramfs {}), kernel {}",
+        m.name,
+        human(m.initramfs.size),
+        human(m.kernel.size)
+    );
+    if let Some(b) = report.get("baseline_image_bytes").and_then(|v| v.as_u64()) {
+        println!("baseline initramfs (busybox + modules, gzip) {}", human(b));
+    }
+    if let Some(b) = report.get("build_ms") {
+        println!(
+            "build: cold {:.0} ms, warm {:.0} ms, up-to-date check {:.0} ms",
+            b["cold"].as_f64().unwrap_or(0.0),
+            b["warm"].as_f64().unwrap_or(0.0),
+            b["up_to_date"].as_f64().unwrap_or(0.0)
+        );
+    }
+    if let Some(mm) = report.get("min_memory_mib") {
+        println!("smallest --memory that served the page: {mm} MiB");
+    }
+    println!(
+        "hangs (missed the {} s deadline): kiln {hangs}/{}, baseline {base_hangs}/{}",
+        a.deadline,
+        a.boots,
+        base_samples.len()
+    );
+    println!(
+        "{:<32} {:>26} {:>26} {:>7}",
+        "metric (min / median / p90)", "kiln", "baseline", "ratio"
+    );
+    let fmt = |s: &Stats| {
+        s.map(|(a, b, c)| format!("{a:.0} / {b:.0} / {c:.0}"))
+            .unwrap_or_else(|| "-".into())
+    };
+    for (name, k, b) in &rows {
+        let ratio = match (k, b) {
+            (Some(k), Some(b)) if b.1 > 0.0 => format!("{:.2}x", k.1 / b.1),
+            _ => "-".into(),
+        };
+        println!("{:<32} {:>26} {:>26} {:>7}", name, fmt(k), fmt(b), ratio);
+    }
+    Ok(if hangs > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn host_line() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let qemu = Command::new(kiln_vm::qemu_binary())
+        .arg("--version")
+        .output()
+        .ok()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        })
+        .unwrap_or_default();
+    format!(
+        "{} cores, {cpu}, {qemu}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    )
+}
