@@ -20,7 +20,11 @@
 //! Every write is atomic (temp file or temp dir in the same directory, then
 //! `rename`), so concurrent Kiln processes sharing one cache are safe.
 
-use std::collections::HashSet;
+mod set;
+
+pub use set::{parse_simulation, PackageSet, SCRIPT_ONLY};
+
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::io::{self, BufReader, Read, Write};
@@ -94,6 +98,19 @@ pub enum DebError {
         entry: String,
         /// Why it is unsafe.
         reason: String,
+    },
+    /// Downloading resolved packages failed; nothing was added to the cache.
+    #[error(
+        "downloading {} failed ({status}); the cache was left unchanged, so retry when the mirror is reachable (check the network, proxy and /etc/apt/sources.list); apt said: {stderr}",
+        .packages.join(", ")
+    )]
+    Download {
+        /// The packages apt could not fetch.
+        packages: Vec<String>,
+        /// Exit status description.
+        status: String,
+        /// apt's standard error output.
+        stderr: String,
     },
     /// A package name that apt would never accept (and that could not be stored safely).
     #[error("`{0}` is not a valid Debian package name (expected lowercase letters, digits, `+`, `-`, `.`)")]
@@ -330,6 +347,7 @@ impl Cache {
             let unknown = [
                 "Unable to locate package",
                 "has no candidate",
+                "has no installation candidate",
                 "No packages found",
             ]
             .iter()
@@ -576,6 +594,21 @@ struct Control {
 }
 
 fn read_control(deb: &Path) -> Result<Control, DebError> {
+    let fields = read_control_fields(deb)?;
+    match (fields.get("Package"), fields.get("Version")) {
+        (Some(package), Some(version)) => Ok(Control {
+            package: package.clone(),
+            version: version.clone(),
+        }),
+        _ => Err(not_a_deb(
+            deb,
+            "control file lacks Package or Version".into(),
+        )),
+    }
+}
+
+/// The single-line fields of a package's control file.
+fn read_control_fields(deb: &Path) -> Result<BTreeMap<String, String>, DebError> {
     let text = with_member(deb, "control.tar", |reader| {
         let mut archive = tar::Archive::new(reader);
         let entries = archive
@@ -600,19 +633,16 @@ fn read_control(deb: &Path) -> Result<Control, DebError> {
         }
         Err(not_a_deb(deb, "control.tar has no control file".into()))
     })?;
-    let field = |key: &str| {
-        text.lines()
-            .take_while(|l| !l.trim().is_empty())
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
-            .map(|v| v.trim().to_string())
-    };
-    match (field("Package"), field("Version")) {
-        (Some(package), Some(version)) => Ok(Control { package, version }),
-        _ => Err(not_a_deb(
-            deb,
-            "control file lacks Package or Version".into(),
-        )),
+    let mut fields = BTreeMap::new();
+    for line in text.lines().take_while(|l| !l.trim().is_empty()) {
+        if line.starts_with([' ', '\t']) {
+            continue;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            fields.insert(k.trim().to_string(), v.trim().to_string());
+        }
     }
+    Ok(fields)
 }
 
 fn not_a_deb(path: &Path, reason: String) -> DebError {

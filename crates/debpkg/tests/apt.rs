@@ -78,3 +78,65 @@ fn unknown_package_is_reported() {
         "{err}"
     );
 }
+
+#[test]
+fn package_set_resolves_dependencies_privately_and_is_reused_offline() {
+    if !have_apt() {
+        return;
+    }
+    let status_before = std::fs::metadata("/var/lib/dpkg/status")
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().to_path_buf());
+    let set = cache
+        .fetch_set(&["dropbear-bin".to_string()], false)
+        .unwrap();
+    let names: Vec<&str> = set.debs.iter().map(|d| d.package.as_str()).collect();
+    // The closure of an empty system: the package itself and its libraries, libc included.
+    for want in ["dropbear-bin", "libc6", "libtomcrypt1", "zlib1g"] {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for d in &set.debs {
+        assert_eq!(kiln_debpkg::sha256_file(&d.path).unwrap(), d.sha256);
+    }
+    assert!(tmp.path().join("apt/status").is_file());
+    assert_eq!(std::fs::read(tmp.path().join("apt/status")).unwrap(), b"");
+    // The host's package database was not touched.
+    let status_after = std::fs::metadata("/var/lib/dpkg/status")
+        .ok()
+        .map(|m| (m.len(), m.modified().ok()));
+    assert_eq!(status_before, status_after);
+    // Reused without apt.
+    let offline = Cache::new(tmp.path().to_path_buf())
+        .with_apt_programs("/nonexistent/apt-get", "/nonexistent/apt-cache");
+    assert_eq!(
+        offline
+            .fetch_set(&["dropbear-bin".to_string()], false)
+            .unwrap(),
+        set
+    );
+}
+
+#[test]
+fn unknown_package_in_a_set_is_named() {
+    if !have_apt() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = Cache::new(tmp.path().to_path_buf());
+    let err = cache
+        .fetch_set(
+            &[
+                "busybox-static".to_string(),
+                "kiln-no-such-package".to_string(),
+            ],
+            false,
+        )
+        .unwrap_err();
+    match &err {
+        DebError::UnknownPackage { package, .. } => assert_eq!(package, "kiln-no-such-package"),
+        other => panic!("unexpected error: {other}"),
+    }
+    assert!(!tmp.path().join("sets").exists());
+}
