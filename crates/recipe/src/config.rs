@@ -52,6 +52,21 @@ pub struct Config {
     /// Environment variables given to etc/rc.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Debian packages whose files (with their dependencies') are available to the root
+    /// assembly; maintainer scripts are not run.
+    #[serde(default)]
+    pub packages: Vec<Spanned<String>>,
+    /// The index of files to keep from the packages (one per line, globs, `#` comments),
+    /// relative to the recipe folder. Without it every file of the packages is kept.
+    #[serde(default)]
+    pub index: Option<Spanned<String>>,
+}
+
+impl Config {
+    /// The package names of `packages`, in file order.
+    pub fn package_names(&self) -> Vec<String> {
+        self.packages.iter().map(|p| p.get_ref().clone()).collect()
+    }
 }
 
 /// `kernel = "debian" | "debian:PACKAGE" | "PATH"`.
@@ -290,6 +305,36 @@ impl Config {
                         "root.files: `{}` must be an absolute host path, or HOST:GUEST with both absolute",
                         f.get_ref()
                     ),
+                ));
+            }
+        }
+        for p in &self.packages {
+            let name = p.get_ref();
+            let ok = name.len() >= 2
+                && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+-.".contains(c));
+            if !ok {
+                return Err((
+                    Some(p.span()),
+                    format!(
+                        "packages: `{name}` is not a Debian package name (lowercase letters, digits, `+`, `-`, `.`; for example \"nginx-light\")"
+                    ),
+                ));
+            }
+        }
+        if let Some(i) = &self.index {
+            if i.get_ref().trim().is_empty() {
+                return Err((
+                    Some(i.span()),
+                    "index: empty; give a file in the recipe folder, e.g. \"files.txt\"".into(),
+                ));
+            }
+            if self.packages.is_empty() {
+                return Err((
+                    Some(i.span()),
+                    "index: selects files from `packages`, but the recipe lists no packages".into(),
                 ));
             }
         }

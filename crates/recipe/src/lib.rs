@@ -152,6 +152,14 @@ impl Recipe {
         self.dir.join("common")
     }
 
+    /// The index file named by `index`, if any.
+    pub fn index_path(&self) -> Option<PathBuf> {
+        self.config
+            .index
+            .as_ref()
+            .map(|i| self.resolve(i.get_ref()))
+    }
+
     /// Build-time hooks, `postinst/*.sh`, sorted by name.
     pub fn hooks(&self) -> Result<Vec<PathBuf>, RecipeError> {
         let dir = self.dir.join("postinst");
@@ -199,6 +207,19 @@ impl Recipe {
                         "kernel file named by `kernel` at {}; give an existing bzImage/vmlinux \
                          or \"debian\"",
                         self.locate(p.span())
+                    ),
+                });
+            }
+        }
+        if let Some(i) = &self.config.index {
+            let path = self.resolve(i.get_ref());
+            if !path.is_file() {
+                return Err(RecipeError::MissingFile {
+                    path,
+                    what: format!(
+                        "the index named by `index` at {}; create it (one file or glob per line), \
+                         generate it with `kiln trace`, or remove the key to keep every file of the packages",
+                        self.locate(i.span())
                     ),
                 });
             }

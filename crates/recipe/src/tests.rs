@@ -214,3 +214,37 @@ fn port_forward_round_trips() {
     assert!("0:80".parse::<PortForward>().is_err());
     assert!("1:2:3:4".parse::<PortForward>().is_err());
 }
+
+#[test]
+fn packages_and_index_parse() {
+    let d = recipe_dir(
+        "name = \"web\"\npackages = [\"nginx-light\", \"libc6\"]\nindex = \"files.txt\"\n",
+    );
+    fs::write(d.path().join("files.txt"), "/usr/sbin/nginx\n").expect("index");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.package_names(), ["nginx-light", "libc6"]);
+    assert_eq!(r.index_path(), Some(r.dir.join("files.txt")));
+}
+
+#[test]
+fn bad_packages_and_index_are_refused_with_their_line() {
+    let (line, msg) =
+        parse_err("name = \"web\"\npackages = [\n  \"nginx-light\",\n  \"Nginx Light\",\n]\n");
+    assert_eq!(line, 4, "{msg}");
+    assert!(
+        msg.contains("`Nginx Light` is not a Debian package name"),
+        "{msg}"
+    );
+    let (line, msg) = parse_err("name = \"web\"\nindex = \"files.txt\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("lists no packages"), "{msg}");
+
+    let d = recipe_dir("name = \"web\"\npackages = [\"nginx-light\"]\nindex = \"nope.txt\"\n");
+    match Recipe::load(d.path()) {
+        Err(e @ RecipeError::MissingFile { .. }) => {
+            let t = e.to_string();
+            assert!(t.contains("nope.txt") && t.contains("kiln.toml:3"), "{t}");
+        }
+        other => panic!("expected a missing index, got {other:?}"),
+    }
+}
