@@ -196,10 +196,14 @@ struct Resolved {
     real: PathBuf,
 }
 
-/// Resolves shared-library closures inside a sysroot (`/` for the host).
+/// Resolves shared-library closures inside a sysroot (`/` for the host), or inside several
+/// sysroots layered over each other (a package tree over the host): a guest path is looked up
+/// in each root in order and the first that has it wins.
 #[derive(Debug, Clone)]
 pub struct Resolver {
     sysroot: PathBuf,
+    /// Lower layers, searched after `sysroot`.
+    lower: Vec<PathBuf>,
     conf_dirs: Vec<PathBuf>,
     default_dirs: Vec<PathBuf>,
 }
@@ -209,8 +213,16 @@ impl Resolver {
     /// `<sysroot>/etc/ld.so.conf` (following `include` globs, relative to
     /// the sysroot) then [`DEFAULT_DIRS`].
     pub fn new(sysroot: &Path) -> Result<Self, ElfError> {
+        Self::layered(&[sysroot.to_path_buf()])
+    }
+
+    /// A resolver over several roots, the first on top (for example a package tree, then `/`).
+    /// `ld.so.conf` is read through the layers too.
+    pub fn layered(roots: &[PathBuf]) -> Result<Self, ElfError> {
+        let sysroot = roots.first().cloned().unwrap_or_else(|| PathBuf::from("/"));
         let mut r = Resolver {
-            sysroot: sysroot.to_path_buf(),
+            sysroot,
+            lower: roots.iter().skip(1).cloned().collect(),
             conf_dirs: Vec::new(),
             default_dirs: DEFAULT_DIRS.iter().map(PathBuf::from).collect(),
         };
@@ -239,13 +251,23 @@ impl Resolver {
             .collect()
     }
 
-    /// Host path of a guest path (no symlink resolution).
+    /// Host path of a guest path (no symlink resolution): in the first root that has it.
     fn host(&self, guest: &Path) -> PathBuf {
         let rel: PathBuf = guest
             .components()
             .filter(|c| matches!(c, Component::Normal(_)))
             .collect();
-        self.sysroot.join(rel)
+        let top = self.sysroot.join(&rel);
+        if self.lower.is_empty() || fs::symlink_metadata(&top).is_ok() {
+            return top;
+        }
+        for root in &self.lower {
+            let p = root.join(&rel);
+            if fs::symlink_metadata(&p).is_ok() {
+                return p;
+            }
+        }
+        top
     }
 
     fn parse_conf(
@@ -311,22 +333,23 @@ impl Resolver {
 
     /// Expand a glob over guest paths, sorted.
     fn glob_guest(&self, pattern: &Path) -> Vec<PathBuf> {
-        let sysroot = self.sysroot.to_string_lossy();
-        let root_escaped = glob::Pattern::escape(sysroot.trim_end_matches('/'));
-        let rel = pattern.to_string_lossy();
-        let full = format!("{root_escaped}/{}", rel.trim_start_matches('/'));
-        let Ok(paths) = glob::glob(&full) else {
-            tracing::warn!(pattern = %pattern.display(), "ignoring a bad include pattern in ld.so.conf");
-            return Vec::new();
-        };
-        let mut out: Vec<PathBuf> = paths
-            .flatten()
-            .filter_map(|p| {
-                let rel = p.strip_prefix(&self.sysroot).ok()?;
+        let mut out: Vec<PathBuf> = Vec::new();
+        for root in std::iter::once(&self.sysroot).chain(&self.lower) {
+            let sysroot = root.to_string_lossy();
+            let root_escaped = glob::Pattern::escape(sysroot.trim_end_matches('/'));
+            let rel = pattern.to_string_lossy();
+            let full = format!("{root_escaped}/{}", rel.trim_start_matches('/'));
+            let Ok(paths) = glob::glob(&full) else {
+                tracing::warn!(pattern = %pattern.display(), "ignoring a bad include pattern in ld.so.conf");
+                return Vec::new();
+            };
+            out.extend(paths.flatten().filter_map(|p| {
+                let rel = p.strip_prefix(root).ok()?;
                 Some(Path::new("/").join(rel))
-            })
-            .collect();
+            }));
+        }
         out.sort();
+        out.dedup();
         out
     }
 
@@ -408,13 +431,23 @@ impl Resolver {
     /// interpreter, and its libraries, recursively, with every symlink on
     /// the way. Deterministic: nodes sorted by path.
     pub fn closure(&self, roots: &[PathBuf]) -> Result<Closure, ElfError> {
+        let listed: Vec<(PathBuf, String)> = roots
+            .iter()
+            .map(|r| (r.clone(), "listed in kiln.toml".to_string()))
+            .collect();
+        self.closure_with_reasons(&listed)
+    }
+
+    /// Like [`Resolver::closure`], with the reason recorded for each root (for example
+    /// `listed in files.txt:3`).
+    pub fn closure_with_reasons(&self, roots: &[(PathBuf, String)]) -> Result<Closure, ElfError> {
         let mut walk = Walk {
             r: self,
             nodes: BTreeMap::new(),
             infos: HashMap::new(),
         };
-        for root in roots {
-            walk.root(root)?;
+        for (root, reason) in roots {
+            walk.root(root, reason)?;
         }
         let mut nodes: Vec<Node> = walk.nodes.into_values().collect();
         for node in &mut nodes {
@@ -430,6 +463,45 @@ impl Resolver {
         }
         Ok(Closure { nodes })
     }
+}
+
+impl Resolver {
+    /// The nodes that make `path` reachable as in the sysroot: every symlink on the way and the
+    /// final file or folder (`None` when it does not exist), without reading it as ELF.
+    /// The last node is the resolved object; its `source` is the host path to copy.
+    pub fn locate(&self, path: &Path) -> Result<Option<Vec<Node>>, ElfError> {
+        let Some(res) = self.resolve(path)? else {
+            return Ok(None);
+        };
+        let mut nodes: Vec<Node> = res
+            .links
+            .iter()
+            .map(|(link, target)| Node {
+                path: link.clone(),
+                kind: NodeKind::Symlink {
+                    target: target.clone(),
+                },
+                reasons: Vec::new(),
+            })
+            .collect();
+        let source = self.host(&res.real);
+        let size = fs::metadata(&source).map(|m| m.len()).unwrap_or(0);
+        nodes.push(Node {
+            path: res.real,
+            kind: NodeKind::File { source, size },
+            reasons: Vec::new(),
+        });
+        Ok(Some(nodes))
+    }
+}
+
+/// Whether the file at host path `path` starts with the ELF magic.
+pub fn is_elf(path: &Path) -> bool {
+    let mut head = [0u8; 4];
+    fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut head))
+        .is_ok()
+        && head == *b"\x7fELF"
 }
 
 /// An object queued for dependency processing.
@@ -598,7 +670,7 @@ impl Walk<'_> {
         Ok(Some(info))
     }
 
-    fn root(&mut self, root: &Path) -> Result<(), ElfError> {
+    fn root(&mut self, root: &Path, root_reason: &str) -> Result<(), ElfError> {
         if !root.is_absolute() {
             return Err(ElfError::NotAbsolute {
                 path: root.to_path_buf(),
@@ -634,7 +706,7 @@ impl Walk<'_> {
                 looks_like: looks_like(&head),
             });
         };
-        self.add_resolved(root, &resolved, "listed in kiln.toml")?;
+        self.add_resolved(root, &resolved, root_reason)?;
 
         // One process: libraries are shared by name (soname) once loaded.
         let mut loaded: HashMap<String, PathBuf> = HashMap::new();
@@ -1206,5 +1278,61 @@ mod tests {
             c.nodes
         );
         assert!(c.get(&lib32.join("libhello.so.1")).is_none());
+    }
+}
+
+#[cfg(test)]
+mod layered_tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn package_root_comes_first_and_the_host_fills_in() {
+        let Some(bin) = ["/usr/bin/true", "/bin/true"]
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+        else {
+            return;
+        };
+        let d = tempfile::tempdir().unwrap();
+        fs::create_dir_all(d.path().join("usr/sbin")).unwrap();
+        fs::copy(&bin, d.path().join("usr/sbin/kiln-true")).unwrap();
+        let r = Resolver::layered(&[d.path().to_path_buf(), PathBuf::from("/")]).unwrap();
+        let c = r
+            .closure_with_reasons(&[(
+                PathBuf::from("/usr/sbin/kiln-true"),
+                "listed in the index files.txt:1".into(),
+            )])
+            .unwrap();
+        let n = c.get(Path::new("/usr/sbin/kiln-true")).unwrap();
+        assert!(
+            matches!(&n.kind, NodeKind::File { source, .. } if source.starts_with(d.path())),
+            "{n:?}"
+        );
+        assert_eq!(
+            n.reasons,
+            vec!["listed in the index files.txt:1".to_string()]
+        );
+        let libc = c
+            .nodes
+            .iter()
+            .find(|n| {
+                n.path.file_name() == Some("libc.so.6".as_ref())
+                    && matches!(n.kind, NodeKind::File { .. })
+            })
+            .expect("libc from the host");
+        assert!(
+            matches!(&libc.kind, NodeKind::File { source, .. } if !source.starts_with(d.path()))
+        );
+        assert!(r
+            .locate(Path::new("/usr/sbin/kiln-true"))
+            .unwrap()
+            .is_some());
+        assert!(r
+            .locate(Path::new("/usr/sbin/none-such"))
+            .unwrap()
+            .is_none());
+        assert!(is_elf(&d.path().join("usr/sbin/kiln-true")));
     }
 }

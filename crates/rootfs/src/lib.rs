@@ -6,10 +6,14 @@
 //!   remembering why each file is there.
 //! - [`hooks`]: running `postinst/*.sh` in a sandbox where only the staging folder is writable.
 //! - [`manifest`]: the list of every file in the result with its size, source and reason.
+//! - [`packages`]: a recipe's unpacked Debian packages merged into one sysroot (merged `/usr`).
+//! - [`index`]: the index of files to keep from the packages (copy-binlib format, globs).
 
 pub mod elf;
 pub mod hooks;
+pub mod index;
 pub mod manifest;
+pub mod packages;
 pub mod stage;
 
 pub use manifest::{FileEntry, FileKind};
@@ -23,6 +27,9 @@ pub enum RootfsError {
     /// The shared-library closure failed.
     #[error(transparent)]
     Elf(#[from] elf::ElfError),
+    /// The index of files to keep is not usable.
+    #[error(transparent)]
+    Index(#[from] index::IndexError),
     /// A path inside the staging tree is not usable.
     #[error("staging {}: {message}", .path.display())]
     Staging {

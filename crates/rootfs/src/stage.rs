@@ -227,6 +227,24 @@ impl Staging {
         Ok(size)
     }
 
+    /// Like [`Staging::copy_file`], with the manifest's source given (for example the package a
+    /// file comes from) instead of the host path.
+    pub fn copy_file_labelled(
+        &mut self,
+        guest: &Path,
+        host_src: &Path,
+        source: &str,
+        reason: &str,
+    ) -> Result<u64, RootfsError> {
+        let size = self.copy_file(guest, host_src, None, reason)?;
+        let dest = self.host_path(guest)?;
+        let guest = self.guest_of_host(&dest);
+        if let Some(o) = self.origins.get_mut(&normalize(&guest)) {
+            o.source = source.to_string();
+        }
+        Ok(size)
+    }
+
     /// Write bytes to `guest`.
     pub fn write_file(
         &mut self,

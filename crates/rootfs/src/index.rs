@@ -1,0 +1,299 @@
+//! The index: the files to keep from a recipe's packages, one per line, in the format of CBSD's
+//! `copy-binlib` index (absolute paths; `#` starts a comment), with shell globs (`*`, `?`,
+//! `[...]`, and `**` for any depth).
+//!
+//! Each line is matched against the package sysroot first, then the host; a line that matches
+//! nothing is an error naming the file and line. The ELF closure of the kept executables and
+//! libraries is added by the caller.
+
+use crate::packages::PackageRoot;
+use std::path::{Path, PathBuf};
+
+/// A refused index.
+#[derive(Debug, thiserror::Error)]
+pub enum IndexError {
+    /// The index file could not be read.
+    #[error("cannot read the index {}: {source}", .file.display())]
+    Read {
+        /// The index file.
+        file: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A line is not an absolute path or pattern.
+    #[error("{}:{line}: `{text}` is not an absolute path; index lines look like /usr/sbin/nginx or /etc/nginx/**", .file.display())]
+    NotAbsolute {
+        /// The index file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+    /// A line is not a valid glob.
+    #[error("{}:{line}: `{text}` is not a valid pattern ({message})", .file.display())]
+    BadPattern {
+        /// The index file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+        /// The parser's message.
+        message: String,
+    },
+    /// A line matches no file of the packages or the host.
+    #[error("{}:{line}: `{text}` matches no file of the recipe's packages nor of this host; fix the path, add the package that has it to `packages`, or remove the line", .file.display())]
+    NoMatch {
+        /// The index file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+    },
+}
+
+/// One meaningful line of an index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexLine {
+    /// 1-based line number.
+    pub line: usize,
+    /// The path or pattern, trimmed.
+    pub text: String,
+}
+
+/// Where a matched path is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    /// In the package sysroot.
+    Package,
+    /// On the host.
+    Host,
+}
+
+/// A path selected by the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    /// The guest path.
+    pub path: PathBuf,
+    /// Package sysroot or host.
+    pub found: Found,
+    /// `files.txt:12`.
+    pub reason: String,
+}
+
+/// The meaningful lines of an index: comments (`#` at the start or after whitespace) and blank
+/// lines dropped.
+pub fn parse(text: &str) -> Vec<IndexLine> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let mut line = raw;
+        let bytes = raw.as_bytes();
+        for (j, &b) in bytes.iter().enumerate() {
+            if b == b'#' && (j == 0 || bytes[j - 1].is_ascii_whitespace()) {
+                line = &raw[..j];
+                break;
+            }
+        }
+        let line = line.trim();
+        if !line.is_empty() {
+            out.push(IndexLine {
+                line: i + 1,
+                text: line.to_string(),
+            });
+        }
+    }
+    out
+}
+
+fn has_glob(s: &str) -> bool {
+    s.contains(['*', '?', '['])
+}
+
+/// Read `file` and select the paths it names: package sysroot first, then the host. Sorted by
+/// path, each path once (with the first line that selected it).
+pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, IndexError> {
+    let text = std::fs::read_to_string(file).map_err(|source| IndexError::Read {
+        file: file.to_path_buf(),
+        source,
+    })?;
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| file.display().to_string());
+    let mut out: std::collections::BTreeMap<PathBuf, Selected> = Default::default();
+    let opts = glob::MatchOptions {
+        case_sensitive: true,
+        require_literal_separator: true,
+        require_literal_leading_dot: false,
+    };
+    for l in parse(&text) {
+        if !l.text.starts_with('/') {
+            return Err(IndexError::NotAbsolute {
+                file: file.to_path_buf(),
+                line: l.line,
+                text: l.text,
+            });
+        }
+        let reason = format!("listed in the index {name}:{}", l.line);
+        let mut matched: Vec<(PathBuf, Found)> = Vec::new();
+        if has_glob(&l.text) {
+            let pattern = glob::Pattern::new(&l.text).map_err(|e| IndexError::BadPattern {
+                file: file.to_path_buf(),
+                line: l.line,
+                text: l.text.clone(),
+                message: e.msg.to_string(),
+            })?;
+            matched.extend(
+                packages
+                    .entries
+                    .keys()
+                    .filter(|p| pattern.matches_path_with(p, opts))
+                    .map(|p| (p.clone(), Found::Package)),
+            );
+            if matched.is_empty() {
+                if let Ok(paths) = glob::glob_with(&l.text, opts) {
+                    matched.extend(paths.flatten().map(|p| (p, Found::Host)));
+                }
+            }
+        } else {
+            let p = PathBuf::from(&l.text);
+            let p = normalize(&p);
+            if packages.entries.contains_key(&p)
+                || std::fs::symlink_metadata(packages.host_path(&p)).is_ok()
+            {
+                matched.push((p, Found::Package));
+            } else if std::fs::symlink_metadata(&p).is_ok() {
+                matched.push((p, Found::Host));
+            }
+        }
+        if matched.is_empty() {
+            return Err(IndexError::NoMatch {
+                file: file.to_path_buf(),
+                line: l.line,
+                text: l.text,
+            });
+        }
+        for (path, found) in matched {
+            out.entry(path.clone()).or_insert(Selected {
+                path,
+                found,
+                reason: reason.clone(),
+            });
+        }
+    }
+    Ok(out.into_values().collect())
+}
+
+/// `/a//b/./c/` → `/a/b/c`.
+fn normalize(p: &Path) -> PathBuf {
+    let mut out = PathBuf::from("/");
+    for c in p.components() {
+        if let std::path::Component::Normal(x) = c {
+            out.push(x);
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::packages::{Entry, EntryKind};
+
+    fn root(paths: &[&str]) -> PackageRoot {
+        PackageRoot {
+            dir: PathBuf::from("/nonexistent-kiln-test"),
+            entries: paths
+                .iter()
+                .map(|p| {
+                    (
+                        PathBuf::from(p),
+                        Entry {
+                            kind: EntryKind::File,
+                            package: "pkg 1".into(),
+                        },
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn comments_and_blank_lines_are_skipped() {
+        let lines = parse("# header\n\n/usr/sbin/nginx  # the server\n/etc/a#b\n   \n");
+        assert_eq!(
+            lines,
+            vec![
+                IndexLine {
+                    line: 3,
+                    text: "/usr/sbin/nginx".into()
+                },
+                IndexLine {
+                    line: 4,
+                    text: "/etc/a#b".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn globs_match_packages_then_host() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("files.txt");
+        std::fs::write(
+            &f,
+            "/usr/sbin/nginx\n/etc/nginx/*.conf\n/usr/share/nginx/**\n/etc/passwd\n",
+        )
+        .unwrap();
+        let r = root(&[
+            "/usr/sbin/nginx",
+            "/etc/nginx/nginx.conf",
+            "/etc/nginx/sites/default.conf",
+            "/usr/share/nginx/html/index.html",
+        ]);
+        let sel = select(&f, &r).unwrap();
+        let got: Vec<(String, Found, String)> = sel
+            .iter()
+            .map(|s| (s.path.display().to_string(), s.found, s.reason.clone()))
+            .collect();
+        assert!(got.contains(&(
+            "/etc/nginx/nginx.conf".into(),
+            Found::Package,
+            "listed in the index files.txt:2".into()
+        )));
+        assert!(
+            !got.iter().any(|g| g.0 == "/etc/nginx/sites/default.conf"),
+            "* does not cross /: {got:?}"
+        );
+        assert!(got
+            .iter()
+            .any(|g| g.0 == "/usr/share/nginx/html/index.html"));
+        assert!(got.contains(&(
+            "/etc/passwd".into(),
+            Found::Host,
+            "listed in the index files.txt:4".into()
+        )));
+    }
+
+    #[test]
+    fn unmatched_line_is_named_with_its_number() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("files.txt");
+        std::fs::write(&f, "# ok\n/usr/sbin/nginx\n/usr/sbin/no-such-kiln-file*\n").unwrap();
+        let e = select(&f, &root(&["/usr/sbin/nginx"])).unwrap_err();
+        let t = e.to_string();
+        assert!(matches!(e, IndexError::NoMatch { line: 3, .. }), "{t}");
+        assert!(
+            t.contains("files.txt:3") && t.contains("no-such-kiln-file"),
+            "{t}"
+        );
+        std::fs::write(&f, "usr/sbin/nginx\n").unwrap();
+        assert!(matches!(
+            select(&f, &root(&[])).unwrap_err(),
+            IndexError::NotAbsolute { line: 1, .. }
+        ));
+    }
+}
