@@ -15,7 +15,7 @@ pub mod runner;
 
 pub use accel::{Accel, AccelChoice, AccelProbe};
 pub use console::{ConsoleEvent, LineParser};
-pub use qemu::{NetSpec, VmSpec};
+pub use qemu::{DriveSpec, NetSpec, ShareKind, ShareSpec, VmSpec, VportSpec};
 pub use runner::{Launched, RunPaths, StopOutcome};
 
 use std::path::PathBuf;
@@ -57,6 +57,9 @@ pub enum VmError {
         /// The console's last lines.
         tail: String,
     },
+    /// A shared folder needs virtiofsd, which is missing.
+    #[error("virtiofsd not found (Debian: apt-get install qemu-system-common, which ships /usr/lib/qemu/virtiofsd), or set KILN_VIRTIOFSD")]
+    NoVirtiofsd,
     /// A QMP exchange failed.
     #[error("QMP on {}: {message}", .socket.display())]
     Qmp {

@@ -19,8 +19,63 @@ pub enum NetSpec {
         /// The forwards.
         forwards: Vec<PortForward>,
     },
+    /// A tap device attached to a host bridge by qemu-bridge-helper (root only).
+    Bridge {
+        /// The host bridge, e.g. `br0`.
+        bridge: String,
+    },
+    /// An existing (or QEMU-created) tap device, no scripts (root only).
+    Tap {
+        /// The tap interface, e.g. `tap0`.
+        ifname: String,
+    },
     /// No network device.
     None,
+}
+
+/// An extra virtio-blk drive (startnb.sh `-l drive2`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSpec {
+    /// The disk image on the host (raw).
+    pub path: PathBuf,
+    /// Attach it read-only.
+    pub readonly: bool,
+    /// Let QEMU take its image lock (off: startnb.sh `-s`, "don't lock the image").
+    pub lock: bool,
+}
+
+/// How a host folder reaches the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ShareKind {
+    /// vhost-user-fs served by virtiofsd on this socket (works with Debian's cloud kernel).
+    Virtiofs {
+        /// virtiofsd's socket.
+        socket: PathBuf,
+    },
+    /// virtio-9p served by QEMU itself (needs 9p in the guest kernel).
+    NineP,
+}
+
+/// A host folder shared with the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareSpec {
+    /// The mount tag the guest mounts.
+    pub tag: String,
+    /// The host folder.
+    pub host_dir: PathBuf,
+    /// Read-only (9p only; virtiofsd of QEMU 7.2 has no read-only mode).
+    pub readonly: bool,
+    /// virtiofs or 9p.
+    pub kind: ShareKind,
+}
+
+/// A virtio-console port exposed as a host unix socket (startnb.sh `-n`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VportSpec {
+    /// The port name the guest sees (`/sys/class/virtio-ports/*/name`).
+    pub name: String,
+    /// The host socket (QEMU listens).
+    pub socket: PathBuf,
 }
 
 /// Everything needed to start one VM.
@@ -52,8 +107,28 @@ pub struct VmSpec {
     pub control_socket: PathBuf,
     /// QMP socket.
     pub qmp_socket: PathBuf,
+    /// Extra drives (virtio-blk, `/dev/vda` onwards).
+    pub drives: Vec<DriveSpec>,
+    /// Shared host folders.
+    pub shares: Vec<ShareSpec>,
+    /// Extra virtio-console ports.
+    pub vports: Vec<VportSpec>,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
+}
+
+impl VmSpec {
+    /// Whether guest RAM must be a shared memfd (vhost-user devices need it).
+    pub fn needs_shared_memory(&self) -> bool {
+        self.shares
+            .iter()
+            .any(|s| matches!(s.kind, ShareKind::Virtiofs { .. }))
+    }
+}
+
+/// Escape a value for QEMU's `key=value,...` option syntax (commas are doubled).
+pub fn opt_escape(s: &str) -> String {
+    s.replace(',', ",,")
 }
 
 /// `hostfwd=` value for one forward.
@@ -73,7 +148,25 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("kiln-{}", spec.name)]);
-    push(&["-M", "microvm,x-option-roms=off,isa-serial=on"]);
+    let shared_mem = spec.needs_shared_memory();
+    if shared_mem {
+        push(&[
+            "-M",
+            "microvm,x-option-roms=off,isa-serial=on,memory-backend=mem",
+        ]);
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-memfd,id=mem,size={}M,share=on",
+                spec.memory_mib
+            ),
+            // virtiofsd refuses legacy virtio devices; the guest would hang on first access.
+            "-global",
+            "virtio-mmio.force-legacy=false",
+        ]);
+    } else {
+        push(&["-M", "microvm,x-option-roms=off,isa-serial=on"]);
+    }
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push(&["-accel", "tcg"]),
@@ -121,7 +214,69 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
                 "virtio-net-device,netdev=net0",
             ]);
         }
+        NetSpec::Bridge { bridge } => push(&[
+            "-netdev",
+            &format!("bridge,id=net0,br={}", opt_escape(bridge)),
+            "-device",
+            "virtio-net-device,netdev=net0",
+        ]),
+        NetSpec::Tap { ifname } => push(&[
+            "-netdev",
+            &format!(
+                "tap,id=net0,ifname={},script=no,downscript=no",
+                opt_escape(ifname)
+            ),
+            "-device",
+            "virtio-net-device,netdev=net0",
+        ]),
         NetSpec::None => {}
+    }
+    for (i, d) in spec.drives.iter().enumerate() {
+        let mut drive = format!(
+            "file={},if=none,id=drive{i},format=raw",
+            opt_escape(&d.path.to_string_lossy())
+        );
+        if d.readonly {
+            drive.push_str(",readonly=on");
+        }
+        if !d.lock {
+            drive.push_str(",file.locking=off");
+        }
+        push(&[
+            "-drive",
+            &drive,
+            "-device",
+            &format!("virtio-blk-device,drive=drive{i}"),
+        ]);
+    }
+    for (i, sh) in spec.shares.iter().enumerate() {
+        match &sh.kind {
+            ShareKind::Virtiofs { socket } => push(&[
+                "-chardev",
+                &format!(
+                    "socket,id=fs{i},path={}",
+                    opt_escape(&socket.to_string_lossy())
+                ),
+                "-device",
+                &format!(
+                    "vhost-user-fs-device,chardev=fs{i},tag={}",
+                    opt_escape(&sh.tag)
+                ),
+            ]),
+            ShareKind::NineP => push(&[
+                "-fsdev",
+                &format!(
+                    "local,id=fs{i},path={},security_model=none{}",
+                    opt_escape(&sh.host_dir.to_string_lossy()),
+                    if sh.readonly { ",readonly=on" } else { "" }
+                ),
+                "-device",
+                &format!(
+                    "virtio-9p-device,fsdev=fs{i},mount_tag={}",
+                    opt_escape(&sh.tag)
+                ),
+            ]),
+        }
     }
     push(&["-device", "virtio-rng-device"]);
     push(&[
@@ -135,6 +290,17 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         "-device",
         &format!("virtserialport,chardev=ctl0,name={CONTROL_PORT_NAME}"),
     ]);
+    for (i, p) in spec.vports.iter().enumerate() {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=vp{i},path={},server=on,wait=off",
+                opt_escape(&p.socket.to_string_lossy())
+            ),
+            "-device",
+            &format!("virtserialport,chardev=vp{i},name={}", opt_escape(&p.name)),
+        ]);
+    }
     push(&[
         "-qmp",
         &format!(
@@ -170,6 +336,9 @@ mod tests {
             console_log: Some("/r/console.log".into()),
             control_socket: "/r/control.sock".into(),
             qmp_socket: "/r/qmp.sock".into(),
+            drives: vec![],
+            shares: vec![],
+            vports: vec![],
             extra_args: vec![],
         }
     }
@@ -221,5 +390,78 @@ mod tests {
         assert_eq!(after(&a, "-cpu"), ["host"]);
         assert!(after(&a, "-netdev").is_empty());
         assert!(after(&a, "-initrd").is_empty());
+    }
+
+    #[test]
+    fn drives_shares_vports_and_tap() {
+        let mut s = spec();
+        s.drives = vec![DriveSpec {
+            path: "/d/data,1.img".into(),
+            readonly: false,
+            lock: false,
+        }];
+        s.shares = vec![
+            ShareSpec {
+                tag: "share0".into(),
+                host_dir: "/srv/x".into(),
+                readonly: false,
+                kind: ShareKind::Virtiofs {
+                    socket: "/r/fs0.sock".into(),
+                },
+            },
+            ShareSpec {
+                tag: "nine".into(),
+                host_dir: "/srv/y".into(),
+                readonly: true,
+                kind: ShareKind::NineP,
+            },
+        ];
+        s.vports = vec![VportSpec {
+            name: "data".into(),
+            socket: "/r/vport-data.sock".into(),
+        }];
+        s.net = NetSpec::Tap {
+            ifname: "tap0".into(),
+        };
+        let a = argv(&s);
+        assert_eq!(
+            after(&a, "-M"),
+            ["microvm,x-option-roms=off,isa-serial=on,memory-backend=mem"]
+        );
+        assert_eq!(
+            after(&a, "-object"),
+            ["memory-backend-memfd,id=mem,size=96M,share=on"]
+        );
+        assert_eq!(after(&a, "-global"), ["virtio-mmio.force-legacy=false"]);
+        assert_eq!(
+            after(&a, "-drive"),
+            ["file=/d/data,,1.img,if=none,id=drive0,format=raw,file.locking=off"]
+        );
+        let dev = after(&a, "-device");
+        assert!(dev.contains(&"virtio-blk-device,drive=drive0"), "{dev:?}");
+        assert!(dev.contains(&"vhost-user-fs-device,chardev=fs0,tag=share0"));
+        assert!(dev.contains(&"virtio-9p-device,fsdev=fs1,mount_tag=nine"));
+        assert!(dev.contains(&"virtserialport,chardev=vp0,name=data"));
+        assert_eq!(
+            after(&a, "-fsdev"),
+            ["local,id=fs1,path=/srv/y,security_model=none,readonly=on"]
+        );
+        let ch = after(&a, "-chardev");
+        assert!(ch.contains(&"socket,id=fs0,path=/r/fs0.sock"), "{ch:?}");
+        assert!(ch.contains(&"socket,id=vp0,path=/r/vport-data.sock,server=on,wait=off"));
+        assert_eq!(
+            after(&a, "-netdev"),
+            ["tap,id=net0,ifname=tap0,script=no,downscript=no"]
+        );
+        s.net = NetSpec::Bridge {
+            bridge: "br0".into(),
+        };
+        s.shares.clear();
+        let a = argv(&s);
+        assert_eq!(after(&a, "-netdev"), ["bridge,id=net0,br=br0"]);
+        assert!(
+            after(&a, "-global").is_empty(),
+            "modern virtio only with virtiofs"
+        );
     }
 }

@@ -57,6 +57,85 @@ pub struct Launched {
     pub paths: RunPaths,
     /// When it was spawned.
     pub started: Instant,
+    /// Helper processes that live and die with this VM (virtiofsd).
+    pub helpers: Vec<Child>,
+}
+
+/// The virtiofsd binary: `$KILN_VIRTIOFSD`, QEMU 7.2's `/usr/lib/qemu/virtiofsd`
+/// (Debian's qemu-system-common), or `virtiofsd` on PATH.
+pub fn virtiofsd_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("KILN_VIRTIOFSD") {
+        return Some(PathBuf::from(p));
+    }
+    for p in ["/usr/lib/qemu/virtiofsd", "/usr/libexec/virtiofsd"] {
+        if Path::new(p).is_file() {
+            return Some(PathBuf::from(p));
+        }
+    }
+    crate::find_in_path("virtiofsd")
+}
+
+/// Start one virtiofsd for `share` and wait (up to 5 s) for its socket.
+fn spawn_virtiofsd(
+    share: &crate::ShareSpec,
+    socket: &Path,
+    dir: &Path,
+    index: usize,
+    detach: bool,
+) -> Result<Child, VmError> {
+    let bin = virtiofsd_binary().ok_or(VmError::NoVirtiofsd)?;
+    let _ = std::fs::remove_file(socket);
+    let log_path = dir.join(format!("virtiofsd-{index}.log"));
+    let log = File::create(&log_path).map_err(VmError::io(&log_path))?;
+    let mut cmd = Command::new(&bin);
+    cmd.arg(format!("--socket-path={}", socket.display()))
+        .arg("-o")
+        .arg(format!("source={}", share.host_dir.display()))
+        .args(["-o", "cache=auto"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    set_lifetime(&mut cmd, detach);
+    let mut child = cmd.spawn().map_err(|e| VmError::Io {
+        path: bin.clone(),
+        source: e,
+    })?;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !socket.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(VmError::QemuExited {
+                status: format!("virtiofsd {status}"),
+                output: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            });
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(VmError::QemuExited {
+                status: "virtiofsd did not create its socket within 5 s".into(),
+                output: std::fs::read_to_string(&log_path).unwrap_or_default(),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(child)
+}
+
+/// `detach`: own session (survives us); otherwise SIGKILL when the spawning thread exits.
+fn set_lifetime(cmd: &mut Command, detach: bool) {
+    // SAFETY: only async-signal-safe calls (prctl, setsid) run between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            if detach {
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// How a stop went.
@@ -72,7 +151,9 @@ pub enum StopOutcome {
     AlreadyExited,
 }
 
-/// Start QEMU for `spec`. `detach`: own session, survives us; otherwise dies with us.
+/// Start QEMU for `spec` (and virtiofsd for its virtiofs shares first). `detach`: own session,
+/// survives us; otherwise dies with us (PR_SET_PDEATHSIG: with the *thread* that spawned it,
+/// so spawn from a thread that lives as long as the VM should).
 pub fn spawn(
     qemu_bin: &Path,
     spec: &VmSpec,
@@ -87,26 +168,30 @@ pub fn spawn(
     ] {
         let _ = std::fs::remove_file(s);
     }
+    for p in &spec.vports {
+        let _ = std::fs::remove_file(&p.socket);
+    }
+    let mut helpers = Vec::new();
+    for (i, share) in spec.shares.iter().enumerate() {
+        if let crate::ShareKind::Virtiofs { socket } = &share.kind {
+            match spawn_virtiofsd(share, socket, &paths.dir, i, detach) {
+                Ok(c) => helpers.push(c),
+                Err(e) => {
+                    kill_all(&mut helpers);
+                    return Err(e);
+                }
+            }
+        }
+    }
     let stderr = File::create(&paths.qemu_log).map_err(VmError::io(&paths.qemu_log))?;
     let mut cmd = Command::new(qemu_bin);
     cmd.args(qemu::argv(spec))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(stderr);
-    // SAFETY: only async-signal-safe calls (prctl, setsid) run between fork and exec.
-    unsafe {
-        cmd.pre_exec(move || {
-            if detach {
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-            } else if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    set_lifetime(&mut cmd, detach);
     let child = cmd.spawn().map_err(|e| {
+        kill_all(&mut helpers);
         if e.kind() == std::io::ErrorKind::NotFound {
             VmError::NoQemu {
                 binary: qemu_bin.display().to_string(),
@@ -122,7 +207,18 @@ pub fn spawn(
         child,
         paths: paths.clone(),
         started: Instant::now(),
+        helpers,
     })
+}
+
+fn kill_all(children: &mut Vec<Child>) {
+    for c in children.iter_mut() {
+        if let Ok(None) = c.try_wait() {
+            let _ = c.kill();
+        }
+        let _ = c.wait();
+    }
+    children.clear();
 }
 
 impl Launched {
@@ -189,6 +285,11 @@ impl Launched {
         StopOutcome::Killed
     }
 
+    /// Stop the helper processes (virtiofsd); call once QEMU has exited.
+    pub fn reap_helpers(&mut self) {
+        kill_all(&mut self.helpers);
+    }
+
     /// Wait for QEMU to exit, up to `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<ExitStatus> {
         let deadline = Instant::now() + timeout;
@@ -211,6 +312,7 @@ impl Drop for Launched {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        kill_all(&mut self.helpers);
     }
 }
 
@@ -339,6 +441,22 @@ pub fn wait_ready_in_log(log: &Path, pid: u32, deadline: Instant) -> Result<u64,
     }
 }
 
+/// The start time of process `pid` (clock ticks since boot, field 22 of /proc/PID/stat), so a
+/// recorded pid can be told apart from a later process that reused it.
+pub fn pid_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // rest starts at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// This host boot's id (changes at every reboot).
+pub fn boot_id() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
 /// Whether a process exists (and is not a zombie).
 pub fn pid_alive(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -374,6 +492,14 @@ mod tests {
     }
 
     #[test]
+    fn start_time_identifies_a_process() {
+        let me = std::process::id();
+        let t = pid_start_time(me).expect("own start time");
+        assert_eq!(pid_start_time(me), Some(t));
+        assert!(!boot_id().is_empty());
+    }
+
+    #[test]
     fn missing_qemu_binary_is_a_clear_error() {
         let dir = tempfile::tempdir().expect("tmp");
         let paths = RunPaths::in_dir(dir.path());
@@ -391,6 +517,9 @@ mod tests {
             console_log: None,
             control_socket: paths.control_socket.clone(),
             qmp_socket: paths.qmp_socket.clone(),
+            drives: vec![],
+            shares: vec![],
+            vports: vec![],
             extra_args: vec![],
         };
         let e = spawn(
