@@ -175,6 +175,9 @@ pub(crate) fn plan(
         console_log: a.detach.then(|| paths.console_log.clone()),
         control_socket: paths.control_socket.clone(),
         qmp_socket: paths.qmp_socket.clone(),
+        drives: vec![],
+        shares: vec![],
+        vports: vec![],
         extra_args: vec![],
     };
     Ok(Plan {

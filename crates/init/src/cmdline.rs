@@ -2,7 +2,10 @@
 //! does, and picking out the `kiln.*` overrides.
 //!
 //! Recognised overrides: `kiln.ip=ADDR/PREFIX`, `kiln.gw=ADDR`,
-//! `kiln.dns=ADDR[,ADDR...]`, `kiln.net=none|IFACE`, `kiln.hostname=NAME`.
+//! `kiln.dns=ADDR[,ADDR...]`, `kiln.net=none|IFACE`, `kiln.hostname=NAME`,
+//! and the repeatable `kiln.share=TAG:PATH[:virtiofs|9p]` (mount a host
+//! share), `kiln.vport=NAME` (wait for that virtio-console port and link it
+//! as `/dev/virtio-ports/NAME`), plus `kiln.ro` (read-only root).
 //! Dotted words are ignored by the kernel itself (it treats them as parameters
 //! of a module called `kiln`), so they never leak into init's argv/environment.
 
@@ -50,6 +53,12 @@ pub struct Overrides {
     pub net: Option<String>,
     /// `kiln.hostname=NAME`.
     pub hostname: Option<String>,
+    /// `kiln.share=TAG:PATH[:FSTYPE]`, in order.
+    pub shares: Vec<String>,
+    /// `kiln.vport=NAME`, in order.
+    pub vports: Vec<String>,
+    /// `kiln.ro`: remount the root read-only before rc starts.
+    pub readonly_root: bool,
 }
 
 /// Extract the `kiln.*` overrides from the command-line words. Unknown
@@ -65,6 +74,21 @@ pub fn overrides<'a>(words: &[&'a str]) -> (Overrides, Vec<&'a str>) {
             Some((k, v)) => (k, unquote(v)),
             None => (rest, String::new()),
         };
+        match key {
+            "share" => {
+                o.shares.push(value);
+                continue;
+            }
+            "vport" => {
+                o.vports.push(value);
+                continue;
+            }
+            "ro" => {
+                o.readonly_root = value.is_empty() || value == "1";
+                continue;
+            }
+            _ => {}
+        }
         let slot = match key {
             "ip" => &mut o.ip,
             "gw" => &mut o.gw,
@@ -117,6 +141,17 @@ mod tests {
         assert_eq!(o.hostname.as_deref(), Some("web"));
         assert_eq!(o.net.as_deref(), Some("none"));
         assert_eq!(unknown, vec!["kiln.bogus=1"]);
+    }
+
+    #[test]
+    fn shares_vports_and_ro() {
+        let w = words("kiln.share=s0:/mnt/a kiln.share=s1:/b:9p kiln.vport=data kiln.ro");
+        let (o, unknown) = overrides(&w);
+        assert!(unknown.is_empty());
+        assert_eq!(o.shares, vec!["s0:/mnt/a", "s1:/b:9p"]);
+        assert_eq!(o.vports, vec!["data"]);
+        assert!(o.readonly_root);
+        assert!(!overrides(&words("kiln.ro=0")).0.readonly_root);
     }
 
     #[test]

@@ -42,6 +42,7 @@
 mod cmdline;
 mod config;
 mod control;
+mod extras;
 mod modules;
 mod net;
 mod pid1;
@@ -175,8 +176,9 @@ fn setup_console(reopen_all: bool) {
     }
 }
 
-/// Step 2: init.conf (defaults if missing) plus `kiln.*` overrides.
-fn load_config(words: &[&str]) -> Config {
+/// Step 2: init.conf (defaults if missing) plus `kiln.*` overrides (also
+/// returned, for the run-time extras: shares, ports, read-only root).
+fn load_config(words: &[&str]) -> (Config, cmdline::Overrides) {
     let (mut cfg, warnings) = match std::fs::read_to_string(config::PATH) {
         Ok(text) => config::parse(&text),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Config::default(), Vec::new()),
@@ -195,7 +197,7 @@ fn load_config(words: &[&str]) -> Config {
     for w in config::apply_overrides(&mut cfg, &overrides) {
         warn(&w);
     }
-    cfg
+    (cfg, overrides)
 }
 
 /// Step 4: loopback, the interface, resolver files, and the gateway ARP poke.
@@ -350,13 +352,19 @@ fn boot() -> ! {
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let words = cmdline::words(&cmdline);
-    let cfg = load_config(&words);
+    let (cfg, extra) = load_config(&words);
 
     modules::load_all(&cfg.modules, &words);
     tl.modules = sys::boottime_ms();
 
     network(&cfg);
     tl.net = sys::boottime_ms();
+
+    extras::mount_shares(&extra.shares);
+    extras::link_vports(&extra.vports, IFACE_TIMEOUT_MS);
+    if extra.readonly_root {
+        extras::readonly_root();
+    }
 
     if let Err(e) = sys::sethostname(&cfg.hostname) {
         warn2("sethostname: ", &sys::strerror(e));

@@ -33,6 +33,9 @@ pub const BASE_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_console",
     "virtio_rng",
+    // Shared folders (`kiln run --share`): virtiofs, as Debian's cloud kernel has no 9p.
+    "fuse",
+    "virtiofs",
 ];
 
 /// Errors from provisioning kernels and resolving modules.
