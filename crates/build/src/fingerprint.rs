@@ -9,13 +9,27 @@ use std::path::Path;
 
 /// Hash the recipe folder's contents, the kernel and busybox identities, kiln-init, the listed
 /// host binaries and files (by size and mtime), and SOURCE_DATE_EPOCH.
+#[cfg(test)]
 pub fn compute(
     recipe: &Recipe,
     kernel_sha: &str,
     busybox: Option<&str>,
     init: &Path,
 ) -> Result<String, BuildError> {
+    compute_with(recipe, kernel_sha, busybox, init, "")
+}
+
+/// [`compute`] plus `extra`: the package set's identity, the image variant (traced, another
+/// index) and anything else that changes the result.
+pub fn compute_with(
+    recipe: &Recipe,
+    kernel_sha: &str,
+    busybox: Option<&str>,
+    init: &Path,
+    extra: &str,
+) -> Result<String, BuildError> {
     let mut h = Sha256::new();
+    h.update(format!("extra {extra}\n"));
     h.update(concat!("kiln ", env!("CARGO_PKG_VERSION"), "\n"));
     // A rebuilt kiln may assemble differently: its identity (size, mtime) is an input too.
     if let Ok(m) = std::env::current_exe().and_then(std::fs::metadata) {

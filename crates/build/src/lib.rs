@@ -8,6 +8,9 @@
 
 mod fingerprint;
 pub mod manifest;
+mod packages;
+
+pub use packages::{Variant, TRACE_MARKER};
 
 pub use manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
 
@@ -16,6 +19,7 @@ use kiln_kernel::{KernelSource, BASE_MODULES};
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::elf::{NodeKind, Resolver};
 use kiln_rootfs::Staging;
+use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -162,6 +166,17 @@ pub fn build(
     opts: &BuildOptions,
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
+    build_variant(recipe, opts, &Variant::Normal, progress)
+}
+
+/// Build `recipe` into `opts.out_dir` as `variant`: the normal image, every package file with
+/// the access tracer on (for `kiln trace`), or with another index.
+pub fn build_variant(
+    recipe: &Recipe,
+    opts: &BuildOptions,
+    variant: &Variant,
+    progress: &dyn Progress,
+) -> Result<BuildReport, BuildError> {
     let started = Instant::now();
     let cfg = &recipe.config;
     if !opts.init_binary.is_file() {
@@ -193,11 +208,32 @@ pub fn build(
         None
     };
 
-    let fp = fingerprint::compute(
+    let pkgs = if cfg.packages.is_empty() {
+        None
+    } else {
+        progress.phase("packages");
+        Some(packages::provision(recipe, &cache, opts.refresh)?)
+    };
+    let index = variant.index(recipe);
+    let mut extra = variant.describe(recipe);
+    if let Some(p) = &pkgs {
+        extra.push('\n');
+        extra.push_str(&p.set.identity());
+    }
+    if let Some(i) = &index {
+        // An index outside the recipe folder is not covered by the recipe's hash.
+        let text = std::fs::read(i).map_err(io(i))?;
+        extra.push_str(&format!(
+            "\nindex {}",
+            hex::encode(sha2::Sha256::digest(&text))
+        ));
+    }
+    let fp = fingerprint::compute_with(
         recipe,
         &kernel.sha256,
         busybox.as_ref().map(|b| b.1.as_str()),
         &opts.init_binary,
+        &extra,
     )?;
     if !opts.force {
         if let Some(m) = read_manifest_if_fresh(&opts.out_dir, &fp) {
@@ -238,8 +274,21 @@ pub fn build(
         Some(0o755),
         "kiln-init, the guest's PID 1",
     )?;
-    install_binaries(recipe, &mut st)?;
+    if let Some(p) = &pkgs {
+        progress.phase("package files");
+        packages::install(recipe, p, index.as_deref(), &mut st)?;
+    }
+    install_binaries(recipe, &mut st, pkgs.as_ref().map(|p| p.root.dir.as_path()))?;
     install_files(recipe, &mut st)?;
+    if variant.traced() {
+        st.write_file(
+            Path::new(TRACE_MARKER),
+            b"",
+            0o644,
+            "kiln trace",
+            "turns kiln-init's file access tracer on",
+        )?;
+    }
 
     let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
     wanted.extend(cfg.root.modules.iter().cloned());
@@ -352,6 +401,31 @@ pub fn build(
         boot: BootConfig::from_recipe(cfg),
         modules: module_names,
         files,
+        packages: pkgs
+            .as_ref()
+            .map(|p| {
+                p.set
+                    .debs
+                    .iter()
+                    .map(|d| format!("{} {}", d.package, d.version))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        excluded_packages: pkgs
+            .as_ref()
+            .map(|p| {
+                p.set
+                    .excluded
+                    .iter()
+                    .map(|(n, why)| format!("{n}: {why}"))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        selection: if pkgs.is_some() {
+            variant.describe(recipe)
+        } else {
+            String::new()
+        },
     };
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::BadImage {
         path: image_dir.join(MANIFEST),
@@ -511,12 +585,19 @@ fn install_busybox(st: &mut Staging, busybox: &Path, from: &str) -> Result<(), B
     Ok(())
 }
 
-fn install_binaries(recipe: &Recipe, st: &mut Staging) -> Result<(), BuildError> {
+fn install_binaries(
+    recipe: &Recipe,
+    st: &mut Staging,
+    package_root: Option<&Path>,
+) -> Result<(), BuildError> {
     let binaries = &recipe.config.root.binaries;
     if binaries.is_empty() {
         return Ok(());
     }
-    let resolver = Resolver::new(Path::new("/")).map_err(kiln_rootfs::RootfsError::from)?;
+    // With packages, binaries are looked up in the package sysroot first, then the host.
+    let mut roots: Vec<PathBuf> = package_root.map(Path::to_path_buf).into_iter().collect();
+    roots.push(PathBuf::from("/"));
+    let resolver = Resolver::layered(&roots).map_err(kiln_rootfs::RootfsError::from)?;
     // Check each binary on its own first so an error can name its kiln.toml line.
     for b in binaries {
         let path = PathBuf::from(b.get_ref());

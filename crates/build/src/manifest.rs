@@ -28,6 +28,16 @@ pub struct ImageManifest {
     pub modules: Vec<String>,
     /// Every path in the root filesystem.
     pub files: Vec<FileEntry>,
+    /// Debian packages the root was assembled from (`name version`), when the recipe has
+    /// `packages`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub packages: Vec<String>,
+    /// Dependencies left out, with the reason.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub excluded_packages: Vec<String>,
+    /// How the package files were chosen: "all", "index FILE", or "all, traced".
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub selection: String,
 }
 
 /// The kernel of an image.
