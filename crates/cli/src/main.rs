@@ -4,6 +4,7 @@
 mod bench;
 mod dirs;
 mod run;
+mod serve;
 mod state;
 mod term;
 
@@ -44,6 +45,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Serve the web console and HTTP API (127.0.0.1:7070 by default; every request needs the token).
+    Serve(serve::ServeArgs),
     /// Print a built image's manifest summary (or the whole manifest with --json).
     Inspect {
         /// Image folder.
@@ -135,6 +138,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => bench::bench(a),
         Command::Stop { name, timeout } => run::stop(&name, timeout),
         Command::Ps { json } => run::ps(json),
+        Command::Serve(a) => serve::serve(a),
         Command::Inspect { image, json } => {
             let m = kiln_build::load_image(&image)?;
             if json {
