@@ -9,6 +9,9 @@
 use crate::packages::PackageRoot;
 use std::path::{Path, PathBuf};
 
+/// A compiled index glob (also used by `kiln trace --exclude`).
+pub use glob::Pattern as Glob;
+
 /// A refused index.
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
