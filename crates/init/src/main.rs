@@ -49,6 +49,7 @@ mod pid1;
 mod report;
 mod sys;
 mod tcp;
+mod trace;
 
 use config::{Config, Ready};
 use report::Timeline;
@@ -370,6 +371,7 @@ fn boot() -> ! {
         warn2("sethostname: ", &sys::strerror(e));
     }
 
+    trace::start();
     control::spawn();
 
     let rc_pid = match spawn_rc(&cfg) {
