@@ -7,6 +7,7 @@ mod run;
 mod serve;
 mod state;
 mod term;
+mod trace;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -47,6 +48,8 @@ enum Command {
     },
     /// Serve the web console and HTTP API (127.0.0.1:7070 by default; every request needs the token).
     Serve(serve::ServeArgs),
+    /// Trace which package files a workload uses, write the index, and check the minimal image.
+    Trace(trace::TraceArgs),
     /// Print a built image's manifest summary (or the whole manifest with --json).
     Inspect {
         /// Image folder.
@@ -111,6 +114,8 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | BuildError::File { .. }
                 | BuildError::BadImage { .. } => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
+                BuildError::Rootfs(kiln_rootfs::RootfsError::Index(_)) => 2,
+                BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
                 BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => 2,
                 _ => 1,
@@ -139,6 +144,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Stop { name, timeout } => run::stop(&name, timeout),
         Command::Ps { json } => run::ps(json),
         Command::Serve(a) => serve::serve(a),
+        Command::Trace(a) => trace::trace(a),
         Command::Inspect { image, json } => {
             let m = kiln_build::load_image(&image)?;
             if json {
