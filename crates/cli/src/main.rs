@@ -1,13 +1,19 @@
 //! `kiln`: the command line. Thin glue over the library crates: it parses flags, picks
 //! folders, shows progress, and maps errors to exit codes (2 for bad input, 1 for failures).
 
+mod backends;
 mod bench;
+mod console;
 mod dirs;
 mod run;
 mod serve;
 mod state;
+mod supervise;
+mod systemd;
 mod term;
 mod trace;
+mod vmconfig;
+mod vms;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -40,6 +46,46 @@ enum Command {
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
+    /// Stop a detached VM now (QEMU gets SIGKILL).
+    Kill {
+        /// The VM's name.
+        name: String,
+    },
+    /// Remove the records of ended VMs (-f: kill running ones first).
+    Rm {
+        /// VM names.
+        #[arg(required = true)]
+        names: Vec<String>,
+        /// Kill a running VM first.
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Print a detached VM's console log (-f: follow it).
+    Logs {
+        /// The VM's name.
+        name: String,
+        /// Keep printing new output until the VM ends.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// Attach to a detached VM's serial console (Ctrl-] detaches; several viewers may attach).
+    Console {
+        /// The VM's name.
+        name: String,
+    },
+    /// Start a VM at host boot: install a systemd unit running its saved config.
+    Enable {
+        /// The VM's name (its record holds the config).
+        name: String,
+        /// Print the unit and config instead of installing them.
+        #[arg(long)]
+        print: bool,
+    },
+    /// Remove the systemd unit written by `kiln enable`.
+    Disable {
+        /// The VM's name.
+        name: String,
+    },
     /// List detached VMs.
     Ps {
         /// Print JSON.
@@ -50,13 +96,19 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Trace which package files a workload uses, write the index, and check the minimal image.
     Trace(trace::TraceArgs),
-    /// Print a built image's manifest summary (or the whole manifest with --json).
+    /// A built image's manifest summary (or the whole manifest with --json), or a VM's record.
     Inspect {
-        /// Image folder.
+        /// Image folder, or the name of a VM.
         image: PathBuf,
         /// Print the whole manifest.
         #[arg(long)]
         json: bool,
+    },
+    /// (internal) The supervisor of a detached VM.
+    #[command(name = "__supervise", hide = true)]
+    Supervise {
+        /// The VM's name.
+        name: String,
     },
 }
 
@@ -141,10 +193,25 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
-        Command::Stop { name, timeout } => run::stop(&name, timeout),
-        Command::Ps { json } => run::ps(json),
+        Command::Stop { name, timeout } => vms::stop(&name, Some(timeout)),
+        Command::Kill { name } => vms::stop(&name, None),
+        Command::Rm { names, force } => vms::rm(&names, force),
+        Command::Logs { name, follow } => vms::logs(&name, follow),
+        Command::Console { name } => vms::console(&name),
+        Command::Enable { name, print } => systemd::enable(&name, print),
+        Command::Disable { name } => systemd::disable(&name),
+        Command::Supervise { name } => supervise::supervise(&name),
+        Command::Ps { json } => vms::ps(json),
         Command::Serve(a) => serve::serve(a),
         Command::Trace(a) => trace::trace(a),
+        Command::Inspect { image, .. }
+            if !image.join(kiln_build::MANIFEST).exists()
+                && state::vm_dir(&dirs::state_root(), &image.to_string_lossy())
+                    .join("record.json")
+                    .exists() =>
+        {
+            vms::inspect(&image.to_string_lossy())
+        }
         Command::Inspect { image, json } => {
             let m = kiln_build::load_image(&image)?;
             if json {

@@ -1,14 +1,20 @@
-//! `kiln run`, `kiln stop`, `kiln ps`: booting an image in the foreground (console on the
-//! terminal, Ctrl-] to stop) or detached (console logged, returns once ready).
+//! `kiln run`: boot an image in the foreground (console on the terminal, Ctrl-] stops) or
+//! detached under a supervisor (see `supervise`), after the admission checks that keep VMs from
+//! stepping on each other (unique names, host ports, one writer per disk). Also `--dry-run`
+//! for the other backends, and the planning shared with `kiln bench` and the supervisor:
+//! a merged [`VmConfig`] plus an image become a QEMU [`VmSpec`].
 
-use crate::{dirs, state, term, BadInput};
+use crate::state::{self, VmRecord, VmState};
+use crate::vmconfig::{self, Network, VmConfig};
+use crate::{backends, dirs, term, BadInput};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use kiln_build::ImageManifest;
 use kiln_recipe::{PortForward, Ready, Recipe};
 use kiln_vm::runner::{self, ConsoleMsg, RunPaths};
 use kiln_vm::{
-    accel, cmdline, ports, Accel, AccelChoice, ConsoleEvent, LineParser, NetSpec, VmSpec,
+    accel, cmdline, ports, Accel, AccelChoice, ConsoleEvent, DriveSpec, LineParser, NetSpec,
+    ShareKind, ShareSpec, VmSpec, VportSpec,
 };
 use sha2::Digest;
 use std::io::{Read, Write};
@@ -21,11 +27,15 @@ use std::time::{Duration, Instant};
 /// The byte that detaches from / stops a foreground VM: Ctrl-].
 const ESCAPE: u8 = 0x1d;
 
-/// Options of `kiln run`.
+/// Options of `kiln run`. Every VM setting is also a key of `-f vm.toml` (same name, `_` for `-`).
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// A recipe folder (built first if stale) or an image folder from `kiln build`.
-    pub target: PathBuf,
+    #[arg(required_unless_present = "file")]
+    pub target: Option<PathBuf>,
+    /// A VM config file (vm.toml); flags given as well win over its keys.
+    #[arg(short = 'f', long = "file", value_name = "VM.TOML")]
+    pub file: Option<PathBuf>,
     /// Forward a host port: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable; replaces the recipe's ports).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
     pub ports: Vec<PortForward>,
@@ -38,7 +48,7 @@ pub struct RunArgs {
     /// VM name (default: the recipe's name).
     #[arg(long)]
     pub name: Option<String>,
-    /// Run in the background: the console goes to a log file; return once the guest is ready.
+    /// Run in the background under a supervisor; return once the guest is ready.
     #[arg(long, short = 'd')]
     pub detach: bool,
     /// Accelerator: auto (probe KVM, fall back to TCG), kvm, tcg.
@@ -50,6 +60,39 @@ pub struct RunArgs {
     /// Extra kernel arguments.
     #[arg(long)]
     pub append: Option<String>,
+    /// A second drive (raw image, virtio-blk): PATH[:ro].
+    #[arg(long)]
+    pub drive: Option<String>,
+    /// Serve the serial console over TCP too: [ADDR:]PORT (detached VMs).
+    #[arg(long, value_name = "[ADDR:]PORT")]
+    pub serial_tcp: Option<String>,
+    /// virtio-console ports as host unix sockets: a count, or comma-separated names.
+    #[arg(long, value_name = "N|NAMES")]
+    pub vports: Option<String>,
+    /// Share a host folder with the guest: HOSTDIR:GUESTPATH[:ro].
+    #[arg(long)]
+    pub share: Option<String>,
+    /// How the share reaches the guest: virtiofs (default) or 9p (needs 9p in the kernel).
+    #[arg(long)]
+    pub share_fs: Option<String>,
+    /// Networking: user (default), none, bridge:BRIDGE, tap:TAPIF (the last two need root).
+    #[arg(long)]
+    pub network: Option<String>,
+    /// Make the guest's root read-only before the service starts.
+    #[arg(long)]
+    pub readonly_root: bool,
+    /// Don't lock the drive (neither QEMU's image lock nor Kiln's one-writer check).
+    #[arg(long)]
+    pub no_lock: bool,
+    /// Restart policy of a detached VM: no, on-failure, always (exponential backoff).
+    #[arg(long)]
+    pub restart: Option<String>,
+    /// Hypervisor: qemu (default), or firecracker / bhyve with --dry-run (configs on paper).
+    #[arg(long, default_value = "qemu")]
+    pub backend: String,
+    /// Print what would be run (QEMU argv, Firecracker JSON, bhyve command line) and exit.
+    #[arg(long)]
+    pub dry_run: bool,
     /// Show the kernel's boot messages (drops `quiet`).
     #[arg(long, short = 'v')]
     pub verbose: bool,
@@ -71,7 +114,8 @@ impl RunArgs {
         memory: Option<u32>,
     ) -> RunArgs {
         RunArgs {
-            target: image.to_path_buf(),
+            target: Some(image.to_path_buf()),
+            file: None,
             ports: vec![PortForward {
                 host_addr: std::net::Ipv4Addr::LOCALHOST,
                 host_port,
@@ -85,10 +129,73 @@ impl RunArgs {
             accel,
             ready_timeout: None,
             append: None,
+            drive: None,
+            serial_tcp: None,
+            vports: None,
+            share: None,
+            share_fs: None,
+            network: None,
+            readonly_root: false,
+            no_lock: false,
+            restart: None,
+            backend: "qemu".into(),
+            dry_run: false,
             verbose: false,
             timings: false,
             no_console: true,
         }
+    }
+
+    /// The flags as a config (only what was given).
+    fn flags_config(&self) -> Result<VmConfig> {
+        Ok(VmConfig {
+            image: self.target.as_ref().map(|t| t.display().to_string()),
+            name: self.name.clone(),
+            cpus: self.cpus,
+            memory: self.memory,
+            append: self.append.clone(),
+            drive: self.drive.clone(),
+            ports: self.ports.iter().map(|p| p.to_string()).collect(),
+            serial_tcp: self.serial_tcp.clone(),
+            vports: self
+                .vports
+                .as_deref()
+                .map(vmconfig::parse_vports_flag)
+                .transpose()
+                .map_err(BadInput)?,
+            share: self.share.clone(),
+            share_fs: self.share_fs.clone(),
+            network: self.network.clone(),
+            readonly_root: self.readonly_root,
+            no_lock: self.no_lock,
+            restart: self.restart.clone(),
+            ready_timeout: self.ready_timeout,
+            accel: (self.accel != AccelChoice::Auto).then(|| {
+                match self.accel {
+                    AccelChoice::Kvm => "kvm",
+                    _ => "tcg",
+                }
+                .to_string()
+            }),
+        })
+    }
+
+    /// The file's config with the flags on top, checked.
+    pub(crate) fn config(&self) -> Result<VmConfig> {
+        let base = match &self.file {
+            Some(f) => VmConfig::load(f)?,
+            None => VmConfig::default(),
+        };
+        let cfg = base.overlay(self.flags_config()?);
+        cfg.validate()
+            .map_err(|(key, msg)| BadInput(format!("--{}: {msg}", key.replace('_', "-"))))?;
+        if cfg.image.is_none() {
+            return Err(BadInput(
+                "no image: give a recipe or image folder, or `image` in the config file".into(),
+            )
+            .into());
+        }
+        Ok(cfg)
     }
 }
 
@@ -122,15 +229,27 @@ pub(crate) fn image_for(target: &Path) -> Result<(PathBuf, ImageManifest)> {
     Ok((out, report.manifest))
 }
 
+/// Everything needed to start one VM, resolved.
 pub(crate) struct Plan {
-    name: String,
+    pub(crate) name: String,
     pub(crate) spec: VmSpec,
-    ready_timeout: Duration,
-    ports: Vec<PortForward>,
-    image_dir: PathBuf,
-    run_dir: PathBuf,
+    pub(crate) ready_timeout: Duration,
+    pub(crate) ports: Vec<PortForward>,
+    pub(crate) run_dir: PathBuf,
+    /// The drive's canonical path and whether it is written to.
+    pub(crate) drive: Option<(PathBuf, bool)>,
+    pub(crate) serial_tcp: Option<std::net::SocketAddr>,
+    pub(crate) config: VmConfig,
 }
 
+/// The QEMU console socket of a supervised VM (the supervisor's viewer socket is console.sock).
+pub(crate) fn supervised_paths(dir: &Path) -> RunPaths {
+    let mut p = RunPaths::in_dir(dir);
+    p.console_socket = dir.join("qemu-console.sock");
+    p
+}
+
+/// Plan from `kiln run`'s flags alone (kept for `kiln bench`).
 pub(crate) fn plan(
     a: &RunArgs,
     image_dir: &Path,
@@ -138,65 +257,221 @@ pub(crate) fn plan(
     run_dir: &Path,
     accel: Accel,
 ) -> Result<Plan> {
-    let name = a.name.clone().unwrap_or_else(|| m.name.clone());
-    let ports: Vec<PortForward> = if a.ports.is_empty() {
+    let cfg = a.flags_config()?;
+    plan_config(&cfg, image_dir, m, run_dir, accel, a.detach, a.verbose)
+}
+
+/// Plan a VM from its merged config and image.
+pub(crate) fn plan_config(
+    cfg: &VmConfig,
+    image_dir: &Path,
+    m: &ImageManifest,
+    run_dir: &Path,
+    accel: Accel,
+    supervised: bool,
+    verbose: bool,
+) -> Result<Plan> {
+    let name = cfg.name.clone().unwrap_or_else(|| m.name.clone());
+    vmconfig::check_name(&name).map_err(BadInput)?;
+    let bad = |e: String| BadInput(e);
+    let ports: Vec<PortForward> = if cfg.ports.is_empty() {
         m.boot
             .ports
             .iter()
-            .map(|p| p.parse().map_err(|e: String| BadInput(e)))
+            .map(|p| p.parse().map_err(bad))
             .collect::<Result<_, _>>()?
     } else {
-        a.ports.clone()
+        cfg.ports
+            .iter()
+            .map(|p| p.parse().map_err(bad))
+            .collect::<Result<_, _>>()?
     };
     let _: Ready = m.boot.ready.parse().map_err(BadInput)?;
     let mut extra = m.boot.cmdline.clone();
-    if let Some(x) = &a.append {
+    let paths = if supervised {
+        supervised_paths(run_dir)
+    } else {
+        RunPaths::in_dir(run_dir)
+    };
+    let network = if m.boot.network == "none" && cfg.network.is_none() {
+        Network::None
+    } else {
+        cfg.network_choice()
+    };
+    let net = match &network {
+        Network::User => NetSpec::User {
+            forwards: ports.clone(),
+        },
+        Network::None => NetSpec::None,
+        Network::Bridge(b) => NetSpec::Bridge { bridge: b.clone() },
+        Network::Tap(t) => NetSpec::Tap { ifname: t.clone() },
+    };
+    if matches!(network, Network::Bridge(_) | Network::Tap(_)) {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BadInput(format!(
+                "network `{}` needs root: QEMU must open a tap device (and qemu-bridge-helper must be allowed the bridge in /etc/qemu/bridge.conf); run as root, or use network = \"user\" with port forwards",
+                cfg.network.as_deref().unwrap_or_default()
+            ))
+            .into());
+        }
+    }
+    if network == Network::None {
+        extra.push_str(" kiln.net=none");
+    }
+    let mut drives = vec![];
+    let mut drive = None;
+    if let Some(d) = &cfg.drive {
+        let (path, readonly) = vmconfig::parse_drive(d).map_err(BadInput)?;
+        let path = std::fs::canonicalize(&path)
+            .map_err(|e| BadInput(format!("drive {}: {e}", path.display())))?;
+        drive = Some((path.clone(), !readonly));
+        drives.push(DriveSpec {
+            path,
+            readonly,
+            lock: !cfg.no_lock,
+        });
+    }
+    let mut shares = vec![];
+    if let Some(s) = &cfg.share {
+        let sh = vmconfig::parse_share(s).map_err(BadInput)?;
+        let host = std::fs::canonicalize(&sh.host)
+            .map_err(|e| BadInput(format!("share {}: {e}", sh.host.display())))?;
+        if !host.is_dir() {
+            return Err(BadInput(format!("share {}: not a folder", host.display())).into());
+        }
+        let nine = cfg.share_fs.as_deref() == Some("9p");
+        if sh.readonly && !nine {
+            return Err(BadInput(
+                "a read-only share needs share_fs = \"9p\" (QEMU 7.2's virtiofsd has no read-only mode)".into(),
+            )
+            .into());
+        }
+        extra.push_str(&format!(
+            " kiln.share=share0:{}:{}",
+            sh.guest,
+            if nine { "9p" } else { "virtiofs" }
+        ));
+        shares.push(ShareSpec {
+            tag: "share0".into(),
+            host_dir: host,
+            readonly: sh.readonly,
+            kind: if nine {
+                ShareKind::NineP
+            } else {
+                ShareKind::Virtiofs {
+                    socket: run_dir.join("virtiofs-0.sock"),
+                }
+            },
+        });
+    }
+    let mut vports = vec![];
+    if let Some(v) = &cfg.vports {
+        for n in vmconfig::vport_names(v).map_err(BadInput)? {
+            extra.push_str(&format!(" kiln.vport={n}"));
+            vports.push(VportSpec {
+                socket: run_dir.join(format!("vport-{n}.sock")),
+                name: n,
+            });
+        }
+    }
+    if cfg.readonly_root {
+        extra.push_str(" kiln.ro");
+    }
+    if let Some(x) = &cfg.append {
         extra.push(' ');
         extra.push_str(x);
     }
-    let paths = RunPaths::in_dir(run_dir);
+    let serial_tcp = cfg
+        .serial_tcp
+        .as_deref()
+        .map(vmconfig::parse_serial_tcp)
+        .transpose()
+        .map_err(BadInput)?;
     let spec = VmSpec {
         name: name.clone(),
         kernel: image_dir.join(&m.kernel.file),
         initrd: Some(image_dir.join(&m.initramfs.file)),
-        cmdline: cmdline::compose(accel, cmdline::host_tsc_khz(), a.verbose, &extra),
-        cpus: a.cpus.unwrap_or(m.boot.cpus),
-        memory_mib: a.memory.unwrap_or(m.boot.memory),
+        cmdline: cmdline::compose(accel, cmdline::host_tsc_khz(), verbose, &extra),
+        cpus: cfg.cpus.unwrap_or(m.boot.cpus),
+        memory_mib: cfg.memory.unwrap_or(m.boot.memory),
         accel,
-        net: if m.boot.network == "none" {
-            NetSpec::None
-        } else {
-            NetSpec::User {
-                forwards: ports.clone(),
-            }
-        },
+        net,
         console_socket: paths.console_socket.clone(),
-        console_wait: !a.detach,
-        console_log: a.detach.then(|| paths.console_log.clone()),
+        // QEMU waits for its one console client (kiln, or the supervisor) so no output is lost.
+        console_wait: true,
+        console_log: None,
         control_socket: paths.control_socket.clone(),
         qmp_socket: paths.qmp_socket.clone(),
-        drives: vec![],
-        shares: vec![],
-        vports: vec![],
+        drives,
+        shares,
+        vports,
         extra_args: vec![],
     };
     Ok(Plan {
         name,
         spec,
-        ready_timeout: Duration::from_secs(a.ready_timeout.unwrap_or(m.boot.ready_timeout as u64)),
+        ready_timeout: Duration::from_secs(
+            cfg.ready_timeout.unwrap_or(m.boot.ready_timeout as u64),
+        ),
         ports,
-        image_dir: image_dir.to_path_buf(),
         run_dir: run_dir.to_path_buf(),
+        drive,
+        serial_tcp,
+        config: cfg.clone(),
     })
 }
 
 /// `kiln run`.
 pub fn run(a: RunArgs) -> Result<ExitCode> {
-    let (image_dir, manifest) = image_for(&a.target)?;
+    let mut cfg = a.config()?;
+    if a.backend != "qemu" && !a.dry_run {
+        return Err(BadInput(format!(
+            "--backend {}: only QEMU runs VMs here; other backends are on paper: add --dry-run to print the {}",
+            a.backend,
+            if a.backend == "bhyve" { "bhyve command line" } else { "Firecracker config" }
+        ))
+        .into());
+    }
+    if cfg.serial_tcp.is_some() && !a.detach && !a.dry_run {
+        return Err(BadInput(
+            "--serial-tcp serves the console of a detached VM: add --detach (a foreground run has the terminal)".into(),
+        )
+        .into());
+    }
+    if !a.detach && cfg.restart_policy() != vmconfig::Restart::No && !a.dry_run {
+        return Err(BadInput("--restart applies to detached VMs: add --detach".into()).into());
+    }
+    let target = PathBuf::from(cfg.image.clone().unwrap_or_default());
+    let (image_dir, manifest) = image_for(&target)?;
     let image_dir = std::fs::canonicalize(&image_dir).unwrap_or(image_dir);
+    cfg.image = Some(image_dir.display().to_string());
+    let name = cfg.name.clone().unwrap_or_else(|| manifest.name.clone());
+    cfg.name = Some(name.clone());
+    let accel_choice: AccelChoice = cfg
+        .accel
+        .as_deref()
+        .map(str::parse)
+        .transpose()
+        .map_err(BadInput)?
+        .unwrap_or(a.accel);
+
+    if a.dry_run {
+        let run_dir = dirs::state_root().join("vms").join(&name);
+        let accel = match accel_choice {
+            AccelChoice::Kvm => Accel::Kvm,
+            _ => Accel::Tcg,
+        };
+        let p = plan_config(
+            &cfg, &image_dir, &manifest, &run_dir, accel, a.detach, a.verbose,
+        )?;
+        print!("{}", backends::render(&a.backend, &p)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+
     let qemu = kiln_vm::check_qemu()?;
     let probe = accel::choose(
-        a.accel,
+        accel_choice,
         &qemu,
         &image_dir.join(&manifest.kernel.file),
         &dirs::cache_root(),
@@ -204,36 +479,96 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     if let Some(line) = probe.fallback_line() {
         eprintln!("{line}");
     }
-    let state_root = dirs::state_root();
-    let name = a.name.clone().unwrap_or_else(|| manifest.name.clone());
-    let run_dir = if a.detach {
-        if let Ok(r) = state::read(&state_root, &name) {
-            if runner::pid_alive(r.pid) {
+    if a.detach {
+        return crate::supervise::start_detached(
+            cfg,
+            &image_dir,
+            &manifest,
+            probe.accel,
+            a.verbose,
+        );
+    }
+    let base = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    let run_dir = base
+        .join("kiln")
+        .join(format!("{name}-{}", std::process::id()));
+    let plan = plan_config(
+        &cfg,
+        &image_dir,
+        &manifest,
+        &run_dir,
+        probe.accel,
+        false,
+        a.verbose,
+    )?;
+    ports::check_free(&plan.ports)?;
+    std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
+    for v in &plan.spec.vports {
+        eprintln!("kiln: virtio port {} on {}", v.name, v.socket.display());
+    }
+    let r = foreground(&a, &plan, &qemu);
+    let _ = std::fs::remove_dir_all(&run_dir);
+    r
+}
+
+/// Refuse a new VM whose name, host ports or writable disk another live VM holds. Call with
+/// the state lock held.
+pub(crate) fn admit(state_root: &Path, plan: &Plan) -> Result<()> {
+    for r in state::list(state_root) {
+        if !state::is_live(&r) {
+            continue;
+        }
+        if r.name == plan.name {
+            return Err(BadInput(format!(
+                "a VM named `{}` is already {} (supervisor pid {}); stop it with `kiln stop {0}` or pick another --name",
+                plan.name, r.state, r.supervisor_pid
+            ))
+            .into());
+        }
+        let theirs: Vec<PortForward> = r.ports.iter().filter_map(|p| p.parse().ok()).collect();
+        for mine in &plan.ports {
+            let clash = theirs.iter().any(|t| {
+                t.host_port == mine.host_port
+                    && t.protocol == mine.protocol
+                    && (t.host_addr == mine.host_addr
+                        || t.host_addr.is_unspecified()
+                        || mine.host_addr.is_unspecified())
+            });
+            if clash {
+                return Err(kiln_vm::VmError::PortInUse {
+                    addr: mine.host_addr.to_string(),
+                    port: mine.host_port,
+                    proto: match mine.protocol {
+                        kiln_recipe::Protocol::Tcp => "tcp",
+                        kiln_recipe::Protocol::Udp => "udp",
+                    },
+                    by: format!(", by VM `{}`", r.name),
+                }
+                .into());
+            }
+        }
+        if let (Some((mine, my_rw)), Some(theirs)) = (&plan.drive, &r.config.drive) {
+            let Ok((their_path, their_ro)) = vmconfig::parse_drive(theirs) else {
+                continue;
+            };
+            let their_path = std::fs::canonicalize(&their_path).unwrap_or(their_path);
+            let unlocked = plan.config.no_lock || r.config.no_lock;
+            if &their_path == mine && (*my_rw || !their_ro) && !unlocked {
                 return Err(BadInput(format!(
-                    "a VM named `{name}` is already running (pid {}); stop it with `kiln stop {name}` or pick another --name",
-                    r.pid
+                    "disk {} is in use by VM `{}`{}; two VMs never open the same writable disk: attach it read-only (`{}:ro`), or pass --no-lock if the guests coordinate",
+                    mine.display(),
+                    r.name,
+                    if their_ro { " (read-only)" } else { " (writable)" },
+                    mine.display()
                 ))
                 .into());
             }
-            state::remove(&state_root, &name)?;
         }
-        state::vm_dir(&state_root, &name)
-    } else {
-        let base = std::env::var_os("XDG_RUNTIME_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(std::env::temp_dir);
-        base.join("kiln")
-            .join(format!("{name}-{}", std::process::id()))
-    };
-    let plan = plan(&a, &image_dir, &manifest, &run_dir, probe.accel)?;
-    ports::check_free(&plan.ports)?;
-    if a.detach {
-        detached(plan, &qemu, &state_root, probe.accel)
-    } else {
-        let r = foreground(&a, &plan, &qemu);
-        let _ = std::fs::remove_dir_all(&run_dir);
-        r
     }
+    ports::check_free(&plan.ports)?;
+    Ok(())
 }
 
 fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
@@ -381,124 +716,18 @@ fn forward_stdin(mut console: std::os::unix::net::UnixStream, stop: Arc<AtomicBo
     });
 }
 
-fn detached(plan: Plan, qemu: &Path, state_root: &Path, accel: Accel) -> Result<ExitCode> {
-    let paths = RunPaths::in_dir(&state::vm_dir(state_root, &plan.name));
-    let mut vm = runner::spawn(qemu, &plan.spec, &paths, true)?;
-    let pid = vm.pid();
-    let rec = state::VmRecord {
-        name: plan.name.clone(),
-        pid,
-        image: plan.image_dir.display().to_string(),
-        ports: plan.ports.iter().map(|p| p.to_string()).collect(),
-        cpus: plan.spec.cpus,
-        memory: plan.spec.memory_mib,
-        accel: accel.to_string(),
-        started: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        ready_ms: None,
-    };
-    state::write(state_root, &rec)?;
-    let deadline = vm.started + plan.ready_timeout;
-    let result = runner::wait_ready_in_log(&paths.console_log, pid, deadline);
-    match result {
-        Ok(guest_ms) => {
-            let elapsed = vm.started.elapsed();
-            state::write(
-                state_root,
-                &state::VmRecord {
-                    ready_ms: Some(guest_ms),
-                    ..rec
-                },
-            )?;
-            eprintln!(
-                "kiln: {} ready: guest {} ms, launch to ready {:.0} ms ({accel}); pid {pid}; console log {}; stop with `kiln stop {}`",
-                plan.name,
-                guest_ms,
-                elapsed.as_secs_f64() * 1000.0,
-                paths.console_log.display(),
-                plan.name
-            );
-            // The VM outlives us: forget the child without killing it.
-            std::mem::forget(vm);
-            Ok(ExitCode::SUCCESS)
-        }
-        Err(e) => {
-            vm.stop(Duration::from_secs(3));
-            let _ = state::remove(state_root, &plan.name);
-            let e = match e {
-                kiln_vm::VmError::NotReady { tail, .. } => kiln_vm::VmError::NotReady {
-                    seconds: plan.ready_timeout.as_secs(),
-                    tail,
-                },
-                other => other,
-            };
-            Err(e.into())
-        }
+/// Whether `r` counts as failed for exit codes and listings.
+pub(crate) fn describe(r: &VmRecord) -> String {
+    match r.state {
+        VmState::Exited => match (r.exit_code, &r.stopped) {
+            (_, Some(how)) => format!("exited (stopped: {how})"),
+            (Some(c), None) => format!("exited ({c})"),
+            (None, None) => "exited".into(),
+        },
+        VmState::Crashed => match r.signal {
+            Some(s) => format!("crashed (signal {s})"),
+            None => "crashed".into(),
+        },
+        s => s.to_string(),
     }
-}
-
-/// `kiln stop NAME`.
-pub fn stop(name: &str, timeout: u64) -> Result<ExitCode> {
-    let state_root = dirs::state_root();
-    let rec = state::read(&state_root, name).map_err(|e| BadInput(e.to_string()))?;
-    let paths = RunPaths::in_dir(&state::vm_dir(&state_root, name));
-    let t = Instant::now();
-    let outcome = runner::stop_pid(rec.pid, &paths, Duration::from_secs(timeout));
-    state::remove(&state_root, name)?;
-    eprintln!(
-        "kiln: {name} stopped ({outcome:?}) in {:.0} ms",
-        t.elapsed().as_secs_f64() * 1000.0
-    );
-    Ok(ExitCode::SUCCESS)
-}
-
-/// `kiln ps`.
-pub fn ps(json: bool) -> Result<ExitCode> {
-    let state_root = dirs::state_root();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let rows: Vec<serde_json::Value> = state::list(&state_root)
-        .into_iter()
-        .map(|r| {
-            let alive = runner::pid_alive(r.pid);
-            serde_json::json!({
-                "name": r.name, "state": if alive { "running" } else { "exited" }, "pid": r.pid,
-                "uptime_s": now.saturating_sub(r.started), "cpus": r.cpus, "memory": r.memory,
-                "ports": r.ports, "image": r.image, "accel": r.accel,
-            })
-        })
-        .collect();
-    if json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        println!(
-            "{:<16} {:<8} {:>8} {:>8} {:>4} {:>6}  {:<6} PORTS",
-            "NAME", "STATE", "PID", "UPTIME", "CPUS", "MEM", "ACCEL"
-        );
-        for r in &rows {
-            println!(
-                "{:<16} {:<8} {:>8} {:>7}s {:>4} {:>6}  {:<6} {}",
-                r["name"].as_str().unwrap_or(""),
-                r["state"].as_str().unwrap_or(""),
-                r["pid"],
-                r["uptime_s"],
-                r["cpus"],
-                r["memory"],
-                r["accel"].as_str().unwrap_or(""),
-                r["ports"]
-                    .as_array()
-                    .map(|p| p
-                        .iter()
-                        .filter_map(|x| x.as_str())
-                        .collect::<Vec<_>>()
-                        .join(","))
-                    .unwrap_or_default()
-            );
-        }
-    }
-    Ok(ExitCode::SUCCESS)
 }
