@@ -10,6 +10,7 @@ PKGS=(
   curl              # the demo's and tests' HTTP client
   cpio xz-utils zstd file   # tests cross-check images with the standard tools
   build-essential pkg-config
+  chromium chromium-driver nodejs npm   # the web console's browser test (tests/e2e, playwright-core)
 )
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -38,5 +39,12 @@ fi
 if command -v rustup >/dev/null 2>&1; then
   rustup target list --installed 2>/dev/null | grep -q x86_64-unknown-linux-musl \
     || rustup target add x86_64-unknown-linux-musl || echo "setup: musl target unavailable; init will be built with glibc +crt-static" >&2
+fi
+# The browser test's node packages (playwright-core drives Debian's chromium; nothing is
+# downloaded besides the npm packages pinned in tests/e2e/package-lock.json).
+e2e="$(cd "$(dirname "$0")/.." && pwd)/tests/e2e"
+if [ ! -d "$e2e/node_modules/playwright-core" ] || [ "$e2e/package-lock.json" -nt "$e2e/node_modules/.package-lock.json" ]; then
+  echo "setup: npm ci in tests/e2e" >&2
+  (cd "$e2e" && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "setup: ok" >&2

@@ -45,7 +45,9 @@ function spark(values, max) {
   svg.setAttribute("width", w); svg.setAttribute("height", h);
   const line = document.createElementNS("http://www.w3.org/2000/svg", "polyline");
   const top = Math.max(max, ...values, 1e-9);
-  const pts = values.map((v, i) => `${(i * w / (SPARK - 1)).toFixed(1)},${(h - 1 - (v / top) * (h - 2)).toFixed(1)}`);
+  // Newest sample at the right edge.
+  const x0 = w - (values.length - 1) * w / (SPARK - 1);
+  const pts = values.map((v, i) => `${(x0 + i * w / (SPARK - 1)).toFixed(1)},${(h - 1 - (v / top) * (h - 2)).toFixed(1)}`);
   line.setAttribute("points", pts.join(" "));
   svg.appendChild(line);
   return svg;
@@ -96,7 +98,7 @@ function render() {
     cpu.append(cl);
     cell(tr, cpu);
     const mem = document.createElement("span");
-    mem.append(spark(h.map((x) => x.rss), v.memory || 1));
+    mem.append(spark(h.map((x) => x.rss), 1));
     const ml = document.createElement("span"); ml.className = "spark-label";
     ml.textContent = v.rss_mib == null ? "" : `${v.rss_mib.toFixed(0)} MiB`;
     mem.append(ml);

@@ -4,6 +4,7 @@
 mod boot;
 mod build;
 mod refusals;
+mod web;
 
 use kiln_test_support::workspace_root;
 use std::path::{Path, PathBuf};
