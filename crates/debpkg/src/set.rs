@@ -23,10 +23,31 @@ use sha2::{Digest, Sha256};
 use crate::{io_err, is_sha256, read_control_fields, sha256_file, validate_name, write_atomic};
 use crate::{Cache, Deb, DebError};
 
-/// Packages whose files only serve maintainer scripts (users, alternatives, debconf prompts):
-/// never put in an image unless the recipe names them itself.
+/// Packages whose files only serve maintainer scripts (users, alternatives, debconf prompts,
+/// the merged-`/usr` conversion) or that every Debian system has (`Essential: yes`): apt is told
+/// they are installed already (a fake entry in the private status file), so neither they nor
+/// their own dependencies (perl for usrmerge...) are fetched, unless the recipe names them.
 pub const SCRIPT_ONLY: &[&str] = &[
     "adduser",
+    "base-files",
+    "base-passwd",
+    "bash",
+    "bsdutils",
+    "coreutils",
+    "dash",
+    "diffutils",
+    "findutils",
+    "grep",
+    "gzip",
+    "hostname",
+    "login",
+    "ncurses-bin",
+    "sed",
+    "sysvinit-utils",
+    "tar",
+    "usr-is-merged",
+    "usrmerge",
+    "util-linux",
     "debconf",
     "debianutils",
     "dpkg",
@@ -86,12 +107,18 @@ impl Cache {
                 return Ok(set);
             }
         }
-        let opts = self.private_state()?;
+        let opts = self.private_state(&requested)?;
         let resolved = self.simulate(&opts, &requested)?;
         let downloaded = self.download_all(&opts, &requested, &resolved)?;
         let mut debs = Vec::new();
         let mut excluded = Vec::new();
+        let mut mentioned = BTreeSet::new();
         for (deb, essential) in downloaded {
+            for dep in &deb_depends(&deb) {
+                if SCRIPT_ONLY.contains(&dep.as_str()) && !requested.contains(dep) {
+                    mentioned.insert(dep.clone());
+                }
+            }
             let asked = requested.contains(&deb.package);
             if !asked && SCRIPT_ONLY.contains(&deb.package.as_str()) {
                 excluded.push((
@@ -108,8 +135,15 @@ impl Cache {
                 debs.push(deb);
             }
         }
+        for dep in mentioned {
+            excluded.push((
+                dep,
+                "a dependency treated as installed (maintainer scripts or Essential); name it in `packages` to include it".to_string(),
+            ));
+        }
         debs.sort_by(|a, b| a.package.cmp(&b.package));
         excluded.sort();
+        excluded.dedup_by(|a, b| a.0 == b.0);
         let set = PackageSet {
             requested,
             debs,
@@ -121,7 +155,7 @@ impl Cache {
 
     fn set_record_path(&self, requested: &[String]) -> PathBuf {
         let mut h = Sha256::new();
-        h.update(b"kiln package set v1\n");
+        h.update(b"kiln package set v2\n");
         for p in requested {
             h.update(p.as_bytes());
             h.update(b"\n");
@@ -197,7 +231,7 @@ impl Cache {
     }
 
     /// Prepare `<root>/apt` and return the apt options that point apt at it.
-    fn private_state(&self) -> Result<Vec<String>, DebError> {
+    fn private_state(&self, requested: &[String]) -> Result<Vec<String>, DebError> {
         let apt = self.apt_dir();
         let state = apt.join("state");
         let lists = state.join("lists");
@@ -209,9 +243,7 @@ impl Cache {
             fs::create_dir_all(&d).map_err(io_err("create", &d))?;
         }
         let status = apt.join("status");
-        if !status.is_file() {
-            write_atomic(&status, b"")?;
-        }
+        write_atomic(&status, fake_status(requested).as_bytes())?;
         let mut opts = vec![
             format!("Dir::State={}", state.display()),
             format!("Dir::State::Lists={}", lists.display()),
@@ -353,6 +385,34 @@ impl Cache {
         let refs: Vec<&str> = args.iter().map(String::as_str).collect();
         self.run_apt(program, &refs, package, cwd)
     }
+}
+
+/// The private dpkg status: [`SCRIPT_ONLY`] packages the recipe does not name, as installed.
+fn fake_status(requested: &[String]) -> String {
+    let mut s = String::new();
+    for p in SCRIPT_ONLY
+        .iter()
+        .filter(|p| !requested.iter().any(|r| r == *p))
+    {
+        s.push_str(&format!(
+            "Package: {p}\nStatus: install ok installed\nPriority: required\nVersion: 9999\nArchitecture: amd64\nMulti-Arch: foreign\nDescription: treated as installed by Kiln\n\n"
+        ));
+    }
+    s
+}
+
+/// Package names in a cached package's Depends and Pre-Depends.
+fn deb_depends(deb: &Deb) -> Vec<String> {
+    let Ok(fields) = read_control_fields(&deb.path) else {
+        return Vec::new();
+    };
+    ["Depends", "Pre-Depends"]
+        .iter()
+        .filter_map(|k| fields.get(*k))
+        .flat_map(|v| v.split([',', '|']))
+        .filter_map(|d| d.split_whitespace().next())
+        .map(|d| d.split(':').next().unwrap_or(d).to_string())
+        .collect()
 }
 
 /// Whether this process runs as root (the owner of `/proc/self`).
