@@ -306,16 +306,6 @@ pub(crate) fn plan_config(
         Network::Bridge(b) => NetSpec::Bridge { bridge: b.clone() },
         Network::Tap(t) => NetSpec::Tap { ifname: t.clone() },
     };
-    if matches!(network, Network::Bridge(_) | Network::Tap(_)) {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(BadInput(format!(
-                "network `{}` needs root: QEMU must open a tap device (and qemu-bridge-helper must be allowed the bridge in /etc/qemu/bridge.conf); run as root, or use network = \"user\" with port forwards",
-                cfg.network.as_deref().unwrap_or_default()
-            ))
-            .into());
-        }
-    }
     if network == Network::None {
         extra.push_str(" kiln.net=none");
     }
@@ -422,9 +412,27 @@ pub(crate) fn plan_config(
     })
 }
 
+/// Bridge and tap networking need root: refuse early, before anything is built or started.
+fn check_network_privilege(cfg: &VmConfig) -> Result<()> {
+    if matches!(cfg.network_choice(), Network::Bridge(_) | Network::Tap(_)) {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(BadInput(format!(
+                "network `{}` needs root: QEMU must open a tap device (and qemu-bridge-helper must be allowed the bridge in /etc/qemu/bridge.conf); run as root, or use network = \"user\" with port forwards",
+                cfg.network.as_deref().unwrap_or_default()
+            ))
+            .into());
+        }
+    }
+    Ok(())
+}
+
 /// `kiln run`.
 pub fn run(a: RunArgs) -> Result<ExitCode> {
     let mut cfg = a.config()?;
+    if !a.dry_run {
+        check_network_privilege(&cfg)?;
+    }
     if a.backend != "qemu" && !a.dry_run {
         return Err(BadInput(format!(
             "--backend {}: only QEMU runs VMs here; other backends are on paper: add --dry-run to print the {}",

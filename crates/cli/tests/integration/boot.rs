@@ -120,6 +120,11 @@ fn detached_vm_is_listed_reached_and_stopped() {
         qemu_pids_with(&format!("kiln-{name}")).is_empty(),
         "QEMU left running"
     );
+    // The record stays (state exited) until `kiln rm`.
+    let mut c = kiln(d.path());
+    c.args(["rm", &name]);
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
     let log_dir = d.path().join("vms").join(&name);
     assert!(
         !log_dir.exists(),

@@ -3,6 +3,7 @@
 
 mod boot;
 mod build;
+mod lifecycle;
 mod refusals;
 mod web;
 

@@ -1,0 +1,590 @@
+//! Many detached VMs managed like services (issue 3): concurrent starts, `ps`, forwarded ports,
+//! graceful stops seen on the guest console, a SIGKILLed QEMU reported as crashed, a restart
+//! policy bringing a crashing service back, a shared folder, a virtio-console port, a read-only
+//! root, and each refusal. Every test cleans up through [`Fleet`]'s Drop (`kiln rm -f`, then a
+//! SIGKILL of any QEMU left with the VM's name) and asserts that nothing is left.
+
+use super::*;
+use kiln_test_support::{curl, free_port, qemu_pids_with, wait_until, KillOnDrop};
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::process::Stdio;
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(180);
+
+/// VMs started by one test in its own state folder; removed (and their QEMU killed) on drop.
+struct Fleet {
+    state: tempfile::TempDir,
+    names: Vec<String>,
+}
+
+impl Fleet {
+    fn new() -> Fleet {
+        Fleet {
+            state: tempfile::tempdir().expect("tmp"),
+            names: vec![],
+        }
+    }
+
+    fn kiln(&self) -> std::process::Command {
+        let mut c = kiln(self.state.path());
+        c.env("KILN_RESTART_BACKOFF_MS", "300");
+        c
+    }
+
+    fn name(&mut self, prefix: &str) -> String {
+        let n = format!("{prefix}{}", free_port());
+        self.names.push(n.clone());
+        n
+    }
+
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.kiln();
+        c.args(args);
+        run(c)
+    }
+
+    fn ps(&self) -> Vec<Value> {
+        let o = self.run(&["ps", "--json"]);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice::<Value>(&o.stdout)
+            .expect("ps --json")
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn row(&self, name: &str) -> Option<Value> {
+        self.ps().into_iter().find(|r| r["name"] == name)
+    }
+
+    fn console_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.state.path().join("vms").join(name).join("console.log"))
+            .unwrap_or_default()
+    }
+
+    /// After `kiln rm` of every VM: no QEMU, no supervisor, no record.
+    fn assert_clean(&self) {
+        for n in &self.names {
+            assert!(
+                qemu_pids_with(&format!("kiln-{n} ")).is_empty(),
+                "QEMU of {n} left running"
+            );
+        }
+        let left: Vec<String> = std::fs::read_dir(self.state.path().join("vms"))
+            .map(|d| {
+                d.flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        assert!(left.is_empty(), "stale records: {left:?}");
+        assert!(self.ps().is_empty());
+    }
+}
+
+impl Drop for Fleet {
+    fn drop(&mut self) {
+        for n in &self.names {
+            let mut c = self.kiln();
+            c.args(["rm", "-f", n]);
+            let _ = c.stdin(Stdio::null()).output();
+            for pid in qemu_pids_with(&format!("kiln-{n} ")) {
+                // SAFETY: kill(2) on a QEMU this test started.
+                unsafe {
+                    libc::kill(pid as i32, libc::SIGKILL);
+                }
+            }
+        }
+    }
+}
+
+fn http_ok(port: u16) {
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_until(
+        "HTTP 200",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl(&url, 1.0).filter(|(c, _)| *c == 200),
+    );
+}
+
+#[test]
+fn five_detached_vms_run_at_once_and_stop_gracefully() {
+    let mut f = Fleet::new();
+    let disk = f.state.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let vms: Vec<(String, u16)> = (0..5).map(|_| (f.name("five"), free_port())).collect();
+    // All five start at once; the first also has a writable second drive.
+    let mut starts: Vec<KillOnDrop> = vms
+        .iter()
+        .enumerate()
+        .map(|(i, (name, port))| {
+            let mut c = f.kiln();
+            c.args(["run", "-d", "--ready-timeout", "150", "--name", name])
+                .args(["-p", &format!("{port}:80")])
+                .args(["--memory", "96"]);
+            if i == 0 {
+                c.arg("--drive").arg(&disk);
+            }
+            c.arg(httpd_image())
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped());
+            KillOnDrop(c.spawn().expect("spawn kiln run -d"))
+        })
+        .collect();
+    for s in &mut starts {
+        let st = s.wait_timeout(BOOT).expect("kiln run -d returns");
+        let mut err = String::new();
+        std::io::Read::read_to_string(&mut s.0.stderr.take().expect("stderr"), &mut err)
+            .expect("read");
+        assert!(st.success(), "{err}");
+        assert!(err.contains("ready: guest"), "{err}");
+    }
+    let rows = f.ps();
+    for (name, port) in &vms {
+        let r = rows
+            .iter()
+            .find(|r| r["name"] == name.as_str())
+            .expect("listed");
+        assert_eq!(r["state"], "running", "{r}");
+        assert!(r["pid"].as_u64().is_some_and(|p| p > 0), "{r}");
+        assert_eq!(r["memory"], 96);
+        assert_eq!(r["ports"][0], format!("127.0.0.1:{port}:80/tcp"));
+        assert_eq!(r["restarts"], 0);
+        http_ok(*port);
+    }
+    let o = f.run(&["ps"]);
+    assert!(
+        text(&o).contains("NAME") && text(&o).contains(&vms[0].0),
+        "{}",
+        text(&o)
+    );
+
+    // Refusals while they run: same name, a port another VM forwards, the same writable disk.
+    let (first, first_port) = (&vms[0].0, vms[0].1);
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        first,
+        "-p",
+        &format!("{}:80", free_port()),
+    ])
+    .arg(httpd_image());
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("a VM named `{first}` is already running")),
+        "{}",
+        text(&o)
+    );
+    let other = f.name("other");
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        &other,
+        "-p",
+        &format!("{first_port}:80"),
+    ])
+    .arg(httpd_image());
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "host port 127.0.0.1:{first_port}/tcp is already in use, by VM `{first}`"
+        )),
+        "{}",
+        text(&o)
+    );
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        &other,
+        "-p",
+        &format!("{}:80", free_port()),
+    ])
+    .arg("--drive")
+    .arg(&disk)
+    .arg(httpd_image());
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("is in use by VM `{first}`")),
+        "{}",
+        text(&o)
+    );
+    assert!(qemu_pids_with(&format!("kiln-{other} ")).is_empty());
+
+    // Graceful stops, all five; the guest console shows init's clean shutdown.
+    for (name, _) in &vms {
+        let o = f.run(&["stop", name, "--timeout", "30"]);
+        assert!(o.status.success(), "{}", text(&o));
+        assert!(text(&o).contains("(Graceful)"), "{}", text(&o));
+        let log = f.console_log(name);
+        assert!(
+            log.contains("kiln: shutdown requested") && log.contains("kiln: powering off"),
+            "{log}"
+        );
+        let r = f.row(name).expect("still listed after stop");
+        assert_eq!(r["state"], "exited", "{r}");
+        assert!(r["pid"].is_null(), "{r}");
+        assert!(qemu_pids_with(&format!("kiln-{name} ")).is_empty());
+    }
+    let names: Vec<&str> = vms.iter().map(|(n, _)| n.as_str()).collect();
+    let mut args = vec!["rm"];
+    args.extend(&names);
+    let o = f.run(&args);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
+
+#[test]
+fn a_sigkilled_qemu_is_crashed_and_a_lost_supervisor_is_no_ghost() {
+    let mut f = Fleet::new();
+    let a = f.name("crash");
+    let b = f.name("ghost");
+    for n in [&a, &b] {
+        let mut c = f.kiln();
+        c.args([
+            "run",
+            "-d",
+            "--name",
+            n,
+            "-p",
+            &format!("{}:80", free_port()),
+        ])
+        .arg(httpd_image());
+        let o = run(c);
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let pid = f.row(&a).expect("row")["pid"].as_u64().expect("pid") as i32;
+    // SAFETY: kill(2) on the QEMU of a VM this test started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let r = wait_until(
+        "ps shows crashed",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || f.row(&a).filter(|r| r["state"] == "crashed"),
+    );
+    assert_eq!(r["signal"], 9, "{r}");
+    assert!(f.run(&["ps"]).stdout.windows(7).any(|w| w == b"crashed"));
+
+    // Kill the supervisor itself: QEMU dies with it, and ps reconciles the record.
+    let sup = f.row(&b).expect("row")["supervisor_pid"]
+        .as_u64()
+        .expect("pid") as i32;
+    // SAFETY: as above.
+    unsafe { libc::kill(sup, libc::SIGKILL) };
+    wait_until(
+        "QEMU gone with its supervisor",
+        Duration::from_secs(20),
+        Duration::from_millis(50),
+        || {
+            qemu_pids_with(&format!("kiln-{b} "))
+                .is_empty()
+                .then_some(())
+        },
+    );
+    let r = wait_until(
+        "no ghost",
+        Duration::from_secs(10),
+        Duration::from_millis(50),
+        || f.row(&b).filter(|r| r["state"] != "running"),
+    );
+    assert_eq!(r["state"], "crashed", "{r}");
+    let o = f.run(&["inspect", &b]);
+    assert!(
+        text(&o).contains("supervisor and QEMU are gone"),
+        "{}",
+        text(&o)
+    );
+    let o = f.run(&["rm", &a, &b]);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
+
+#[test]
+fn restart_policy_brings_a_crashing_service_back() {
+    let r = scratch_recipe("httpd");
+    // The service serves for a while, then crashes (exit 1); on-failure restarts the VM.
+    std::fs::write(
+        r.path().join("etc/rc"),
+        "#!/bin/sh\n. /etc/include/basicrc\nhttpd -p 80 -h /var/www\nsleep 6\necho service-crashing\nexit 1\n",
+    )
+    .expect("rc");
+    let mut f = Fleet::new();
+    let name = f.name("restart");
+    let port = free_port();
+    let mut c = f.kiln();
+    c.args(["run", "-d", "--restart", "on-failure", "--name", &name])
+        .args(["-p", &format!("{port}:80")])
+        .arg(r.path());
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let row = wait_until("a restart", BOOT, Duration::from_millis(100), || {
+        f.row(&name)
+            .filter(|r| r["restarts"].as_u64().unwrap_or(0) >= 1 && r["state"] == "running")
+    });
+    assert_eq!(row["restart"], "on-failure");
+    http_ok(port);
+    let log = f.console_log(&name);
+    assert!(
+        log.contains("service-crashing") && log.contains("restart 1"),
+        "{log}"
+    );
+    let o = f.run(&["rm", "-f", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
+
+#[test]
+fn shared_folder_virtio_port_and_read_only_root() {
+    let r = scratch_recipe("httpd");
+    std::fs::write(
+        r.path().join("etc/rc"),
+        "#!/bin/sh\n. /etc/include/basicrc\n\
+         cp /mnt/host/greeting.txt /mnt/host/from-guest.txt\n\
+         if touch /root-write-test 2>/dev/null; then echo rw > /mnt/host/root.txt; else echo ro > /mnt/host/root.txt; fi\n\
+         ( exec 3<>/dev/virtio-ports/data; while ! read -r line <&3; do sleep 0.2; done; echo \"guest got: $line\" >&3; sleep 60 ) &\n\
+         exec httpd -f -p 80 -h /var/www\n",
+    )
+    .expect("rc");
+    let mut f = Fleet::new();
+    let share = tempfile::tempdir().expect("share");
+    std::fs::write(share.path().join("greeting.txt"), "hello from the host\n").expect("w");
+    let name = f.name("share");
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("{}:80", free_port()),
+    ])
+    .arg("--share")
+    .arg(format!("{}:/mnt/host", share.path().display()))
+    .args(["--vports", "data", "--readonly-root"])
+    .arg(r.path());
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let got = wait_until(
+        "the guest copied the file",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || {
+            std::fs::read_to_string(share.path().join("from-guest.txt"))
+                .ok()
+                .filter(|s| !s.is_empty())
+        },
+    );
+    assert_eq!(got, "hello from the host\n");
+    let root = std::fs::read_to_string(share.path().join("root.txt")).expect("root.txt");
+    assert_eq!(root.trim(), "ro", "the root should be read-only");
+
+    let sock = f
+        .state
+        .path()
+        .join("vms")
+        .join(&name)
+        .join("vport-data.sock");
+    let mut s = UnixStream::connect(&sock).expect("vport socket");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    s.write_all(b"ping\n").expect("write");
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).expect("a line back");
+    assert_eq!(line.trim_end(), "guest got: ping");
+
+    let o = f.run(&["stop", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let vfs = std::process::Command::new("pgrep")
+        .args([
+            "-f",
+            &format!("{}", f.state.path().join("vms").join(&name).display()),
+        ])
+        .output()
+        .expect("pgrep");
+    assert!(
+        vfs.stdout.is_empty(),
+        "virtiofsd left: {}",
+        String::from_utf8_lossy(&vfs.stdout)
+    );
+    let o = f.run(&["rm", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
+
+#[test]
+fn console_is_shared_and_logs_replay_it() {
+    let mut f = Fleet::new();
+    let name = f.name("con");
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("{}:80", free_port()),
+    ])
+    .arg(httpd_image());
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let sock = f.state.path().join("vms").join(&name).join("console.sock");
+    let viewers: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&sock).expect("viewer"))
+        .collect();
+    for v in viewers {
+        v.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("t");
+        let mut r = BufReader::new(v);
+        let seen = wait_until(
+            "history with the ready line",
+            Duration::from_secs(10),
+            Duration::from_millis(1),
+            || {
+                let mut l = String::new();
+                r.read_line(&mut l).ok()?;
+                l.contains("kiln: ready in").then_some(l)
+            },
+        );
+        assert!(seen.contains("ms"));
+    }
+    let o = f.run(&["logs", &name]);
+    assert!(text(&o).contains("kiln: ready in"), "{}", text(&o));
+    // `kiln console` with piped input: Ctrl-] detaches and the VM keeps running.
+    let mut c = f.kiln();
+    c.args(["console", &name])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = KillOnDrop(c.spawn().expect("console"));
+    child
+        .0
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"\x1d")
+        .expect("detach key");
+    let st = child
+        .wait_timeout(Duration::from_secs(10))
+        .expect("console detaches");
+    assert!(st.success());
+    assert_eq!(f.row(&name).expect("row")["state"], "running");
+    let o = f.run(&["kill", &name]);
+    assert!(
+        o.status.success() && text(&o).contains("killed"),
+        "{}",
+        text(&o)
+    );
+    let o = f.run(&["rm", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
+
+#[test]
+fn refusals_without_a_vm() {
+    let f = Fleet::new();
+    // Stop of an unknown VM.
+    let o = f.run(&["stop", "nosuchvm"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no VM named `nosuchvm`"), "{}", text(&o));
+    // A malformed config file: file, line and key.
+    let cfg = f.state.path().join("vm.toml");
+    std::fs::write(&cfg, "name = \"web\"\ncpus = 1\nmemroy = 64\n").expect("w");
+    let o = f.run(&["run", "-f", cfg.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!(
+            "{}:3: key `memroy`: unknown field `memroy`",
+            cfg.display()
+        )),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&cfg, "name = \"web\"\nrestart = \"sometimes\"\n").expect("w");
+    let o = f.run(&["run", "-f", cfg.to_str().expect("utf8")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("vm.toml:2: key `restart`"),
+        "{}",
+        text(&o)
+    );
+    // Bridge networking without root (as the nobody user).
+    let mut c = f.kiln();
+    c.args(["run", "--network", "bridge:br0", "/nonexistent-image"]);
+    std::os::unix::process::CommandExt::uid(&mut c, 65534);
+    std::os::unix::process::CommandExt::gid(&mut c, 65534);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("network `bridge:br0` needs root"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn dry_runs_render_other_backends_from_a_config_file() {
+    let f = Fleet::new();
+    let cfg = f.state.path().join("vm.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "image = \"{}\"\nname = \"paper\"\ncpus = 2\nmemory = 96\nports = [\"8080:80\"]\nnetwork = \"tap:tap3\"\n",
+            httpd_image().display()
+        ),
+    )
+    .expect("w");
+    let o = f.run(&[
+        "run",
+        "-f",
+        cfg.to_str().expect("utf8"),
+        "--backend",
+        "firecracker",
+        "--dry-run",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let v: Value = serde_json::from_slice(&o.stdout).expect("firecracker JSON");
+    assert_eq!(v["machine-config"]["vcpu_count"], 2);
+    assert_eq!(v["network-interfaces"][0]["host_dev_name"], "tap3");
+    assert!(v["boot-source"]["kernel_image_path"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with(&httpd_image().display().to_string()));
+    let o = f.run(&[
+        "run",
+        "-f",
+        cfg.to_str().expect("utf8"),
+        "--backend",
+        "bhyve",
+        "--dry-run",
+        "--memory",
+        "64",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        out.contains("-s 2:0,virtio-net,tap3") && out.contains("-m 64M"),
+        "{out}"
+    );
+    let o = f.run(&[
+        "run",
+        "-f",
+        cfg.to_str().expect("utf8"),
+        "--backend",
+        "bhyve",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(qemu_pids_with("kiln-paper ").is_empty());
+}
