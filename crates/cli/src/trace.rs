@@ -386,7 +386,11 @@ fn boot_and_work(
     if let Some(line) = probe.fallback_line() {
         eprintln!("{line}");
     }
-    let mut args = RunArgs::for_bench(image, 0, 0, a.accel, None);
+    // The image with every package file may need more memory than the recipe gives: the kernel
+    // holds the compressed and the unpacked archive at once.
+    let needed = (m.initramfs.uncompressed_size + m.initramfs.size) / (1 << 20) * 2 + 96;
+    let memory = u32::try_from(needed).unwrap_or(u32::MAX).max(m.boot.memory);
+    let mut args = RunArgs::for_bench(image, 0, 0, a.accel, Some(memory));
     args.ports = a.ports.clone();
     args.name = Some(format!("trace-{}-{}", m.name, std::process::id()));
     let run_dir = tempfile::Builder::new()
