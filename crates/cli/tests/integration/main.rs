@@ -5,6 +5,7 @@ mod boot;
 mod build;
 mod lifecycle;
 mod refusals;
+mod services;
 mod web;
 
 use kiln_test_support::workspace_root;

@@ -1,0 +1,406 @@
+//! Real services from Debian packages (recipes/nginx, sshd, redis) reached with real clients
+//! (curl, the OpenSSH client, redis-cli), `kiln trace`, and the refusals of packages and indexes.
+
+use super::*;
+use kiln_test_support::{curl, free_port, wait_until, KillOnDrop};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+const BOOT: Duration = Duration::from_secs(120);
+
+/// Build a recipe folder into a temp image folder; returns (temp dir, image dir, manifest json).
+fn build(recipe_dir: &Path) -> (tempfile::TempDir, PathBuf, serde_json::Value) {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("img");
+    let mut c = kiln(d.path());
+    c.arg("build").arg(recipe_dir).arg("-o").arg(&out);
+    let o = run(c);
+    assert!(
+        o.status.success(),
+        "kiln build {}:\n{}",
+        recipe_dir.display(),
+        text(&o)
+    );
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    (d, out, m)
+}
+
+/// `kiln run --no-console` in the foreground, killed (and QEMU with it) when dropped.
+fn boot(state: &Path, image: &Path, forward: &str) -> KillOnDrop {
+    let mut c = kiln(state);
+    c.args(["run", "--no-console", "-p", forward])
+        .arg(image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    KillOnDrop(c.spawn().expect("spawn kiln run"))
+}
+
+fn size_of(m: &serde_json::Value) -> u64 {
+    m["initramfs"]["size"].as_u64().expect("size")
+}
+
+fn paths(m: &serde_json::Value) -> Vec<String> {
+    m["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .map(|f| f["path"].as_str().expect("path").to_string())
+        .collect()
+}
+
+#[test]
+fn nginx_serves_its_page_and_debians() {
+    let (d, image, m) = build(&recipe("nginx"));
+    assert!(
+        size_of(&m) <= 6_000_000,
+        "nginx image {} bytes > 6 MB",
+        size_of(&m)
+    );
+    let files = paths(&m);
+    assert!(files.iter().any(|p| p == "/usr/sbin/nginx"));
+    let nginx = m["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == "/usr/sbin/nginx")
+        .expect("nginx");
+    assert!(
+        nginx["source"]
+            .as_str()
+            .expect("source")
+            .starts_with("package nginx "),
+        "{nginx}"
+    );
+    assert!(
+        nginx["reason"]
+            .as_str()
+            .expect("reason")
+            .contains("files.txt:"),
+        "{nginx}"
+    );
+    assert!(!files.iter().any(|p| p.starts_with("/usr/share/doc")));
+    let port = free_port();
+    let _vm = boot(d.path(), &image, &format!("{port}:80"));
+    let (code, body) = wait_until("nginx's page", BOOT, Duration::from_millis(200), || {
+        curl(&format!("http://127.0.0.1:{port}/"), 1.0).filter(|(c, _)| *c == 200)
+    });
+    assert_eq!(code, 200);
+    assert!(body.contains("Hello from nginx"), "{body}");
+    let (code, body) = curl(&format!("http://127.0.0.1:{port}/debian.html"), 5.0).expect("answer");
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("Welcome to nginx"), "{body}");
+}
+
+#[test]
+fn openssh_client_logs_into_sshd_with_a_key() {
+    let r = scratch_recipe("sshd");
+    let keys = tempfile::tempdir().expect("tmp");
+    let key = keys.path().join("id");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .output()
+        .expect("ssh-keygen (apt-get install openssh-client)");
+    assert!(o.status.success(), "{}", text(&o));
+    let ssh_dir = r.path().join("files/root/.ssh");
+    std::fs::create_dir_all(&ssh_dir).expect("mkdir");
+    std::fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).expect("copy");
+
+    let (d, image, m) = build(r.path());
+    assert!(
+        size_of(&m) <= 8_000_000,
+        "sshd image {} bytes > 8 MB",
+        size_of(&m)
+    );
+    let files = paths(&m);
+    assert!(files.iter().any(|p| p == "/usr/sbin/dropbear"));
+    assert!(
+        !files.iter().any(|p| p.starts_with("/etc/dropbear/")),
+        "host keys must not be baked into the image: {files:?}"
+    );
+    let port = free_port();
+    let _vm = boot(d.path(), &image, &format!("{port}:22"));
+    let ssh = || {
+        let o = Command::new("ssh")
+            .args([
+                "-q",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "StrictHostKeyChecking=no",
+                "-o",
+                "UserKnownHostsFile=/dev/null",
+                "-o",
+                "ConnectTimeout=5",
+                "-i",
+            ])
+            .arg(&key)
+            .args(["-p", &port.to_string(), "root@127.0.0.1", "uname -a"])
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).into_owned())
+    };
+    let out = wait_until("ssh uname -a", BOOT, Duration::from_millis(500), ssh);
+    assert!(out.starts_with("Linux sshd "), "{out}");
+    // A key that is not authorized is refused.
+    let other = keys.path().join("other");
+    let o = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .output()
+        .expect("ssh-keygen");
+    assert!(o.status.success());
+    let o = Command::new("ssh")
+        .args([
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args(["-o", "UserKnownHostsFile=/dev/null", "-i"])
+        .arg(&other)
+        .args(["-p", &port.to_string(), "root@127.0.0.1", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("ssh");
+    assert!(!o.status.success(), "an unknown key logged in");
+}
+
+#[test]
+fn redis_cli_ping_set_get_round_trip() {
+    let (d, image, m) = build(&recipe("redis"));
+    assert!(paths(&m).iter().any(|p| p == "/usr/bin/redis-check-rdb"));
+    let port = free_port();
+    let _vm = boot(d.path(), &image, &format!("{port}:6379"));
+    let cli = |args: &[&str]| -> Option<String> {
+        let o = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .ok()?;
+        o.status
+            .success()
+            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    };
+    wait_until("redis PONG", BOOT, Duration::from_millis(300), || {
+        cli(&["PING"]).filter(|s| s == "PONG")
+    });
+    assert_eq!(cli(&["SET", "kiln", "fired"]).as_deref(), Some("OK"));
+    assert_eq!(cli(&["GET", "kiln"]).as_deref(), Some("fired"));
+}
+
+fn trace_cmd(
+    state: &Path,
+    recipe_dir: &Path,
+    port: u16,
+    extra: &[&str],
+    workload: &str,
+) -> Command {
+    let mut c = kiln(state);
+    c.arg("trace")
+        .arg(recipe_dir)
+        .args(["-p", &format!("{port}:80")])
+        .args(extra)
+        .arg("--")
+        .arg(workload);
+    c
+}
+
+#[test]
+fn trace_of_nginx_writes_an_index_whose_image_is_smaller_and_passes() {
+    let r = scratch_recipe("nginx");
+    let index = r.path().join("files.txt");
+    std::fs::write(&index, "/usr/sbin/nginx\n").expect("reset index");
+    let d = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let workload = format!(
+        "curl -sf --retry 20 --retry-connrefused --retry-delay 1 -m 10 http://127.0.0.1:{port}/debian.html"
+    );
+    let o = run(trace_cmd(d.path(), r.path(), port, &[], &workload));
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("trace accepted"), "{t}");
+    let written = std::fs::read_to_string(&index).expect("index");
+    for want in [
+        "/usr/sbin/nginx",
+        "/usr/share/nginx/html/index.html",
+        "/etc/nginx/mime.types",
+    ] {
+        assert!(
+            written.lines().any(|l| l == want),
+            "{want} not in the index:\n{written}"
+        );
+    }
+    // "initramfs with every package file A MB (N files), minimal B MB (M files)"
+    let line = t
+        .lines()
+        .find(|l| l.contains("initramfs with every package file"))
+        .expect("sizes line");
+    let nums: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert!(nums.len() >= 4, "{line}");
+    assert!(line.matches(" MB").count() == 2, "{line}");
+    assert!(nums[2] < nums[0], "the minimal image is smaller: {line}");
+    assert!(nums[3] < nums[1], "minimal image has fewer files: {line}");
+    assert!(
+        kiln_test_support::qemu_pids_with("kiln-trace-nginx").is_empty(),
+        "QEMU left running"
+    );
+}
+
+#[test]
+fn trace_is_rejected_when_the_minimal_image_fails_and_names_the_file() {
+    let r = scratch_recipe("nginx");
+    let index = r.path().join("files.txt");
+    let before = std::fs::read_to_string(&index).expect("index");
+    let d = tempfile::tempdir().expect("tmp");
+    let port = free_port();
+    let workload = format!(
+        "curl -sf --retry 20 --retry-connrefused --retry-delay 1 -m 10 http://127.0.0.1:{port}/debian.html"
+    );
+    // Leaving out the page the workload fetches makes the minimal image fail.
+    let o = run(trace_cmd(
+        d.path(),
+        r.path(),
+        port,
+        &["--exclude", "/usr/share/nginx/html/*"],
+        &workload,
+    ));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("trace rejected"), "{t}");
+    assert!(
+        t.contains("/usr/share/nginx/html/index.html"),
+        "the missing file is named: {t}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&index).expect("index"),
+        before,
+        "index changed"
+    );
+    let left: Vec<_> = std::fs::read_dir(r.path())
+        .expect("ls")
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().contains("candidate"))
+        .collect();
+    assert!(left.is_empty(), "candidate index left behind");
+}
+
+fn refused(recipe_dir: &Path, env: &[(&str, &Path)]) -> (Option<i32>, String, tempfile::TempDir) {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = d.path().join("img");
+    let mut c = kiln(d.path());
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.arg("build").arg(recipe_dir).arg("-o").arg(&out);
+    let o = run(c);
+    assert!(!out.exists(), "a partial image was left");
+    (o.status.code(), text(&o), d)
+}
+
+fn edit(r: &tempfile::TempDir, file: &str, f: impl FnOnce(String) -> String) {
+    let p = r.path().join(file);
+    let t = std::fs::read_to_string(&p).expect("read");
+    std::fs::write(&p, f(t)).expect("write");
+}
+
+#[test]
+fn unknown_package_is_refused_by_name() {
+    let r = scratch_recipe("nginx");
+    edit(&r, "kiln.toml", |t| {
+        t.replace(
+            "packages = [\"nginx\"]",
+            "packages = [\"nginx\", \"kiln-no-such-package\"]",
+        )
+    });
+    let (code, t, _d) = refused(r.path(), &[]);
+    assert_eq!(code, Some(2), "{t}");
+    assert!(
+        t.contains("unknown Debian package `kiln-no-such-package`"),
+        "{t}"
+    );
+}
+
+#[test]
+fn index_line_matching_nothing_is_named_with_its_line() {
+    let r = scratch_recipe("nginx");
+    edit(&r, "files.txt", |t| {
+        format!("{t}/usr/sbin/kiln-not-there-*\n")
+    });
+    let lines = std::fs::read_to_string(r.path().join("files.txt"))
+        .expect("read")
+        .lines()
+        .count();
+    let (code, t, _d) = refused(r.path(), &[]);
+    assert_eq!(code, Some(2), "{t}");
+    assert!(
+        t.contains(&format!("files.txt:{lines}")) && t.contains("/usr/sbin/kiln-not-there-*"),
+        "{t}"
+    );
+    assert!(t.contains("matches no file"), "{t}");
+}
+
+#[test]
+fn failed_download_is_clear_and_leaves_the_cache_usable() {
+    // A fresh cache, a kernel from a file and no busybox: the only downloads are the packages.
+    let kernel_img = httpd_image();
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(kernel_img.join("manifest.json")).expect("m"))
+            .expect("json");
+    let kernel = kernel_img.join(m["kernel"]["file"].as_str().expect("kernel file"));
+    let r = tempfile::tempdir().expect("tmp");
+    std::fs::create_dir_all(r.path().join("etc")).expect("mkdir");
+    std::fs::write(r.path().join("etc/rc"), "exec true\n").expect("rc");
+    std::fs::write(
+        r.path().join("kiln.toml"),
+        format!(
+            "name = \"dl\"\nkernel = \"{}\"\npackages = [\"dropbear-bin\"]\n[root]\nbusybox = false\n",
+            kernel.display()
+        ),
+    )
+    .expect("toml");
+    let cache = tempfile::tempdir().expect("cache");
+    let apt_conf = cache.path().join("apt-offline.conf");
+    std::fs::write(
+        &apt_conf,
+        "Acquire::http::Proxy \"http://127.0.0.1:9\";\nAcquire::Retries \"0\";\n",
+    )
+    .expect("apt conf");
+    let (code, t, _d) = refused(
+        r.path(),
+        &[("KILN_CACHE_DIR", cache.path()), ("APT_CONFIG", &apt_conf)],
+    );
+    assert_eq!(code, Some(1), "{t}");
+    assert!(
+        t.contains("downloading") && t.contains("dropbear-bin"),
+        "{t}"
+    );
+    assert!(t.contains("cache was left unchanged"), "{t}");
+    let debs: Vec<_> = std::fs::read_dir(cache.path().join("debs"))
+        .map(|rd| rd.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(debs.is_empty(), "download leftovers in the cache: {debs:?}");
+
+    // The same cache works once the mirror is reachable.
+    let d = tempfile::tempdir().expect("tmp");
+    let mut c = kiln(d.path());
+    c.env("KILN_CACHE_DIR", cache.path())
+        .arg("build")
+        .arg(r.path())
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(d.path().join("img/manifest.json").is_file());
+}
