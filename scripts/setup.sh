@@ -8,6 +8,8 @@ PKGS=(
   busybox-static    # the guest's shell and tools come from this package (fetched by apt-get download)
   bubblewrap        # the sandbox for recipes' build hooks
   curl              # the demo's and tests' HTTP client
+  openssh-client    # the tests log into recipes/sshd with ssh and ssh-keygen
+  redis-tools       # redis-cli, the tests' client for recipes/redis
   cpio xz-utils zstd file   # tests cross-check images with the standard tools
   build-essential pkg-config
   chromium chromium-driver nodejs npm   # the web console's browser test (tests/e2e, playwright-core)
