@@ -95,8 +95,20 @@ async fn list_vms(State(app): State<AppState>) -> Json<Vec<VmInfo>> {
     Json(table.as_ref().clone())
 }
 
+/// The VM `name` from the published table (reads never spawn the lifecycle; the table is
+/// refreshed every 2 s and after every change).
+fn find_cached(app: &AppState, name: &str) -> ApiResult<VmInfo> {
+    check_name(name)?;
+    let table = app.table.borrow().clone();
+    table
+        .iter()
+        .find(|v| v.name == name)
+        .cloned()
+        .ok_or_else(|| ApiError::no_vm(name))
+}
+
 async fn get_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VmInfo>> {
-    Ok(Json(find(&app, &name).await?))
+    Ok(Json(find_cached(&app, &name)?))
 }
 
 /// The body of `POST /api/vms`.
@@ -118,6 +130,8 @@ pub struct CreateRequest {
     pub ports: Vec<String>,
     /// A host folder shared with the guest, `HOSTDIR:GUESTDIR`.
     pub share: Option<String>,
+    /// Seconds to wait for readiness, 1–3600 (default: the recipe's).
+    pub ready_timeout: Option<u64>,
 }
 
 /// Parse a JSON body, mapping every failure to `bad_body` / `body_too_large`.
@@ -181,6 +195,11 @@ pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<Launch> {
             return Err(invalid(format!("memory: {m} MiB is not in 16–65536")));
         }
     }
+    if let Some(t) = req.ready_timeout {
+        if !(1..=3600).contains(&t) {
+            return Err(invalid(format!("ready_timeout: {t} s is not in 1–3600")));
+        }
+    }
     let mut ports = Vec::new();
     for p in &req.ports {
         let f: PortForward = p.parse().map_err(|e| invalid(format!("ports: {e}")))?;
@@ -212,6 +231,7 @@ pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<Launch> {
         memory: req.memory,
         ports,
         share,
+        ready_timeout: req.ready_timeout,
     })
 }
 
@@ -330,6 +350,7 @@ async fn start_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiR
             memory: Some(v.memory).filter(|m| *m > 0),
             ports: v.ports.clone(),
             share: None,
+            ready_timeout: None,
         },
     };
     app.pending().remove(&name);
@@ -410,7 +431,7 @@ async fn logs(
     Path(name): Path<String>,
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let v = find(&app, &name).await?;
+    let v = find_cached(&app, &name)?;
     let max = q.bytes.unwrap_or(64 * 1024).clamp(1, 4 << 20);
     let vms = app.vms.clone();
     let n = name.clone();

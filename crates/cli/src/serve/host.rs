@@ -5,17 +5,25 @@ use std::path::Path;
 
 /// The host description as JSON.
 pub fn info(cache_root: &Path) -> serde_json::Value {
-    let qemu = kiln_vm::check_qemu().ok();
-    let qemu_version = qemu.as_ref().and_then(|q| {
-        let o = std::process::Command::new(q)
-            .arg("--version")
-            .output()
-            .ok()?;
-        String::from_utf8_lossy(&o.stdout)
-            .lines()
-            .next()
-            .map(str::to_string)
-    });
+    // QEMU does not change under a running server: ask it once.
+    static QEMU: std::sync::OnceLock<(Option<std::path::PathBuf>, Option<String>)> =
+        std::sync::OnceLock::new();
+    let (qemu, qemu_version) = QEMU
+        .get_or_init(|| {
+            let qemu = kiln_vm::check_qemu().ok();
+            let version = qemu.as_ref().and_then(|q| {
+                let o = std::process::Command::new(q)
+                    .arg("--version")
+                    .output()
+                    .ok()?;
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .map(str::to_string)
+            });
+            (qemu, version)
+        })
+        .clone();
     // The last probe's verdict (kiln run caches it per host boot, QEMU and kernel).
     let probe: Option<serde_json::Value> = std::fs::read(cache_root.join("accel-probe.json"))
         .ok()

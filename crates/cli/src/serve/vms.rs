@@ -55,6 +55,8 @@ pub struct Launch {
     pub ports: Vec<String>,
     /// Shared folder `HOST:GUEST`, when the lifecycle supports it.
     pub share: Option<String>,
+    /// Seconds to wait for readiness, or the recipe's.
+    pub ready_timeout: Option<u64>,
 }
 
 /// Why a VM operation failed.
@@ -196,6 +198,9 @@ impl Vms for CliVms {
         }
         for p in &l.ports {
             args.extend(["-p".into(), p.clone()]);
+        }
+        if let Some(t) = l.ready_timeout {
+            args.extend(["--ready-timeout".into(), t.to_string()]);
         }
         if let Some(s) = &l.share {
             args.extend(["--share".into(), s.clone()]);
