@@ -104,7 +104,7 @@ function render() {
     mem.append(ml);
     cell(tr, mem);
     const actions = cell(tr, "", "actions");
-    const running = v.state === "running" || v.state === "starting";
+    const running = ["starting", "running", "restarting", "stopping"].includes(v.state);
     const n = encodeURIComponent(v.name);
     actions.append(
       button("Start", (b) => act(b, "POST", `/api/vms/${n}/start`), running),

@@ -61,6 +61,11 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
 
 type ApiResult<T> = Result<T, ApiError>;
 
+/// States in which the lifecycle is looking after a running (or about to run) VM.
+pub fn is_active(state: &str) -> bool {
+    matches!(state, "starting" | "running" | "restarting" | "stopping")
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, super::vms::VmsError> + Send + 'static,
 ) -> ApiResult<T> {
@@ -335,7 +340,9 @@ async fn start_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiR
         pending.get(&name).map(|p| p.launch.clone())
     };
     let launch_req = match (v.state.as_str(), again) {
-        ("starting", _) => return Err(ApiError::new("vm_busy", format!("`{name}` is starting"))),
+        (s, _) if is_active(s) && s != "running" => {
+            return Err(ApiError::new("vm_busy", format!("`{name}` is {s}")))
+        }
         ("running", _) => {
             return Err(ApiError::new(
                 "vm_running",
@@ -360,7 +367,7 @@ async fn start_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiR
 
 async fn stop_or_kill(app: AppState, name: String, kill: bool) -> ApiResult<Json<VmInfo>> {
     let v = find(&app, &name).await?;
-    if v.state == "failed" || (v.state != "running" && v.state != "starting") {
+    if !is_active(&v.state) {
         return Err(ApiError::new(
             "vm_not_running",
             format!("`{name}` is {}", v.state),
@@ -403,7 +410,7 @@ async fn remove_vm(State(app): State<AppState>, Path(name): Path<String>) -> Api
                 format!("`{name}` is running; stop it first"),
             ))
         }
-        "starting" => return Err(ApiError::new("vm_busy", format!("`{name}` is starting"))),
+        s if is_active(s) => return Err(ApiError::new("vm_busy", format!("`{name}` is {s}"))),
         _ => {}
     }
     let was_pending = app.pending().remove(&name).is_some();
@@ -457,29 +464,20 @@ async fn console(
             format!("a WebSocket upgrade is needed: {}", r.body_text()),
         )
     })?;
-    if v.state != "running" && v.state != "starting" {
+    if !is_active(&v.state) {
         return Err(ApiError::new(
             "vm_not_running",
             format!("`{name}` is {}", v.state),
         ));
     }
     let socket = app.vms.console_socket_path(&name);
-    let vms = app.vms.clone();
-    let seed_name = name.clone();
-    let viewer = app
-        .consoles
-        .attach(&name, &socket, move || {
-            vms.logs(&seed_name, 16 * 1024)
-                .map(String::into_bytes)
-                .unwrap_or_default()
-        })
-        .await
-        .map_err(|e| {
-            ApiError::new(
-                "vm_not_running",
-                format!("`{name}`'s console is not reachable ({e})"),
-            )
-        })?;
+    // The lifecycle's console socket replays the recent output to each new connection.
+    let viewer = app.consoles.attach(&name, &socket).await.map_err(|e| {
+        ApiError::new(
+            "vm_not_running",
+            format!("`{name}`'s console is not reachable ({e})"),
+        )
+    })?;
     Ok(ws.on_upgrade(move |sock| pump(sock, viewer)))
 }
 

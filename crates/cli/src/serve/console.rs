@@ -56,14 +56,9 @@ impl Hub {
 }
 
 impl Consoles {
-    /// Join VM `name`'s console, connecting to `socket` if nobody is watching it yet. `seed`
-    /// is the recent output to start a new connection's history with (the console log).
-    pub async fn attach(
-        &self,
-        name: &str,
-        socket: &Path,
-        seed: impl FnOnce() -> Vec<u8>,
-    ) -> std::io::Result<Viewer> {
+    /// Join VM `name`'s console, connecting to `socket` if nobody is watching it yet (what the
+    /// socket replays on connection becomes the first history).
+    pub async fn attach(&self, name: &str, socket: &Path) -> std::io::Result<Viewer> {
         if let Some(hub) = self.get(name) {
             return Ok(hub.viewer());
         }
@@ -75,12 +70,8 @@ impl Consoles {
         }
         let (mut rd, mut wr) = stream.into_split();
         let (in_tx, mut in_rx) = mpsc::channel::<Vec<u8>>(64);
-        let mut history = seed();
-        if history.len() > HISTORY {
-            history.drain(..history.len() - HISTORY);
-        }
         let hub = Arc::new(Hub {
-            out: Mutex::new((history, broadcast::channel(256).0)),
+            out: Mutex::new((Vec::new(), broadcast::channel(256).0)),
             input: in_tx,
         });
         map.insert(name.to_string(), hub.clone());

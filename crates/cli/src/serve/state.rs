@@ -19,8 +19,8 @@ pub const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 pub struct VmInfo {
     /// Unique name.
     pub name: String,
-    /// `starting` (booting, not ready yet), `running` (ready), `exited`, `failed`, or what else
-    /// the lifecycle reports.
+    /// The lifecycle's state (`starting`, `running` = ready, `restarting`, `stopping`, `exited`,
+    /// `crashed`, `failed`); `starting` until this server's create has returned.
     pub state: String,
     /// The VM's process (QEMU).
     pub pid: Option<u32>,
