@@ -428,6 +428,7 @@ fn shared_folder_virtio_port_and_read_only_root() {
 fn console_is_shared_and_logs_replay_it() {
     let mut f = Fleet::new();
     let name = f.name("con");
+    let serial = free_port();
     let mut c = f.kiln();
     c.args([
         "run",
@@ -437,9 +438,25 @@ fn console_is_shared_and_logs_replay_it() {
         "-p",
         &format!("{}:80", free_port()),
     ])
+    .args(["--serial-tcp", &serial.to_string()])
     .arg(httpd_image());
     let o = run(c);
     assert!(o.status.success(), "{}", text(&o));
+    // Serial over TCP (startnb.sh -t): another viewer of the same console.
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", serial)).expect("serial over TCP");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("t");
+    let mut r = BufReader::new(tcp);
+    wait_until(
+        "the ready line over TCP",
+        Duration::from_secs(10),
+        Duration::from_millis(1),
+        || {
+            let mut l = String::new();
+            r.read_line(&mut l).ok()?;
+            l.contains("kiln: ready in").then_some(())
+        },
+    );
     let sock = f.state.path().join("vms").join(&name).join("console.sock");
     let viewers: Vec<UnixStream> = (0..2)
         .map(|_| UnixStream::connect(&sock).expect("viewer"))
