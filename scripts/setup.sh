@@ -12,8 +12,12 @@ PKGS=(
   redis-tools       # redis-cli, the tests' client for recipes/redis
   cpio xz-utils zstd file   # tests cross-check images with the standard tools
   build-essential pkg-config
-  chromium chromium-driver nodejs npm   # the web console's browser test (tests/e2e, playwright-core)
+  chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)
 )
+# Node.js for the browser test: Debian's packages only where no node/npm is installed already
+# (a machine with another Node.js build has npm inside it, and Debian's npm would conflict).
+command -v node >/dev/null 2>&1 || PKGS+=(nodejs)
+command -v npm >/dev/null 2>&1 || PKGS+=(npm)
 
 sudo_() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 
