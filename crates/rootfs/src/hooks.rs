@@ -164,7 +164,9 @@ mod tests {
         );
         let recipe = tempfile::tempdir().expect("tmp");
         let staging = tempfile::tempdir().expect("tmp");
-        let host_dir = tempfile::tempdir_in(std::env::current_dir().expect("cwd")).expect("tmp");
+        // /var/tmp: visible (read-only) inside the sandbox, unlike /tmp which the sandbox
+        // replaces, so the write really meets the read-only host.
+        let host_dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
         let victim = host_dir.path().join("victim.txt");
         fs::write(&victim, "original").expect("write");
         let hook = recipe.path().join("10-evil.sh");

@@ -98,7 +98,9 @@ fn non_elf_binary_is_refused() {
 #[test]
 fn hook_writing_outside_staging_fails_and_host_is_untouched() {
     let r = scratch_recipe("httpd");
-    let host = tempfile::tempdir_in(workspace_root().join("target")).expect("tmp");
+    // /var/tmp is visible (read-only) in the sandbox, unlike /tmp, which it replaces; the write
+    // must meet the read-only host, wherever the checkout is.
+    let host = tempfile::tempdir_in("/var/tmp").expect("tmp");
     let victim = host.path().join("victim");
     std::fs::write(&victim, "original").expect("w");
     std::fs::create_dir(r.path().join("postinst")).expect("mkdir");
