@@ -120,7 +120,7 @@ pub fn boottime_ms() -> u64 {
 /// Sleep for `ms` milliseconds (restarted on `EINTR`).
 pub fn sleep_ms(ms: u64) {
     let mut req = libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
+        tv_sec: (ms / 1000) as _,
         tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     };
     let mut rem = libc::timespec {
@@ -286,7 +286,7 @@ pub fn unblock_all_signals() {
 /// signals in `set`; returns the signal number, or `None` on timeout.
 pub fn wait_signal(set: &libc::sigset_t, timeout_ms: Option<u64>) -> Option<i32> {
     let ts = timeout_ms.map(|ms| libc::timespec {
-        tv_sec: (ms / 1000) as libc::time_t,
+        tv_sec: (ms / 1000) as _,
         tv_nsec: ((ms % 1000) * 1_000_000) as libc::c_long,
     });
     let tsp = match &ts {
