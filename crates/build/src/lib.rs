@@ -15,7 +15,7 @@ pub use packages::{Variant, TRACE_MARKER};
 pub use manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
 
 use kiln_debpkg::Cache;
-use kiln_kernel::{KernelSource, BASE_MODULES};
+use kiln_kernel::{KernelSource, BASE_MODULES, SHARE_MODULES};
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::elf::{NodeKind, Resolver};
 use kiln_rootfs::Staging;
@@ -292,26 +292,42 @@ pub fn build_variant(
 
     let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
     wanted.extend(cfg.root.modules.iter().cloned());
-    let mut module_paths = Vec::new();
+    let mut with_shares = wanted.clone();
+    with_shares.extend(SHARE_MODULES.iter().map(|s| s.to_string()));
+    // Boot modules load at every boot; the share modules' extra closure only when a share is
+    // mounted (kiln-init's `share_module=` lines).
+    let mut modules = ModuleLines::default();
     let mut module_names = Vec::new();
     if let (Some(dir), Some(version)) = (&kernel.modules_dir, &kernel.version) {
-        for m in kiln_kernel::module_closure(dir, &wanted)? {
+        let boot: Vec<String> = kiln_kernel::module_closure(dir, &wanted)?
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        for m in kiln_kernel::module_closure(dir, &with_shares)? {
             let guest = Path::new("/lib/modules")
                 .join(version)
                 .join(kiln_kernel::guest_rel_path(&m));
             let data = kiln_kernel::read_module(dir, &m)?;
-            let reason = if wanted.iter().any(|w| w.replace('-', "_") == m.name) {
+            let on_boot = boot.contains(&m.name);
+            let reason = if !on_boot {
+                "kernel module for shared folders (loaded only when one is mounted)".to_string()
+            } else if wanted.iter().any(|w| w.replace('-', "_") == m.name) {
                 "kernel module the VM needs".to_string()
             } else {
                 "dependency of another kernel module".to_string()
             };
             st.write_file(&guest, &data, 0o644, &kernel.description, &reason)?;
-            module_paths.push(guest.display().to_string());
+            let line = guest.display().to_string();
+            if on_boot {
+                modules.boot.push(line);
+            } else {
+                modules.share.push(line);
+            }
             module_names.push(m.name.clone());
         }
     }
 
-    let init_conf = init_conf(recipe, &module_paths);
+    let init_conf = init_conf(recipe, &modules);
     st.write_file(
         Path::new("/etc/kiln/init.conf"),
         init_conf.as_bytes(),
@@ -652,13 +668,25 @@ fn install_files(recipe: &Recipe, st: &mut Staging) -> Result<(), BuildError> {
     Ok(())
 }
 
+/// Guest paths of the modules kiln-init loads, in load order.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ModuleLines {
+    /// Loaded at every boot.
+    pub boot: Vec<String>,
+    /// Loaded only when a shared folder is mounted.
+    pub share: Vec<String>,
+}
+
 /// kiln-init's configuration for this recipe.
-pub fn init_conf(recipe: &Recipe, modules: &[String]) -> String {
+pub fn init_conf(recipe: &Recipe, modules: &ModuleLines) -> String {
     let cfg = &recipe.config;
     let mut s = String::from("# written by kiln build; read by kiln-init\n");
     s.push_str(&format!("hostname={}\n", cfg.name));
-    for m in modules {
+    for m in &modules.boot {
         s.push_str(&format!("module={m}\n"));
+    }
+    for m in &modules.share {
+        s.push_str(&format!("share_module={m}\n"));
     }
     if cfg.network.mode == "none" {
         s.push_str("net=none\n");

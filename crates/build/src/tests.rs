@@ -14,15 +14,20 @@ fn recipe(toml: &str) -> (tempfile::TempDir, Recipe) {
 #[test]
 fn init_conf_carries_network_ready_modules_env() {
     let (_d, r) = recipe("name = \"web\"\nready = \"tcp:80\"\n[env]\nA = \"b\"\n");
-    let c = init_conf(&r, &["/lib/modules/v/kernel/virtio.ko".into()]);
+    let mods = ModuleLines {
+        boot: vec!["/lib/modules/v/kernel/virtio.ko".into()],
+        share: vec!["/lib/modules/v/kernel/fuse.ko".into()],
+    };
+    let c = init_conf(&r, &mods);
     assert!(c.contains("hostname=web\n"));
-    assert!(c.contains("module=/lib/modules/v/kernel/virtio.ko\n"));
+    assert!(c.contains("\nmodule=/lib/modules/v/kernel/virtio.ko\n"));
+    assert!(c.contains("\nshare_module=/lib/modules/v/kernel/fuse.ko\n"));
     assert!(c.contains("net=eth0 10.0.2.15/24 10.0.2.2\n"));
     assert!(c.contains("dns=10.0.2.3\n"));
     assert!(c.contains("ready=tcp:80\n"));
     assert!(c.contains("env=A=b\n"));
     let (_d, r) = recipe("name = \"x\"\n[network]\nmode = \"none\"\n");
-    assert!(init_conf(&r, &[]).contains("net=none\n"));
+    assert!(init_conf(&r, &ModuleLines::default()).contains("net=none\n"));
 }
 
 #[test]

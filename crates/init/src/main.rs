@@ -361,6 +361,9 @@ fn boot() -> ! {
     network(&cfg);
     tl.net = sys::boottime_ms();
 
+    if !extra.shares.is_empty() {
+        modules::load_all(&cfg.share_modules, &words);
+    }
     extras::mount_shares(&extra.shares);
     extras::link_vports(&extra.vports, IFACE_TIMEOUT_MS);
     if extra.readonly_root {

@@ -33,10 +33,11 @@ pub const BASE_MODULES: &[&str] = &[
     "virtio_blk",
     "virtio_console",
     "virtio_rng",
-    // Shared folders (`kiln run --share`): virtiofs, as Debian's cloud kernel has no 9p.
-    "fuse",
-    "virtiofs",
 ];
+
+/// Modules for shared folders (`kiln run --share`): virtiofs, as Debian's cloud kernel has no
+/// 9p. They are in every image but kiln-init loads them only when a share is mounted.
+pub const SHARE_MODULES: &[&str] = &["fuse", "virtiofs"];
 
 /// Errors from provisioning kernels and resolving modules.
 #[derive(Debug, thiserror::Error)]
