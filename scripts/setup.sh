@@ -12,6 +12,7 @@ PKGS=(
   redis-tools       # redis-cli, the tests' client for recipes/redis
   cpio xz-utils zstd file   # tests cross-check images with the standard tools
   build-essential pkg-config
+  linux-source-6.1 flex bison bc libelf-dev   # kiln kernel build: the tiny kernel from source
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)
 )
 # Node.js for the browser test: Debian's packages only where no node/npm is installed already

@@ -44,6 +44,9 @@ pub enum BuildError {
     /// The kernel could not be provisioned.
     #[error(transparent)]
     Kernel(#[from] kiln_kernel::KernelError),
+    /// The tiny kernel could not be built.
+    #[error(transparent)]
+    Tiny(#[from] kiln_kernel::tiny::TinyError),
     /// Root filesystem assembly failed.
     #[error(transparent)]
     Rootfs(#[from] kiln_rootfs::RootfsError),
@@ -185,16 +188,24 @@ pub fn build_variant(
     let cache = Cache::new(opts.cache_root.clone());
 
     progress.phase("kernel");
-    let source = match &cfg.kernel {
-        KernelChoice::Debian(pkg) => KernelSource::Debian {
-            package: pkg.clone(),
-        },
-        KernelChoice::File(p) => KernelSource::Path {
-            kernel: recipe.resolve(p.get_ref()),
-            modules: None,
-        },
+    let kernel = match &cfg.kernel {
+        KernelChoice::Debian(pkg) => kiln_kernel::provision(
+            &cache,
+            &KernelSource::Debian {
+                package: pkg.clone(),
+            },
+            opts.refresh,
+        )?,
+        KernelChoice::File(p) => kiln_kernel::provision(
+            &cache,
+            &KernelSource::Path {
+                kernel: recipe.resolve(p.get_ref()),
+                modules: None,
+            },
+            opts.refresh,
+        )?,
+        KernelChoice::Tiny => tiny_kernel(recipe, &opts.cache_root, progress)?,
     };
-    let kernel = kiln_kernel::provision(&cache, &source, opts.refresh)?;
 
     let busybox = if cfg.root.busybox {
         progress.phase("busybox");
@@ -471,6 +482,46 @@ pub fn build_variant(
         manifest,
         reused: false,
         elapsed: started.elapsed(),
+    })
+}
+
+/// Kiln's tiny kernel with the recipe's fragments: from the cache, or built now (minutes).
+fn tiny_kernel(
+    recipe: &Recipe,
+    cache_root: &Path,
+    progress: &dyn Progress,
+) -> Result<kiln_kernel::Kernel, BuildError> {
+    let mut topts = kiln_kernel::tiny::TinyOptions::new(cache_root);
+    topts.extra_fragments = recipe
+        .config
+        .kernel_fragments
+        .iter()
+        .map(|f| recipe.resolve(f.get_ref()))
+        .collect();
+    let report = |p: kiln_kernel::tiny::TinyProgress| {
+        use kiln_kernel::tiny::TinyProgress as P;
+        match p {
+            P::Unpacking { .. } => progress.phase("tiny kernel: unpacking linux-source"),
+            P::Configuring { step } => progress.phase(&format!("tiny kernel: {step}")),
+            P::Compiling { percent, .. } => {
+                progress.phase(&format!("tiny kernel: compiling {percent}%"))
+            }
+            _ => {}
+        }
+    };
+    let tk = kiln_kernel::tiny::build_tiny(&topts, &report)?;
+    let bytes = std::fs::read(&tk.vmlinux).map_err(io(&tk.vmlinux))?;
+    Ok(kiln_kernel::Kernel {
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes)),
+        image: tk.vmlinux,
+        version: Some(tk.version.clone()),
+        modules_dir: None,
+        description: format!(
+            "kiln tiny {} (config {})",
+            tk.version,
+            &tk.config_hash[..16]
+        ),
+        size: tk.size_bzimage,
     })
 }
 

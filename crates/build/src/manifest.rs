@@ -93,9 +93,18 @@ pub struct BootConfig {
     pub ready_timeout: u32,
     /// "user" or "none".
     pub network: String,
+    /// Which kernel: "debian", "tiny" (built by `kiln kernel build`: no ACPI, no modules) or
+    /// "file".
+    #[serde(default)]
+    pub kernel_kind: String,
 }
 
 impl BootConfig {
+    /// Whether the image boots Kiln's tiny kernel (machine without ACPI, `reboot=t`).
+    pub fn is_tiny_kernel(&self) -> bool {
+        self.kernel_kind == "tiny"
+    }
+
     /// The boot settings of a recipe.
     pub fn from_recipe(cfg: &Config) -> BootConfig {
         BootConfig {
@@ -106,6 +115,12 @@ impl BootConfig {
             ready: cfg.ready.as_conf(),
             ready_timeout: cfg.ready_timeout,
             network: cfg.network.mode.clone(),
+            kernel_kind: match cfg.kernel {
+                kiln_recipe::KernelChoice::Debian(_) => "debian",
+                kiln_recipe::KernelChoice::Tiny => "tiny",
+                kiln_recipe::KernelChoice::File(_) => "file",
+            }
+            .into(),
         }
     }
 }

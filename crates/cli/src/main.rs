@@ -5,6 +5,7 @@ mod backends;
 mod bench;
 mod console;
 mod dirs;
+mod kernel;
 mod run;
 mod serve;
 mod state;
@@ -36,6 +37,9 @@ enum Command {
     Build(BuildArgs),
     /// Boot a recipe (built first if stale) or an image folder.
     Run(run::RunArgs),
+    /// Build or list Kiln's tiny kernels.
+    #[command(subcommand)]
+    Kernel(kernel::KernelCmd),
     /// Boot a recipe N times and measure each phase, optionally beside a plain baseline.
     Bench(bench::BenchArgs),
     /// Stop a detached VM: ask its init to power off, then quit QEMU, then kill it.
@@ -125,6 +129,9 @@ struct BuildArgs {
     /// Rebuild even when the image is up to date.
     #[arg(long)]
     force: bool,
+    /// Use this kernel instead of the recipe's: "debian", "debian:PACKAGE", "tiny" or a path.
+    #[arg(long)]
+    kernel: Option<String>,
 }
 
 /// An error that means "the user's input is wrong" (exit code 2).
@@ -154,6 +161,18 @@ fn main() -> ExitCode {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
+        if let Some(t) = cause.downcast_ref::<kiln_kernel::tiny::TinyError>() {
+            use kiln_kernel::tiny::TinyError as T;
+            if matches!(
+                t,
+                T::BadFragment { .. }
+                    | T::UnknownOption { .. }
+                    | T::NotApplied { .. }
+                    | T::NotASourceTree { .. }
+            ) {
+                return 2;
+            }
+        }
         if cause.downcast_ref::<BadInput>().is_some()
             || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
         {
@@ -170,6 +189,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
                 BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => 2,
+                BuildError::Tiny(
+                    kiln_kernel::tiny::TinyError::BadFragment { .. }
+                    | kiln_kernel::tiny::TinyError::UnknownOption { .. }
+                    | kiln_kernel::tiny::TinyError::NotApplied { .. },
+                ) => 2,
                 _ => 1,
             };
         }
@@ -183,7 +207,11 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => {
-            let recipe = Recipe::load(&a.recipe)?;
+            let mut recipe = Recipe::load(&a.recipe)?;
+            if let Some(k) = &a.kernel {
+                recipe.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
+                    .map_err(|e| BadInput(format!("--kernel: {e}")))?;
+            }
             let out = a
                 .output
                 .unwrap_or_else(|| PathBuf::from("out").join(&recipe.config.name));
@@ -193,6 +221,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
+        Command::Kernel(k) => kernel::run(k),
         Command::Stop { name, timeout } => vms::stop(&name, Some(timeout)),
         Command::Kill { name } => vms::stop(&name, None),
         Command::Rm { names, force } => vms::rm(&names, force),

@@ -378,6 +378,10 @@ pub(crate) fn plan_config(
         .map(vmconfig::parse_serial_tcp)
         .transpose()
         .map_err(BadInput)?;
+    if m.boot.is_tiny_kernel() {
+        // No ACPI to power off with: kiln-init reboots, the triple fault ends QEMU (-no-reboot).
+        extra.insert_str(0, "reboot=t ");
+    }
     let spec = VmSpec {
         name: name.clone(),
         kernel: image_dir.join(&m.kernel.file),
@@ -396,6 +400,7 @@ pub(crate) fn plan_config(
         drives,
         shares,
         vports,
+        acpi: !m.boot.is_tiny_kernel(),
         extra_args: vec![],
     };
     Ok(Plan {
@@ -689,6 +694,20 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
     }
     if stopping {
         return Ok(ExitCode::SUCCESS);
+    }
+    if ready_at.is_none() {
+        // QEMU ended on its own before the guest was ready and without etc/rc's status: a
+        // kernel panic, an init that could not start, a guest that ran out of memory.
+        let tail = parser.lock().map(|p| p.tail()).unwrap_or_default();
+        bail!(kiln_vm::VmError::QemuExited {
+            status: format!(
+                "the guest stopped before it was ready ({})",
+                status
+                    .map(|s| s.to_string())
+                    .unwrap_or_else(|| "still running".into())
+            ),
+            output: format!("{}{tail}", vm.qemu_stderr())
+        })
     }
     match status {
         Some(s) if s.success() => Ok(ExitCode::SUCCESS),

@@ -25,6 +25,10 @@ pub struct Config {
     /// Extra kernel command-line arguments, appended after Kiln's own.
     #[serde(default)]
     pub cmdline: String,
+    /// Kernel config fragments (paths relative to the recipe) added to the tiny kernel's, e.g.
+    /// `["kernel/ufs.config"]`; only with `kernel = "tiny"`.
+    #[serde(default)]
+    pub kernel_fragments: Vec<Spanned<String>>,
     /// Virtual CPUs (1–64).
     #[serde(default = "default_cpus", deserialize_with = "de_cpus")]
     pub cpus: u32,
@@ -69,11 +73,14 @@ impl Config {
     }
 }
 
-/// `kernel = "debian" | "debian:PACKAGE" | "PATH"`.
+/// `kernel = "debian" | "debian:PACKAGE" | "tiny" | "PATH"`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KernelChoice {
     /// A Debian kernel package (default `linux-image-cloud-amd64`).
     Debian(String),
+    /// Kiln's tiny kernel, built from Debian's linux-source with Kiln's fragments (plus the
+    /// recipe's `kernel_fragments`) by `kiln kernel build`, cached.
+    Tiny,
     /// A kernel file, relative to the recipe folder or absolute (span kept for errors).
     File(Spanned<String>),
 }
@@ -87,12 +94,30 @@ impl Default for KernelChoice {
     }
 }
 
+impl KernelChoice {
+    /// Parse a command-line override (`kiln build --kernel tiny`), with the same rules as the
+    /// `kernel` key.
+    pub fn parse_override(s: &str) -> Result<KernelChoice, String> {
+        #[derive(Deserialize)]
+        struct One {
+            kernel: KernelChoice,
+        }
+        let doc = format!("kernel = {}", toml::Value::String(s.to_string()));
+        toml::from_str::<One>(&doc)
+            .map(|o| o.kernel)
+            .map_err(|e| e.message().to_string())
+    }
+}
+
 impl<'de> Deserialize<'de> for KernelChoice {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s: Spanned<String> = Spanned::deserialize(d)?;
         let v = s.get_ref().trim();
         if v == "debian" {
             return Ok(KernelChoice::Debian(DEFAULT_KERNEL_PACKAGE.into()));
+        }
+        if v == "tiny" {
+            return Ok(KernelChoice::Tiny);
         }
         if let Some(pkg) = v.strip_prefix("debian:") {
             if pkg.is_empty()
@@ -284,6 +309,16 @@ impl Config {
             check_cidr(&self.network.address).map_err(|m| at("address", m))?;
             check_ip(&self.network.gateway).map_err(|m| at("gateway", m))?;
             check_ip(&self.network.dns).map_err(|m| at("dns", m))?;
+        }
+        if let (Some(f), false) = (
+            self.kernel_fragments.first(),
+            self.kernel == KernelChoice::Tiny,
+        ) {
+            return Err((
+                Some(f.span()),
+                "kernel_fragments: only the tiny kernel takes fragments; set kernel = \"tiny\""
+                    .into(),
+            ));
         }
         for b in &self.root.binaries {
             if !b.get_ref().starts_with('/') {

@@ -248,3 +248,28 @@ fn bad_packages_and_index_are_refused_with_their_line() {
         other => panic!("expected a missing index, got {other:?}"),
     }
 }
+
+#[test]
+fn kernel_override_parses_like_the_key() {
+    assert_eq!(KernelChoice::parse_override("tiny"), Ok(KernelChoice::Tiny));
+    assert_eq!(
+        KernelChoice::parse_override("debian"),
+        Ok(KernelChoice::Debian("linux-image-cloud-amd64".into()))
+    );
+    assert!(matches!(
+        KernelChoice::parse_override("/boot/vmlinuz"),
+        Ok(KernelChoice::File(_))
+    ));
+    assert!(KernelChoice::parse_override("").is_err());
+}
+
+#[test]
+fn kernel_fragments_need_the_tiny_kernel() {
+    let (line, msg) = parse_err("name = \"x\"\nkernel_fragments = [\"ufs.config\"]\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("only the tiny kernel"), "{msg}");
+    let d = recipe_dir("name = \"x\"\nkernel = \"tiny\"\nkernel_fragments = [\"ufs.config\"]\n");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.kernel, KernelChoice::Tiny);
+    assert_eq!(r.config.kernel_fragments.len(), 1);
+}

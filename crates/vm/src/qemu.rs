@@ -113,6 +113,10 @@ pub struct VmSpec {
     pub shares: Vec<ShareSpec>,
     /// Extra virtio-console ports.
     pub vports: Vec<VportSpec>,
+    /// ACPI on the microvm machine. Debian's kernel needs it (its virtio-mmio devices and
+    /// power-off come from ACPI); the tiny kernel has none and gets the devices on its command
+    /// line instead (`acpi=off` makes QEMU add `virtio_mmio.device=` arguments).
+    pub acpi: bool,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
 }
@@ -149,11 +153,13 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     let mut push = |items: &[&str]| a.extend(items.iter().map(|s| s.to_string()));
     push(&["-name", &format!("kiln-{}", spec.name)]);
     let shared_mem = spec.needs_shared_memory();
+    let machine = if spec.acpi {
+        "microvm,x-option-roms=off,isa-serial=on"
+    } else {
+        "microvm,x-option-roms=off,isa-serial=on,acpi=off"
+    };
     if shared_mem {
-        push(&[
-            "-M",
-            "microvm,x-option-roms=off,isa-serial=on,memory-backend=mem",
-        ]);
+        push(&["-M", &format!("{machine},memory-backend=mem")]);
         push(&[
             "-object",
             &format!(
@@ -165,7 +171,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
             "virtio-mmio.force-legacy=false",
         ]);
     } else {
-        push(&["-M", "microvm,x-option-roms=off,isa-serial=on"]);
+        push(&["-M", machine]);
     }
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
@@ -279,9 +285,13 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         }
     }
     push(&["-device", "virtio-rng-device"]);
+    // Only as many ports as we use: the default (31) makes the guest driver allocate buffers
+    // for all of them, which alone ran a 32 MiB guest out of memory.
+    // Port 0 is reserved for a virtconsole; ours start at 1.
+    let max_ports = format!("virtio-serial-device,max_ports={}", 2 + spec.vports.len());
     push(&[
         "-device",
-        "virtio-serial-device",
+        &max_ports,
         "-chardev",
         &format!(
             "socket,id=ctl0,path={},server=on,wait=off",
@@ -339,6 +349,7 @@ mod tests {
             drives: vec![],
             shares: vec![],
             vports: vec![],
+            acpi: true,
             extra_args: vec![],
         }
     }
@@ -376,6 +387,27 @@ mod tests {
         assert!(
             !a.iter().any(|s| s.contains("pci")),
             "no PCI on microvm: {a:?}"
+        );
+    }
+
+    #[test]
+    fn serial_ports_are_capped_to_those_used() {
+        let mut s = spec();
+        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=2"));
+        s.vports = vec![VportSpec {
+            name: "data".into(),
+            socket: "/r/v.sock".into(),
+        }];
+        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=3"));
+    }
+
+    #[test]
+    fn tiny_kernel_runs_without_acpi() {
+        let mut s = spec();
+        s.acpi = false;
+        assert_eq!(
+            after(&argv(&s), "-M"),
+            ["microvm,x-option-roms=off,isa-serial=on,acpi=off"]
         );
     }
 

@@ -520,6 +520,7 @@ mod tests {
             drives: vec![],
             shares: vec![],
             vports: vec![],
+            acpi: true,
             extra_args: vec![],
         };
         let e = spawn(
