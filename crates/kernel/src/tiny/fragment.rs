@@ -401,8 +401,8 @@ mod tests {
         let modules = base.iter().find(|o| o.name == "MODULES").expect("MODULES");
         assert_eq!(modules.value, OptionValue::No);
         let ufs = parse_fragment("ufs.config", super::super::UFS_FRAGMENT).expect("ufs");
-        assert_eq!(ufs.len(), 1);
-        assert_eq!(ufs[0].name, "UFS_FS");
+        let names: Vec<&str> = ufs.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["MISC_FILESYSTEMS", "UFS_FS"]);
     }
 
     #[test]

@@ -130,6 +130,7 @@ fn fake_entry(root: &Path, hash: &str, built_at: u64) -> PathBuf {
     std::fs::create_dir_all(&dir).expect("mkdir");
     std::fs::write(dir.join("vmlinux"), b"v").expect("w");
     std::fs::write(dir.join("bzImage"), b"b").expect("w");
+    std::fs::write(dir.join(".config"), "CONFIG_HZ_250=y\nCONFIG_HZ=250\n").expect("w");
     let r = Record {
         kiln_fragment_version: FRAGMENT_VERSION,
         version: "6.1.192-kiln-tiny".into(),
@@ -141,7 +142,7 @@ fn fake_entry(root: &Path, hash: &str, built_at: u64) -> PathBuf {
         }],
         size_vmlinux: 1,
         size_bzimage: 1,
-        cc_lines: 1234,
+        cc_lines: built_at * 10,
         build_seconds: 1,
         built_at,
     };
@@ -166,7 +167,8 @@ fn list_shows_complete_entries_newest_first() {
     assert_eq!(l[0].version, "6.1.192-kiln-tiny");
     assert_eq!(l[0].vmlinux, new.join("vmlinux"));
     assert_eq!(l[0].fragments, [BASE_FRAGMENT_NAME]);
-    assert_eq!(previous_cc_lines(&root.path().join("kernels")), Some(1234));
+    assert_eq!(l[0].hz, 250);
+    assert_eq!(previous_cc_lines(&root.path().join("kernels")), Some(3000));
 }
 
 #[test]
@@ -179,11 +181,17 @@ fn pvh_check_refuses_non_elf_files() {
 
 #[test]
 fn tiny_kernel_args_include_reboot_and_tsc() {
-    assert_eq!(tiny_kernel_args(None), ["reboot=t"]);
+    assert_eq!(tiny_kernel_args(None, 100), ["reboot=t", "noapictimer"]);
     assert_eq!(
-        tiny_kernel_args(Some(2_596_000)),
-        ["reboot=t", "tsc_early_khz=2596000"]
+        tiny_kernel_args(Some(2_596_000), 100),
+        [
+            "reboot=t",
+            "noapictimer",
+            "tsc_early_khz=2596000",
+            "lpj=25960000"
+        ]
     );
+    assert_eq!(tiny_kernel_args(Some(2_596_000), 250)[3], "lpj=10384000");
     if let Some(khz) = host_tsc_khz() {
         assert!((100_000..20_000_000).contains(&khz), "{khz}");
     }
@@ -235,6 +243,7 @@ fn builds_the_tiny_kernel() {
         k.version
     );
     check_pvh(&k.vmlinux).expect("PVH note");
+    assert_eq!(k.hz, 100);
     assert_eq!(
         crate::inspect_kernel(&k.vmlinux).expect("vmlinux").format,
         crate::ImageFormat::Vmlinux
