@@ -46,6 +46,9 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Use this kernel instead of the recipe's ("tiny", "debian", …), as `kiln build --kernel`.
+    #[arg(long)]
+    pub kernel: Option<String>,
 }
 
 /// One boot's figures (ms, bytes).
@@ -322,7 +325,21 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             recipe.config_path().display()
         ))),
     };
-    let (image_dir, m) = image_for(&a.recipe)?;
+    let (image_dir, m) = match &a.kernel {
+        None => image_for(&a.recipe)?,
+        Some(k) => {
+            let mut r = recipe.clone();
+            r.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
+                .map_err(|e| crate::BadInput(format!("--kernel: {e}")))?;
+            let out = dirs::cache_root().join("images").join(format!(
+                "{}-bench-{}",
+                r.config.name,
+                k.replace('/', "_")
+            ));
+            let report = crate::build_recipe(&r, &out, false, false)?;
+            (out, report.manifest)
+        }
+    };
     let deadline = Duration::from_secs(a.deadline);
     let probe = accel::choose(
         a.accel,
