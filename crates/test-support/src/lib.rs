@@ -72,10 +72,20 @@ impl Drop for KillOnDrop {
     }
 }
 
-/// A TCP port that was free a moment ago on 127.0.0.1.
+/// A TCP port that was free a moment ago on 127.0.0.1, never the same one twice in a test
+/// process (the kernel may hand a just-released ephemeral port out again, and two VMs of one
+/// test would then ask for the same host port).
 pub fn free_port() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+        let port = l.local_addr().expect("local addr").port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// Pids of QEMU processes whose command line contains `needle`.
@@ -158,6 +168,15 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn free_ports_are_distinct() {
+        let ports: Vec<u16> = (0..200).map(|_| free_port()).collect();
+        let mut sorted = ports.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), ports.len());
     }
 
     #[test]
