@@ -167,13 +167,27 @@ fn kiln_boot(
 
 /// The baseline's busybox initramfs: a shell /init that loads the virtio modules with insmod,
 /// configures eth0 with ifconfig/route and runs busybox httpd, as one would by hand.
-fn baseline_initramfs(m: &ImageManifest, image_dir: &Path, dest: &Path) -> Result<()> {
+fn baseline_initramfs(dest: &Path) -> Result<PathBuf> {
     let cache = kiln_debpkg::Cache::new(dirs::cache_root());
     let deb = cache.fetch(kiln_build::BUSYBOX_PACKAGE, false)?;
     let busybox = std::fs::read(cache.unpack(&deb)?.join("bin/busybox"))?;
-    // The modules come from the Kiln image itself (same kernel), in its load order.
-    let initramfs = std::fs::read(image_dir.join(&m.initramfs.file))?;
-    let entries = cpio::read_archive(&kiln_image::decompress(&initramfs)?)?;
+    // Always Debian's cloud kernel as shipped (bzImage) with its own virtio modules, whatever
+    // kernel the measured image uses: the baseline is what one would do by hand.
+    let kernel = kiln_kernel::provision(
+        &cache,
+        &kiln_kernel::KernelSource::Debian {
+            package: kiln_kernel::DEFAULT_KERNEL_PACKAGE.into(),
+        },
+        false,
+    )?;
+    let modules_dir = kernel
+        .modules_dir
+        .clone()
+        .context("Debian's kernel package has no modules")?;
+    let wanted: Vec<String> = kiln_kernel::BASE_MODULES
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
     let mut w = cpio::Writer::new(Vec::new());
     for d in [
         "bin",
@@ -191,15 +205,10 @@ fn baseline_initramfs(m: &ImageManifest, image_dir: &Path, dest: &Path) -> Resul
     w.add_file("bin/busybox", 0o755, &busybox)?;
     w.add_symlink("bin/sh", "busybox")?;
     let mut insmods = String::new();
-    for name in &m.modules {
-        let e = entries
-            .iter()
-            .find(|e| {
-                e.path.ends_with(&format!("/{}.ko", name))
-                    || e.path.ends_with(&format!("/{}.ko", name.replace('_', "-")))
-            })
-            .with_context(|| format!("module {name} not in the image"))?;
-        w.add_file(format!("lib/modules/{name}.ko"), 0o644, &e.data)?;
+    for module in kiln_kernel::module_closure(&modules_dir, &wanted)? {
+        let data = kiln_kernel::read_module(&modules_dir, &module)?;
+        let name = &module.name;
+        w.add_file(format!("lib/modules/{name}.ko"), 0o644, &data)?;
         insmods.push_str(&format!("insmod /lib/modules/{name}.ko\n"));
     }
     w.add_file("www/index.html", 0o644, b"baseline\n")?;
@@ -212,7 +221,7 @@ fn baseline_initramfs(m: &ImageManifest, image_dir: &Path, dest: &Path) -> Resul
     let raw = w.finish()?;
     let gz = kiln_image::compress(&raw, Compression::Gzip, None)?;
     std::fs::write(dest, gz)?;
-    Ok(())
+    Ok(kernel.image)
 }
 
 /// One baseline boot with the hand-written QEMU command.
@@ -375,11 +384,11 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     }
 
     let baseline_initrd = work.path().join("baseline.cpio.gz");
+    let mut baseline_kernel = PathBuf::new();
     if a.baseline {
-        baseline_initramfs(&m, &image_dir, &baseline_initrd)?;
+        baseline_kernel = baseline_initramfs(&baseline_initrd)?;
         report["baseline_image_bytes"] = std::fs::metadata(&baseline_initrd)?.len().into();
     }
-    let kernel = image_dir.join(&m.kernel.file);
     let mut kiln_samples = Vec::new();
     let mut base_samples = Vec::new();
     for i in 0..a.boots {
@@ -388,7 +397,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         )?);
         if a.baseline {
             base_samples.push(baseline_boot(
-                &kernel,
+                &baseline_kernel,
                 &baseline_initrd,
                 probe.accel,
                 deadline,
