@@ -24,3 +24,4 @@ echo
 printf 'demo: kiln run -> first HTTP 200 in %d ms\n' $(( (end - start) / 1000000 ))
 "$KILN" ps
 "$KILN" stop "$NAME"
+"$KILN" rm "$NAME" >/dev/null
