@@ -18,9 +18,6 @@ use std::time::Duration;
 /// History replayed to a new viewer.
 const HISTORY: usize = 16 * 1024;
 
-/// Ctrl-]: detaches a viewer.
-pub const DETACH: u8 = 0x1d;
-
 type Viewer = (u64, Box<dyn Write + Send>);
 
 #[derive(Default)]
@@ -173,7 +170,7 @@ pub fn attach(name: &str, socket: &Path) -> Result<()> {
             socket.display()
         )
     })?;
-    let mut out = s.try_clone().context("cloning the console socket")?;
+    let out = s.try_clone().context("cloning the console socket")?;
     let raw = term::RawMode::enter();
     let nl = if raw.is_tty() { "\r\n" } else { "\n" };
     eprint!("kiln: attached to the console of {name}; Ctrl-] detaches{nl}");
@@ -189,23 +186,9 @@ pub fn attach(name: &str, socket: &Path) -> Result<()> {
         }
     });
     let (tx, rx) = std::sync::mpsc::channel::<()>();
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 {
-                // stdin closed (piped input ended): keep watching until the console closes.
-                return;
-            }
-            if let Some(i) = buf[..n].iter().position(|&b| b == DETACH) {
-                let _ = out.write_all(&buf[..i]);
-                let _ = tx.send(());
-                return;
-            }
-            if out.write_all(&buf[..n]).is_err() {
-                return;
-            }
-        }
+    // When piped input ends, keep watching until the console closes.
+    term::forward_stdin(out, move || {
+        let _ = tx.send(());
     });
     loop {
         if rx.recv_timeout(Duration::from_millis(50)).is_ok() {

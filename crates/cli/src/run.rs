@@ -17,15 +17,12 @@ use kiln_vm::{
     ShareKind, ShareSpec, VmSpec, VportSpec,
 };
 use sha2::Digest;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-/// The byte that detaches from / stops a foreground VM: Ctrl-].
-const ESCAPE: u8 = 0x1d;
 
 /// Options of `kiln run`. Every VM setting is also a key of `-f vm.toml` (same name, `_` for `-`).
 #[derive(Args, Debug)]
@@ -621,7 +618,10 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
         );
     }
     // Piped input is forwarded too, so `echo cmd | kiln run recipes/rescue` works.
-    forward_stdin(writer, stop.clone());
+    let stop_on_escape = stop.clone();
+    term::forward_stdin(writer, move || {
+        stop_on_escape.store(true, Ordering::Relaxed)
+    });
 
     let deadline = launched + plan.ready_timeout;
     let mut ready_at: Option<(Instant, u64)> = None;
@@ -727,27 +727,6 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
         }
         None => Ok(ExitCode::from(1)),
     }
-}
-
-/// Copy the terminal to the console; Ctrl-] asks for a stop instead.
-fn forward_stdin(mut console: std::os::unix::net::UnixStream, stop: Arc<AtomicBool>) {
-    std::thread::spawn(move || {
-        let mut stdin = std::io::stdin();
-        let mut buf = [0u8; 1024];
-        while let Ok(n) = stdin.read(&mut buf) {
-            if n == 0 {
-                return;
-            }
-            if let Some(i) = buf[..n].iter().position(|&b| b == ESCAPE) {
-                let _ = console.write_all(&buf[..i]);
-                stop.store(true, Ordering::Relaxed);
-                return;
-            }
-            if console.write_all(&buf[..n]).is_err() {
-                return;
-            }
-        }
-    });
 }
 
 /// Whether `r` counts as failed for exit codes and listings.

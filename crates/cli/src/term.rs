@@ -40,3 +40,33 @@ impl Drop for RawMode {
         }
     }
 }
+
+/// Ctrl-]: the key that leaves an attached console (stops a foreground VM, detaches a viewer).
+pub const ESCAPE: u8 = 0x1d;
+
+/// Copy stdin to `out` in a thread until stdin ends; on Ctrl-] ([`ESCAPE`]) write what came
+/// before it, call `on_escape` and stop.
+pub fn forward_stdin<W, F>(mut out: W, on_escape: F)
+where
+    W: std::io::Write + Send + 'static,
+    F: FnOnce() + Send + 'static,
+{
+    use std::io::Read;
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 1024];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            if let Some(i) = buf[..n].iter().position(|&b| b == ESCAPE) {
+                let _ = out.write_all(&buf[..i]);
+                on_escape();
+                return;
+            }
+            if out.write_all(&buf[..n]).is_err() {
+                return;
+            }
+        }
+    });
+}
