@@ -3,11 +3,6 @@
 use super::*;
 use std::time::Duration;
 
-fn manifest(dir: &Path) -> serde_json::Value {
-    let data = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
-    serde_json::from_slice(&data).expect("json")
-}
-
 #[test]
 fn httpd_image_has_kernel_initramfs_and_explained_manifest() {
     let out = httpd_image();
@@ -126,15 +121,7 @@ fn listed_binaries_bring_their_library_closure() {
         format!("{toml}\n[root]\nbinaries = [\"/usr/bin/curl\"]\n"),
     )
     .expect("write");
-    let d = tempfile::tempdir().expect("tmp");
-    let mut c = kiln(d.path());
-    c.arg("build")
-        .arg(r.path())
-        .arg("-o")
-        .arg(d.path().join("img"));
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
-    let m = manifest(&d.path().join("img"));
+    let (_d, m) = build_ok(r.path());
     let files = m["files"].as_array().expect("files");
     let libc = files
         .iter()

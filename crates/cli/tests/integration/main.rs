@@ -66,6 +66,26 @@ pub fn httpd_image() -> &'static Path {
     out
 }
 
+/// An image folder's manifest.json.
+pub fn manifest(dir: &Path) -> serde_json::Value {
+    let data = std::fs::read(dir.join("manifest.json")).expect("manifest.json");
+    serde_json::from_slice(&data).expect("json")
+}
+
+/// Build `recipe_dir` into a fresh folder, which must succeed; the folder and the manifest.
+pub fn build_ok(recipe_dir: &Path) -> (tempfile::TempDir, serde_json::Value) {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut c = kiln(d.path());
+    c.arg("build")
+        .arg(recipe_dir)
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    let m = manifest(&d.path().join("img"));
+    (d, m)
+}
+
 /// Copy a repository recipe into a temp folder so a test can change it.
 pub fn scratch_recipe(from: &str) -> tempfile::TempDir {
     let d = tempfile::tempdir().expect("tmp");

@@ -126,17 +126,7 @@ fn hook_inside_staging_works() {
         "echo from-hook > var/www/hook.txt\n",
     )
     .expect("w");
-    let d = tempfile::tempdir().expect("tmp");
-    let mut c = kiln(d.path());
-    c.arg("build")
-        .arg(r.path())
-        .arg("-o")
-        .arg(d.path().join("img"));
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(d.path().join("img/manifest.json")).expect("r"))
-            .expect("json");
+    let (_d, m) = build_ok(r.path());
     let f = m["files"]
         .as_array()
         .expect("files")
