@@ -501,6 +501,7 @@ fn tiny_kernel(
     let report = |p: kiln_kernel::tiny::TinyProgress| {
         use kiln_kernel::tiny::TinyProgress as P;
         match p {
+            P::Waiting { .. } => progress.phase("tiny kernel: waiting for another build of it"),
             P::Unpacking { .. } => progress.phase("tiny kernel: unpacking linux-source"),
             P::Configuring { step } => progress.phase(&format!("tiny kernel: {step}")),
             P::Compiling { percent, .. } => {

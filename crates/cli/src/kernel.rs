@@ -53,6 +53,9 @@ pub fn run(cmd: KernelCmd) -> Result<ExitCode> {
             );
             bar.set_prefix("kernel");
             let k = tiny::build_tiny(&opts, &|p| match p {
+                TinyProgress::Waiting { .. } => {
+                    bar.set_message("waiting for another build of this kernel")
+                }
                 TinyProgress::Unpacking { .. } => bar.set_message("unpacking linux-source"),
                 TinyProgress::Configuring { step } => bar.set_message(step.to_string()),
                 TinyProgress::Compiling {

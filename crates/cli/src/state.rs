@@ -10,7 +10,6 @@ use crate::vmconfig::VmConfig;
 use anyhow::{bail, Context, Result};
 use kiln_vm::runner;
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 /// Where a VM is in its life.
@@ -241,11 +240,8 @@ impl StateLock {
             .write(true)
             .open(&path)
             .with_context(|| format!("opening {}", path.display()))?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX) } != 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("locking {}", path.display()));
-        }
+        f.lock()
+            .with_context(|| format!("locking {}", path.display()))?;
         Ok(StateLock { _file: f })
     }
 }

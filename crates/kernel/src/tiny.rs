@@ -289,6 +289,11 @@ pub enum TinyProgress {
         /// The cache entry.
         dir: PathBuf,
     },
+    /// Another process is building the same kernel: waiting for it (then `Cached`).
+    Waiting {
+        /// The lock file it holds.
+        lock: PathBuf,
+    },
     /// Unpacking the source tarball (once per source; tens of seconds).
     Unpacking {
         /// The tarball.
@@ -424,6 +429,33 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// Take the build lock of cache key `hash` (a file beside the entries), waiting if another
+/// process holds it; released when the returned file is dropped (or the process dies).
+fn lock_key(
+    kernels: &Path,
+    hash: &str,
+    progress: &dyn Fn(TinyProgress),
+) -> Result<std::fs::File, TinyError> {
+    let path = kernels.join(format!(".tiny-{}.lock", &hash[..16]));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open the build lock", &path))?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            progress(TinyProgress::Waiting { lock: path.clone() });
+            file.lock().map_err(io_err("take the build lock", &path))?;
+        }
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io_err("take the build lock", &path)(e));
+        }
+    }
+    Ok(file)
+}
+
 /// Build (or find in the cache) the tiny kernel `opts` describe.
 ///
 /// Needs `make`, `gcc`, `flex`, `bison`, `bc`, `tar`, `xz` and `strip`; a
@@ -447,6 +479,15 @@ pub fn build_tiny(
         progress(TinyProgress::Cached { dir: dir.clone() });
         return Ok(k);
     }
+    let kernels = cache_root.join("kernels");
+    std::fs::create_dir_all(&kernels).map_err(io_err("create", &kernels))?;
+    // One build per key at a time: concurrent `kiln build`s of recipes on the same kernel
+    // wait for the first instead of compiling it twice on the same cores.
+    let _lock = lock_key(&kernels, &hash, progress)?;
+    if let Some(k) = read_entry(&dir) {
+        progress(TinyProgress::Cached { dir: dir.clone() });
+        return Ok(k);
+    }
     make::check_tools()?;
 
     let started = Instant::now();
@@ -454,8 +495,6 @@ pub fn build_tiny(
     let known = kconfig_symbols(&tree)?;
     check_known(&requested, &known)?;
 
-    let kernels = cache_root.join("kernels");
-    std::fs::create_dir_all(&kernels).map_err(io_err("create", &kernels))?;
     source::remove_stale_temps(&kernels);
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".tmp-tiny-{}-", &hash[..16]))

@@ -221,6 +221,7 @@ fn builds_the_tiny_kernel() {
             TinyProgress::Compiling { .. } => "compile",
             TinyProgress::Configuring { step } => step,
             TinyProgress::Unpacking { .. } => "unpack",
+            TinyProgress::Waiting { .. } => "wait",
             TinyProgress::Cached { .. } => "cached",
             TinyProgress::Finishing => "finish",
             TinyProgress::Done { .. } => "done",
@@ -258,4 +259,46 @@ fn builds_the_tiny_kernel() {
     })
     .expect("cached");
     assert_eq!(again, k);
+}
+
+#[test]
+fn a_second_build_of_the_same_key_waits_for_the_first() {
+    let dir = tempfile::tempdir().expect("tmp");
+    let hash = "ab".repeat(32);
+    let first = lock_key(dir.path(), &hash, &|_| {}).expect("first lock");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let kernels = dir.path().to_path_buf();
+    let h = hash.clone();
+    let waiter = std::thread::spawn(move || {
+        let tx2 = tx.clone();
+        let held = lock_key(&kernels, &h, &move |p| {
+            if matches!(p, TinyProgress::Waiting { .. }) {
+                let _ = tx2.send("waiting");
+            }
+        })
+        .expect("second lock");
+        let _ = tx.send("locked");
+        drop(held);
+    });
+    let deadline = std::time::Duration::from_secs(10);
+    assert_eq!(rx.recv_timeout(deadline), Ok("waiting"), "reported waiting");
+    assert!(
+        rx.try_recv().is_err(),
+        "the second build must not get the lock while the first holds it"
+    );
+    drop(first);
+    assert_eq!(
+        rx.recv_timeout(deadline),
+        Ok("locked"),
+        "got it once released"
+    );
+    waiter.join().expect("join");
+    // Another key is not held up.
+    let other = lock_key(dir.path(), &"cd".repeat(32), &|p| {
+        assert!(
+            !matches!(p, TinyProgress::Waiting { .. }),
+            "other key waited"
+        )
+    });
+    assert!(other.is_ok());
 }
