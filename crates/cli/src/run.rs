@@ -69,7 +69,8 @@ pub struct RunArgs {
     /// Share a host folder with the guest: HOSTDIR:GUESTPATH[:ro].
     #[arg(long)]
     pub share: Option<String>,
-    /// How the share reaches the guest: virtiofs (default) or 9p (needs 9p in the kernel).
+    /// How the share reaches the guest: 9p (default with the tiny kernel) or virtiofs (default
+    /// with Debian's kernel, which has no 9p).
     #[arg(long)]
     pub share_fs: Option<String>,
     /// Networking: user (default), none, bridge:BRIDGE, tap:TAPIF (the last two need root).
@@ -327,7 +328,19 @@ pub(crate) fn plan_config(
         if !host.is_dir() {
             return Err(BadInput(format!("share {}: not a folder", host.display())).into());
         }
-        let nine = cfg.share_fs.as_deref() == Some("9p");
+        // The tiny kernel has 9p and no virtiofs; Debian's cloud kernel the other way round.
+        let tiny = m.boot.is_tiny_kernel();
+        let nine = match cfg.share_fs.as_deref() {
+            Some("9p") => true,
+            Some("virtiofs") if tiny => {
+                return Err(BadInput(
+                    "share_fs = \"virtiofs\": the tiny kernel has no virtiofs; use share_fs = \"9p\" (the default with it) or boot Debian's kernel (kernel = \"debian\")".into(),
+                )
+                .into());
+            }
+            Some(_) => false,
+            None => tiny,
+        };
         if sh.readonly && !nine {
             return Err(BadInput(
                 "a read-only share needs share_fs = \"9p\" (QEMU 7.2's virtiofsd has no read-only mode)".into(),

@@ -43,7 +43,8 @@ pub struct VmConfig {
     /// Host folder shared with the guest: `HOSTDIR:GUESTPATH[:ro]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share: Option<String>,
-    /// How the share reaches the guest: `virtiofs` (default; Debian's kernel) or `9p`.
+    /// How the share reaches the guest: `9p` (the default with the tiny kernel) or `virtiofs`
+    /// (the default with Debian's kernel).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub share_fs: Option<String>,
     /// `user` (default), `none`, `bridge:BRIDGE`, `tap:TAPIF` (the last two need root).
