@@ -52,19 +52,41 @@ pub fn run(cmd: KernelCmd) -> Result<ExitCode> {
                 .progress_chars("=> "),
             );
             bar.set_prefix("kernel");
+            // Without a terminal (CI logs) the bar is hidden: say each phase on a line instead.
+            let lines = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let last_tenth = std::cell::Cell::new(u8::MAX);
+            let say = |m: &str| {
+                if lines {
+                    eprintln!("kernel: {m}");
+                }
+            };
             let k = tiny::build_tiny(&opts, &|p| match p {
                 TinyProgress::Waiting { .. } => {
+                    say("waiting for another build of this kernel");
                     bar.set_message("waiting for another build of this kernel")
                 }
-                TinyProgress::Unpacking { .. } => bar.set_message("unpacking linux-source"),
-                TinyProgress::Configuring { step } => bar.set_message(step.to_string()),
+                TinyProgress::Unpacking { .. } => {
+                    say("unpacking linux-source");
+                    bar.set_message("unpacking linux-source")
+                }
+                TinyProgress::Configuring { step } => {
+                    say(step);
+                    bar.set_message(step.to_string())
+                }
                 TinyProgress::Compiling {
                     percent, current, ..
                 } => {
+                    if percent / 10 != last_tenth.get() {
+                        last_tenth.set(percent / 10);
+                        say(&format!("compiling {percent}% ({current})"));
+                    }
                     bar.set_position(percent as u64);
                     bar.set_message(current);
                 }
-                TinyProgress::Finishing => bar.set_message("stripping"),
+                TinyProgress::Finishing => {
+                    say("stripping");
+                    bar.set_message("stripping")
+                }
                 _ => {}
             })?;
             bar.finish_and_clear();
