@@ -18,6 +18,8 @@ demo: setup build
 
 test: setup init lint
 	$(CARGO) build -p kiln
+	# The default (tiny) kernel, once: minutes from a clean cache, then cached; tests share it.
+	target/debug/kiln kernel build
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:

@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # make bench: boot timings, sizes, build times and memory of recipes/httpd beside the plain
 # baseline (Debian's kernel + a busybox initramfs started by a hand-written QEMU command), in
-# one run, interleaved. BOOTS=N changes the number of boots (default 10).
+# one run, interleaved: first on the default (tiny) kernel, then on Debian's cloud kernel.
+# BOOTS=N changes the number of boots (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 KILN=${KILN:-target/release/kiln}
 BOOTS=${BOOTS:-10}
+"$KILN" kernel build
+echo "== recipes/httpd, default (tiny) kernel"
 "$KILN" bench recipes/httpd --boots "$BOOTS" --baseline --build --min-memory "$@"
+echo "== recipes/httpd, Debian's cloud kernel"
+"$KILN" bench recipes/httpd --kernel debian --boots "$BOOTS" --baseline --min-memory "$@"

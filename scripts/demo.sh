@@ -7,6 +7,8 @@ PORT=${PORT:-8080}
 NAME=demo-httpd
 
 "$KILN" stop "$NAME" >/dev/null 2>&1 || true
+# The default kernel is Kiln's tiny one: compiled once (a few minutes on 2 cores), cached after.
+"$KILN" kernel build
 "$KILN" build recipes/httpd -o out/httpd
 start=$(date +%s%N)
 "$KILN" run out/httpd --detach --name "$NAME" -p "$PORT:80" &

@@ -69,6 +69,14 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// `root.modules` cannot be had from the chosen kernel.
+    #[error("{location}: root.modules: {message}")]
+    Modules {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
     /// kiln-init was not found.
     #[error("kiln-init (the guest init) not found at {}: build it with `make init`, or set KILN_INIT to its path", .0.display())]
     NoInit(PathBuf),
@@ -204,7 +212,18 @@ pub fn build_variant(
             },
             opts.refresh,
         )?,
-        KernelChoice::Tiny => tiny_kernel(recipe, &opts.cache_root, progress)?,
+        KernelChoice::Tiny => {
+            if let Some(m) = cfg.root.modules.first() {
+                return Err(BuildError::Modules {
+                    location: recipe.locate(m.span()),
+                    message: format!(
+                        "`{}`: the tiny kernel has no loadable modules (everything is built in); turn the option on with kernel_fragments, or set kernel = \"debian\"",
+                        m.get_ref()
+                    ),
+                });
+            }
+            tiny_kernel(recipe, &opts.cache_root, progress)?
+        }
     };
 
     let busybox = if cfg.root.busybox {
@@ -302,7 +321,7 @@ pub fn build_variant(
     }
 
     let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
-    wanted.extend(cfg.root.modules.iter().cloned());
+    wanted.extend(cfg.root.modules.iter().map(|m| m.get_ref().clone()));
     let mut with_shares = wanted.clone();
     with_shares.extend(SHARE_MODULES.iter().map(|s| s.to_string()));
     // Boot modules load at every boot; the share modules' extra closure only when a share is
@@ -388,12 +407,11 @@ pub fn build_variant(
         .cache_root
         .join("pvh")
         .join(format!("{}.vmlinux", kernel.sha256));
-    let (boot_image, kernel_file, protocol) = if kiln_kernel::pvh::ensure_pvh(&kernel.image, &pvh)?
-    {
-        (pvh, PVH_KERNEL_FILE, "pvh")
-    } else {
-        (kernel.image.clone(), KERNEL_FILE, "bzimage")
-    };
+    let (boot_image, kernel_file, protocol) =
+        match kiln_kernel::pvh::ensure_pvh(&kernel.image, &pvh)? {
+            Some(elf) => (elf, PVH_KERNEL_FILE, "pvh"),
+            None => (kernel.image.clone(), KERNEL_FILE, "bzimage"),
+        };
     let kernel_dest = image_dir.join(kernel_file);
     if std::fs::hard_link(&boot_image, &kernel_dest).is_err() {
         std::fs::copy(&boot_image, &kernel_dest).map_err(io(&boot_image))?;

@@ -183,6 +183,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 BuildError::Recipe(_)
                 | BuildError::Binary { .. }
                 | BuildError::File { .. }
+                | BuildError::Modules { .. }
                 | BuildError::BadImage { .. } => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Index(_)) => 2,

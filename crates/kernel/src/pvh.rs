@@ -7,7 +7,7 @@
 
 use crate::KernelError;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
 /// Xen ELF note type of the 32-bit PVH entry point.
@@ -93,15 +93,19 @@ pub fn extract_pvh(bz: &[u8]) -> Option<Vec<u8>> {
     (elf.starts_with(b"\x7fELF") && has_pvh_note(&elf)).then_some(elf)
 }
 
-/// Extract the PVH ELF of the bzImage at `bzimage` into `dest` (atomically) unless it is already
-/// there. Returns false when the kernel cannot be booted that way.
-pub fn ensure_pvh(bzimage: &Path, dest: &Path) -> Result<bool, KernelError> {
+/// The file to boot `kernel` from through its PVH entry: the kernel itself when it is already
+/// a PVH ELF (a vmlinux, like the tiny kernel's), else the ELF inside the bzImage, extracted
+/// into `dest` (atomically, once). `None` when the kernel cannot be booted that way.
+pub fn ensure_pvh(kernel: &Path, dest: &Path) -> Result<Option<PathBuf>, KernelError> {
     if dest.is_file() {
-        return Ok(true);
+        return Ok(Some(dest.to_path_buf()));
     }
-    let bz = std::fs::read(bzimage).map_err(crate::io_err("read", bzimage))?;
-    let Some(elf) = extract_pvh(&bz) else {
-        return Ok(false);
+    let bytes = std::fs::read(kernel).map_err(crate::io_err("read", kernel))?;
+    if bytes.starts_with(b"\x7fELF") {
+        return Ok(has_pvh_note(&bytes).then(|| kernel.to_path_buf()));
+    }
+    let Some(elf) = extract_pvh(&bytes) else {
+        return Ok(None);
     };
     let dir = dest.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(crate::io_err("create", dir))?;
@@ -112,12 +116,25 @@ pub fn ensure_pvh(bzimage: &Path, dest: &Path) -> Result<bool, KernelError> {
         .map_err(crate::io_err("chmod", dest))?;
     tmp.persist(dest)
         .map_err(|e| crate::io_err("rename", dest)(e.error))?;
-    Ok(true)
+    Ok(Some(dest.to_path_buf()))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_elf_without_a_pvh_note_is_not_booted_through_pvh() {
+        let d = tempfile::tempdir().expect("tmp");
+        let dest = d.path().join("x.vmlinux");
+        // Any ELF without the Xen note: a host executable.
+        let got = ensure_pvh(Path::new("/bin/true"), &dest).expect("reads");
+        assert_eq!(got, None);
+        assert!(!dest.exists(), "nothing extracted");
+        let junk = d.path().join("junk");
+        std::fs::write(&junk, b"not a kernel").expect("w");
+        assert_eq!(ensure_pvh(&junk, &dest).expect("reads"), None);
+    }
 
     #[test]
     fn non_bzimage_has_no_payload() {

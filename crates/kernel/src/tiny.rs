@@ -605,14 +605,8 @@ pub fn check_pvh(vmlinux: &Path) -> Result<(), TinyError> {
         path: vmlinux.to_path_buf(),
         reason,
     };
-    let elf = goblin::elf::Elf::parse(&bytes).map_err(|e| bad(format!("not an ELF file: {e}")))?;
-    let found = elf
-        .iter_note_headers(&bytes)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .any(|n| n.name == "Xen" && n.n_type == 18);
-    if found {
+    goblin::elf::Elf::parse(&bytes).map_err(|e| bad(format!("not an ELF file: {e}")))?;
+    if crate::pvh::has_pvh_note(&bytes) {
         Ok(())
     } else {
         Err(bad(

@@ -26,10 +26,7 @@ fn minimal_recipe_gets_defaults() {
     assert_eq!(r.config.name, "web");
     assert_eq!(r.config.cpus, 1);
     assert_eq!(r.config.memory, 128);
-    assert_eq!(
-        r.config.kernel,
-        KernelChoice::Debian("linux-image-cloud-amd64".into())
-    );
+    assert_eq!(r.config.kernel, KernelChoice::Tiny);
     assert_eq!(r.config.ready, Ready::None);
     assert_eq!(r.config.image.compression, Compression::Zstd);
     assert!(r.config.root.busybox);
@@ -265,11 +262,18 @@ fn kernel_override_parses_like_the_key() {
 
 #[test]
 fn kernel_fragments_need_the_tiny_kernel() {
-    let (line, msg) = parse_err("name = \"x\"\nkernel_fragments = [\"ufs.config\"]\n");
-    assert_eq!(line, 2);
+    let (line, msg) =
+        parse_err("name = \"x\"\nkernel = \"debian\"\nkernel_fragments = [\"ufs.config\"]\n");
+    assert_eq!(line, 3);
     assert!(msg.contains("only the tiny kernel"), "{msg}");
-    let d = recipe_dir("name = \"x\"\nkernel = \"tiny\"\nkernel_fragments = [\"ufs.config\"]\n");
-    let r = Recipe::load(d.path()).expect("load");
-    assert_eq!(r.config.kernel, KernelChoice::Tiny);
-    assert_eq!(r.config.kernel_fragments.len(), 1);
+    // The tiny kernel is the default: fragments need no `kernel` key.
+    for text in [
+        "name = \"x\"\nkernel_fragments = [\"ufs.config\"]\n",
+        "name = \"x\"\nkernel = \"tiny\"\nkernel_fragments = [\"ufs.config\"]\n",
+    ] {
+        let d = recipe_dir(text);
+        let r = Recipe::load(d.path()).expect("load");
+        assert_eq!(r.config.kernel, KernelChoice::Tiny);
+        assert_eq!(r.config.kernel_fragments.len(), 1);
+    }
 }

@@ -251,9 +251,9 @@ fn rescue_shell_runs_commands_from_stdin() {
     assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());
 }
 
-/// Kiln's tiny kernel: built from linux-source (minutes from a clean cache; cached after),
-/// at most 2 MB as a bzImage, boots recipes/httpd in 32 MiB and serves the page; a fragment
-/// naming an option the kernel does not have is refused with its name, file and line.
+/// Kiln's tiny kernel, the default: built from linux-source (minutes from a clean cache;
+/// cached after), at most 2 MB as a bzImage, boots recipes/httpd in 32 MiB and serves the page;
+/// a fragment naming an option the kernel does not have is refused with its name, file and line.
 #[test]
 fn tiny_kernel_builds_and_serves_httpd_in_32_mib() {
     let d = tempfile::tempdir().expect("tmp");
@@ -265,19 +265,16 @@ fn tiny_kernel_builds_and_serves_httpd_in_32_mib() {
         "kiln kernel build failed:\n{}",
         text(&o)
     );
+    let listed = {
+        let mut c = kiln(d.path());
+        c.args(["kernel", "list"]);
+        text(&run(c))
+    };
+    assert!(listed.contains("-kiln-tiny"), "{listed}");
 
-    let img = d.path().join("httpd-tiny");
-    let mut c = kiln(d.path());
-    c.arg("build")
-        .arg(recipe("httpd"))
-        .args(["--kernel", "tiny", "-o"])
-        .arg(&img);
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(img.join("manifest.json")).expect("manifest"))
-            .expect("json");
-    assert_eq!(m["boot"]["kernel_kind"], "tiny");
+    let img = httpd_image();
+    let m = manifest(img);
+    assert_eq!(m["boot"]["kernel_kind"], "tiny", "the default kernel");
     let bz = m["kernel"]["size"].as_u64().expect("size");
     assert!(
         bz <= 2_000_000,
@@ -288,7 +285,7 @@ fn tiny_kernel_builds_and_serves_httpd_in_32_mib() {
         "everything is built in"
     );
 
-    serve_then_sigterm(d.path(), &img, &unique("tiny"), &["--memory", "32"]);
+    serve_then_sigterm(d.path(), img, &unique("tiny"), &["--memory", "32"]);
 
     let frag = d.path().join("bad.config");
     std::fs::write(&frag, "# a typo\nCONFIG_VIRTIO_NETT=y\n").expect("w");
@@ -301,4 +298,36 @@ fn tiny_kernel_builds_and_serves_httpd_in_32_mib() {
         t.contains("CONFIG_VIRTIO_NETT") && t.contains("bad.config:2"),
         "{t}"
     );
+}
+
+/// Debian's cloud kernel (`kernel = "debian"`): its virtio modules are in the image with their
+/// dependencies first, and it boots with ACPI and serves the page.
+#[test]
+fn debian_kernel_loads_its_modules_and_serves_httpd() {
+    let img = httpd_debian_image();
+    let m = manifest(img);
+    assert_eq!(m["boot"]["kernel_kind"], "debian");
+    assert_eq!(
+        m["kernel"]["boot"], "pvh",
+        "Debian's cloud kernel boots through PVH"
+    );
+    let modules: Vec<&str> = m["modules"]
+        .as_array()
+        .expect("modules")
+        .iter()
+        .filter_map(|v| v.as_str())
+        .collect();
+    for needed in ["virtio_mmio", "virtio_net", "virtio_console"] {
+        assert!(
+            modules.contains(&needed),
+            "{needed} missing from {modules:?}"
+        );
+    }
+    let pos = |n: &str| modules.iter().position(|m| *m == n).expect("module");
+    assert!(
+        pos("net_failover") < pos("virtio_net"),
+        "dependencies load first: {modules:?}"
+    );
+    let d = tempfile::tempdir().expect("tmp");
+    serve_then_sigterm(d.path(), img, &unique("deb"), &[]);
 }

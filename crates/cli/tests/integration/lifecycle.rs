@@ -346,12 +346,28 @@ fn restart_policy_brings_a_crashing_service_back() {
     f.assert_clean();
 }
 
+/// The share is 9p on the tiny kernel (the default) and virtiofs on Debian's kernel.
 #[test]
 fn shared_folder_virtio_port_and_read_only_root() {
+    share_port_and_ro_root(None, "9p");
+}
+
+#[test]
+fn shared_folder_is_virtiofs_on_debians_kernel() {
+    share_port_and_ro_root(Some("debian"), "virtiofs");
+}
+
+fn share_port_and_ro_root(kernel: Option<&str>, fstype: &str) {
     let r = scratch_recipe("httpd");
+    if let Some(k) = kernel {
+        let toml = r.path().join("kiln.toml");
+        let t = std::fs::read_to_string(&toml).expect("read");
+        std::fs::write(&toml, format!("kernel = \"{k}\"\n{t}")).expect("write");
+    }
     std::fs::write(
         r.path().join("etc/rc"),
         "#!/bin/sh\n. /etc/include/basicrc\n\
+         grep ' /mnt/host ' /proc/mounts > /mnt/host/mounts.txt\n\
          cp /mnt/host/greeting.txt /mnt/host/from-guest.txt\n\
          if touch /root-write-test 2>/dev/null; then echo rw > /mnt/host/root.txt; else echo ro > /mnt/host/root.txt; fi\n\
          ( exec 3<>/dev/virtio-ports/data; while ! read -r line <&3; do sleep 0.2; done; echo \"guest got: $line\" >&3; sleep 60 ) &\n\
@@ -388,6 +404,12 @@ fn shared_folder_virtio_port_and_read_only_root() {
         },
     );
     assert_eq!(got, "hello from the host\n");
+    let mounts = std::fs::read_to_string(share.path().join("mounts.txt")).expect("mounts.txt");
+    assert_eq!(
+        mounts.split_whitespace().nth(2),
+        Some(fstype),
+        "share mounted as {fstype}: {mounts}"
+    );
     let root = std::fs::read_to_string(share.path().join("root.txt")).expect("root.txt");
     assert_eq!(root.trim(), "ro", "the root should be read-only");
 
@@ -416,7 +438,7 @@ fn shared_folder_virtio_port_and_read_only_root() {
         .expect("pgrep");
     assert!(
         vfs.stdout.is_empty(),
-        "virtiofsd left: {}",
+        "a helper (virtiofsd) left: {}",
         String::from_utf8_lossy(&vfs.stdout)
     );
     let o = f.run(&["rm", &name]);
@@ -537,6 +559,20 @@ fn refusals_without_a_vm() {
         "{}",
         text(&o)
     );
+    // virtiofs asked of the tiny kernel, which has only 9p.
+    let share = tempfile::tempdir().expect("share");
+    let mut c = f.kiln();
+    c.args(["run", "--share-fs", "virtiofs", "--share"])
+        .arg(format!("{}:/mnt/x", share.path().display()))
+        .arg(httpd_image());
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("the tiny kernel has no virtiofs"),
+        "{}",
+        text(&o)
+    );
+    assert!(f.ps().is_empty());
     // Bridge networking without root (as the nobody user).
     let mut c = f.kiln();
     c.args(["run", "--network", "bridge:br0", "/nonexistent-image"]);

@@ -47,18 +47,35 @@ pub fn recipe(name: &str) -> PathBuf {
     workspace_root().join("recipes").join(name)
 }
 
-/// recipes/httpd built once per test run, shared by the boot tests.
+/// recipes/httpd built once per test run (default kernel: the tiny one), shared by the boot tests.
 pub fn httpd_image() -> &'static Path {
     static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
-    let (_, out) = IMAGE.get_or_init(|| {
+    shared_httpd(&IMAGE, &[])
+}
+
+/// recipes/httpd on Debian's cloud kernel (modules, ACPI, virtiofs), built once per test run.
+pub fn httpd_debian_image() -> &'static Path {
+    static IMAGE: OnceLock<(tempfile::TempDir, PathBuf)> = OnceLock::new();
+    shared_httpd(&IMAGE, &["--kernel", "debian"])
+}
+
+fn shared_httpd(
+    cell: &'static OnceLock<(tempfile::TempDir, PathBuf)>,
+    extra: &[&str],
+) -> &'static Path {
+    let (_, out) = cell.get_or_init(|| {
         let d = tempfile::tempdir().expect("tmp");
         let out = d.path().join("httpd");
         let mut c = kiln(d.path());
-        c.arg("build").arg(recipe("httpd")).arg("-o").arg(&out);
+        c.arg("build")
+            .arg(recipe("httpd"))
+            .args(extra)
+            .arg("-o")
+            .arg(&out);
         let o = run(c);
         assert!(
             o.status.success(),
-            "kiln build recipes/httpd failed:\n{}",
+            "kiln build recipes/httpd {extra:?} failed:\n{}",
             text(&o)
         );
         (d, out)

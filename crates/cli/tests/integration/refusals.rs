@@ -84,6 +84,17 @@ fn missing_binary_names_it_and_its_line() {
 }
 
 #[test]
+fn modules_on_the_tiny_kernel_are_refused_with_their_line() {
+    let r = scratch_recipe("httpd");
+    edit_toml(&r, |t| format!("{t}\n[root]\nmodules = [\"vfat\"]\n"));
+    let t = refused_build(r.path());
+    assert!(
+        t.contains("kiln.toml:13") && t.contains("`vfat`") && t.contains("no loadable modules"),
+        "{t}"
+    );
+}
+
+#[test]
 fn non_elf_binary_is_refused() {
     let r = scratch_recipe("httpd");
     let script = r.path().join("tool.sh");
@@ -192,7 +203,7 @@ fn host_port_in_use_is_refused_before_qemu_starts() {
 
 #[test]
 fn corrupt_cached_kernel_is_refused() {
-    // A private cache: fetch the kernel into it, then flip bytes in every cached .deb.
+    // A private cache: fetch Debian's kernel into it, then flip bytes in every cached .deb.
     let d = tempfile::tempdir().expect("tmp");
     let cache = d.path().join("cache");
     let out = d.path().join("img");
@@ -201,7 +212,7 @@ fn corrupt_cached_kernel_is_refused() {
         c.env("KILN_CACHE_DIR", &cache)
             .arg("build")
             .arg(recipe("httpd"))
-            .arg("-o")
+            .args(["--kernel", "debian", "-o"])
             .arg(&out)
             .arg("--force");
         run(c)
