@@ -29,6 +29,8 @@ pub const MANIFEST: &str = "manifest.json";
 pub const KERNEL_FILE: &str = "vmlinuz";
 /// The kernel's file name in an image folder when it boots through PVH (uncompressed ELF).
 pub const PVH_KERNEL_FILE: &str = "vmlinux";
+/// The root disk image's file name in an image folder (`format = "disk"`).
+pub const DISK_FILE: &str = "root.ext4";
 /// The Debian package busybox comes from.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -389,17 +391,46 @@ pub fn build_variant(
     }
     let files = kiln_rootfs::manifest::describe(&staging_dir, st.origins())?;
 
-    progress.phase("initramfs");
-    let compression: kiln_image::Compression = cfg.image.compression.as_str().parse()?;
-    let image_opts = kiln_image::BuildOptions::from_env(compression);
-    let initramfs_name = format!("initramfs.{}", compression.extension());
-    let extras = [kiln_image::ExtraEntry::char_dev("dev/console", 0o600, 5, 1)];
-    let stats = kiln_image::write_initramfs(
-        &staging_dir,
-        &extras,
-        &image_opts,
-        &image_dir.join(&initramfs_name),
-    )?;
+    let root_image = if cfg.image.format == "disk" {
+        progress.phase("disk image");
+        let name = DISK_FILE.to_string();
+        let opts = kiln_image::DiskOptions {
+            size_mib: cfg.image.size_mib,
+            mtime: kiln_image::source_date_epoch().unwrap_or(0),
+            uuid: uuid_from(&fp),
+        };
+        let stats = kiln_image::write_disk(&staging_dir, &opts, &image_dir.join(&name))?;
+        InitramfsInfo {
+            file: name,
+            format: "disk".into(),
+            compression: "none".into(),
+            size: stats.size_bytes,
+            uncompressed_size: stats.used_bytes,
+            entries: stats.entries,
+            sha256: stats.sha256,
+        }
+    } else {
+        progress.phase("initramfs");
+        let compression: kiln_image::Compression = cfg.image.compression.as_str().parse()?;
+        let image_opts = kiln_image::BuildOptions::from_env(compression);
+        let name = format!("initramfs.{}", compression.extension());
+        let extras = [kiln_image::ExtraEntry::char_dev("dev/console", 0o600, 5, 1)];
+        let stats = kiln_image::write_initramfs(
+            &staging_dir,
+            &extras,
+            &image_opts,
+            &image_dir.join(&name),
+        )?;
+        InitramfsInfo {
+            file: name,
+            format: "initramfs".into(),
+            compression: compression.name().into(),
+            size: stats.compressed_bytes,
+            uncompressed_size: stats.uncompressed_bytes,
+            entries: stats.entries,
+            sha256: stats.sha256,
+        }
+    };
 
     // Boot the uncompressed ELF through its PVH entry when the kernel allows: it skips the
     // bzImage's decompression, which is slow under TCG.
@@ -435,14 +466,7 @@ pub fn build_variant(
             sha256: kernel.sha256.clone(),
             size: kernel.size,
         },
-        initramfs: InitramfsInfo {
-            file: initramfs_name,
-            compression: compression.name().into(),
-            size: stats.compressed_bytes,
-            uncompressed_size: stats.uncompressed_bytes,
-            entries: stats.entries,
-            sha256: stats.sha256,
-        },
+        initramfs: root_image,
         boot: BootConfig::from_recipe(cfg),
         modules: module_names,
         files,
@@ -564,6 +588,25 @@ pub fn load_image(dir: &Path) -> Result<ImageManifest, BuildError> {
         }
     }
     Ok(m)
+}
+
+/// A filesystem UUID (version 4 layout) from the build fingerprint: the same inputs give the
+/// same disk image.
+fn uuid_from(fingerprint: &str) -> String {
+    let h = <sha2::Sha256 as sha2::Digest>::digest(fingerprint.as_bytes());
+    let mut b = [0u8; 16];
+    b.copy_from_slice(&h[..16]);
+    b[6] = (b[6] & 0x0f) | 0x40;
+    b[8] = (b[8] & 0x3f) | 0x80;
+    let x = hex::encode(b);
+    format!(
+        "{}-{}-{}-{}-{}",
+        &x[..8],
+        &x[8..12],
+        &x[12..16],
+        &x[16..20],
+        &x[20..]
+    )
 }
 
 fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {

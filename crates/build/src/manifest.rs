@@ -20,7 +20,7 @@ pub struct ImageManifest {
     pub recipe: String,
     /// The kernel.
     pub kernel: KernelInfo,
-    /// The initramfs.
+    /// The root image: an initramfs, or an ext4 disk image (`format = "disk"`).
     pub initramfs: InitramfsInfo,
     /// How to boot it.
     pub boot: BootConfig,
@@ -59,21 +59,36 @@ pub struct KernelInfo {
     pub size: u64,
 }
 
-/// The initramfs of an image.
+/// The root image of an image folder (the name stays `initramfs` in manifest.json: most images
+/// are one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InitramfsInfo {
     /// File name in the image folder.
     pub file: String,
-    /// zstd, xz, gzip or none.
+    /// "initramfs" (loaded with the kernel) or "disk" (ext4 on the first virtio-blk drive).
+    #[serde(default = "initramfs_format")]
+    pub format: String,
+    /// zstd, xz, gzip or none (always none for a disk).
     pub compression: String,
-    /// Compressed size.
+    /// Compressed size (a disk: its size).
     pub size: u64,
-    /// cpio size before compression.
+    /// cpio size before compression (a disk: the bytes its files use).
     pub uncompressed_size: u64,
-    /// Archive entries.
+    /// Archive entries (a disk: files, folders and links).
     pub entries: usize,
     /// sha256 of the file.
     pub sha256: String,
+}
+
+fn initramfs_format() -> String {
+    "initramfs".into()
+}
+
+impl InitramfsInfo {
+    /// Whether the root is a disk image rather than an initramfs.
+    pub fn is_disk(&self) -> bool {
+        self.format == "disk"
+    }
 }
 
 /// Boot settings carried from the recipe (overridable on `kiln run`).

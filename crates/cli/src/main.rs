@@ -186,6 +186,7 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | BuildError::Modules { .. }
                 | BuildError::BadImage { .. } => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
+                BuildError::Image(kiln_image::ImageError::DiskTooSmall { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Index(_)) => 2,
                 BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
@@ -253,13 +254,22 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                     human(m.kernel.size),
                     m.kernel.description
                 );
-                println!(
-                    "initramfs  {} {} ({} uncompressed, {} entries)",
-                    human(m.initramfs.size),
-                    m.initramfs.compression,
-                    human(m.initramfs.uncompressed_size),
-                    m.initramfs.entries
-                );
+                if m.initramfs.is_disk() {
+                    println!(
+                        "disk       {} ext4 ({} used, {} entries)",
+                        human(m.initramfs.size),
+                        human(m.initramfs.uncompressed_size),
+                        m.initramfs.entries
+                    );
+                } else {
+                    println!(
+                        "initramfs  {} {} ({} uncompressed, {} entries)",
+                        human(m.initramfs.size),
+                        m.initramfs.compression,
+                        human(m.initramfs.uncompressed_size),
+                        m.initramfs.entries
+                    );
+                }
                 println!("modules    {}", m.modules.join(" "));
             }
             Ok(ExitCode::SUCCESS)
@@ -338,10 +348,25 @@ fn print_build_summary(r: &kiln_build::BuildReport) {
         r.out_dir.display()
     );
     eprintln!(
-        "  initramfs {} ({}, {} files)  kernel {}",
-        human(m.initramfs.size),
-        m.initramfs.compression,
-        m.files.len(),
+        "  {}  kernel {}",
+        root_summary(&m.initramfs, m.files.len()),
         human(m.kernel.size)
     );
+}
+
+/// `initramfs 1.50 MB (zstd, 299 files)` or `disk 12.58 MB (ext4, 2.60 MB used, 299 files)`.
+pub fn root_summary(r: &kiln_build::manifest::InitramfsInfo, files: usize) -> String {
+    if r.is_disk() {
+        format!(
+            "disk {} (ext4, {} used, {files} files)",
+            human(r.size),
+            human(r.uncompressed_size)
+        )
+    } else {
+        format!(
+            "initramfs {} ({}, {files} files)",
+            human(r.size),
+            r.compression
+        )
+    }
 }

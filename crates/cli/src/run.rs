@@ -218,10 +218,10 @@ pub(crate) fn image_for(target: &Path) -> Result<(PathBuf, ImageManifest)> {
     let report = crate::build_recipe(&recipe, &out, false, false)?;
     if !report.reused {
         eprintln!(
-            "kiln: built {} in {:.2} s (initramfs {})",
+            "kiln: built {} in {:.2} s ({})",
             recipe.config.name,
             report.elapsed.as_secs_f64(),
-            crate::human(report.manifest.initramfs.size)
+            crate::root_summary(&report.manifest.initramfs, report.manifest.files.len())
         );
     }
     Ok((out, report.manifest))
@@ -318,7 +318,22 @@ pub(crate) fn plan_config(
             path,
             readonly,
             lock: !cfg.no_lock,
+            snapshot: false,
         });
+    }
+    if m.initramfs.is_disk() {
+        // The root disk comes first (/dev/vda); writes go to an overlay QEMU drops, so any
+        // number of VMs boot the same image and each starts from the image as built.
+        drives.insert(
+            0,
+            DriveSpec {
+                path: image_dir.join(&m.initramfs.file),
+                readonly: false,
+                lock: true,
+                snapshot: true,
+            },
+        );
+        extra.insert_str(0, "root=/dev/vda rootfstype=ext4 rootwait rw init=/init ");
     }
     let mut shares = vec![];
     if let Some(s) = &cfg.share {
@@ -402,7 +417,7 @@ pub(crate) fn plan_config(
     let spec = VmSpec {
         name: name.clone(),
         kernel: image_dir.join(&m.kernel.file),
-        initrd: Some(image_dir.join(&m.initramfs.file)),
+        initrd: (!m.initramfs.is_disk()).then(|| image_dir.join(&m.initramfs.file)),
         cmdline: cmdline::compose(accel, cmdline::host_tsc_khz(), verbose, &extra),
         cpus: cfg.cpus.unwrap_or(m.boot.cpus),
         memory_mib: cfg.memory.unwrap_or(m.boot.memory),

@@ -189,4 +189,33 @@ pub enum ImageError {
         /// Hex dump of the first bytes.
         magic: String,
     },
+
+    /// A program the build needs is not installed.
+    #[error("cannot run {tool}: {source}; install Debian's {package} (scripts/setup.sh does)")]
+    Tool {
+        /// The program.
+        tool: &'static str,
+        /// The Debian package that has it.
+        package: &'static str,
+        /// The underlying error.
+        source: io::Error,
+    },
+
+    /// mke2fs failed.
+    #[error("cannot make the disk image {path}: {detail}")]
+    Mkfs {
+        /// The destination image.
+        path: PathBuf,
+        /// mke2fs's message and exit status.
+        detail: String,
+    },
+
+    /// The disk image size asked for cannot hold the root.
+    #[error("image.size_mib = {size_mib} is too small for this root: it needs at least {needed_mib} MiB; raise size_mib or leave it out (Kiln then sizes the disk)")]
+    DiskTooSmall {
+        /// The size asked for.
+        size_mib: u64,
+        /// The least that fits.
+        needed_mib: u64,
+    },
 }

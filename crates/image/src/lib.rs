@@ -10,15 +10,18 @@
 //! * [`Compression`], [`compress`] and [`decompress`] handle gzip, xz (CRC32,
 //!   LZMA2 only) and zstd in the forms the kernel can unpack.
 //! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too.
+//! * [`write_disk`] makes an ext4 disk image of the tree instead (`format = "disk"`).
 
 mod atomic;
 mod compress;
 pub mod cpio;
+mod disk;
 mod error;
 mod initramfs;
 
 pub use atomic::atomic_write;
 pub use compress::{compress, decompress, Compression};
+pub use disk::{default_size_mib, minimum_size_mib, write_disk, DiskOptions, DiskStats};
 pub use error::ImageError;
 pub use initramfs::{
     source_date_epoch, write_initramfs, BuildOptions, ExtraEntry, ExtraKind, ImageStats,

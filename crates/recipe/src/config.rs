@@ -195,12 +195,17 @@ impl<'de> Deserialize<'de> for Ready {
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ImageFormat {
-    /// Only `"initramfs"` today.
+    /// `"initramfs"` (default: the root unpacked into RAM) or `"disk"` (an ext4 disk image,
+    /// the root on virtio-blk, for roots too big to keep in RAM).
     #[serde(default = "default_format", deserialize_with = "de_format")]
     pub format: String,
-    /// `zstd` (default), `xz` (CRC32, as the kernel needs), `gzip` or `none`.
+    /// `zstd` (default), `xz` (CRC32, as the kernel needs), `gzip` or `none`; initramfs only.
     #[serde(default)]
     pub compression: Compression,
+    /// Size of the disk image in MiB (`format = "disk"`); default: the root plus a quarter
+    /// and 8 MiB of room.
+    #[serde(default, deserialize_with = "de_size_mib")]
+    pub size_mib: Option<u32>,
 }
 
 impl Default for ImageFormat {
@@ -208,6 +213,7 @@ impl Default for ImageFormat {
         ImageFormat {
             format: default_format(),
             compression: Compression::default(),
+            size_mib: None,
         }
     }
 }
@@ -307,6 +313,12 @@ impl Config {
     }
 
     fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
+        if self.image.size_mib.is_some() && self.image.format != "disk" {
+            return Err((
+                find_key(text, "size_mib"),
+                "image.size_mib: only a disk image has a size; set format = \"disk\"".into(),
+            ));
+        }
         if self.network.mode == "user" {
             let at = |key: &str, m: String| (find_key(text, key), format!("network.{key}: {m}"));
             check_cidr(&self.network.address).map_err(|m| at("address", m))?;
@@ -497,13 +509,17 @@ fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 fn de_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    if s == "initramfs" {
+    if s == "initramfs" || s == "disk" {
         Ok(s)
     } else {
         Err(serde::de::Error::custom(format!(
-            "image.format: `{s}` is not supported; use \"initramfs\""
+            "image.format: `{s}` is not supported; use \"initramfs\" or \"disk\""
         )))
     }
+}
+
+fn de_size_mib<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    de_range(d, "image.size_mib", 8, 65536).map(Some)
 }
 
 fn de_net_mode<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

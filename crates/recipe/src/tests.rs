@@ -277,3 +277,20 @@ fn kernel_fragments_need_the_tiny_kernel() {
         assert_eq!(r.config.kernel_fragments.len(), 1);
     }
 }
+
+#[test]
+fn disk_format_and_its_size() {
+    let d = recipe_dir("name = \"x\"\n[image]\nformat = \"disk\"\nsize_mib = 64\n");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.image.format, "disk");
+    assert_eq!(r.config.image.size_mib, Some(64));
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"iso\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("`iso` is not supported"), "{msg}");
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"disk\"\nsize_mib = 4\n");
+    assert_eq!(line, 4);
+    assert!(msg.contains("out of range"), "{msg}");
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nsize_mib = 64\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("only a disk image has a size"), "{msg}");
+}

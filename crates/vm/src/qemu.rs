@@ -42,6 +42,9 @@ pub struct DriveSpec {
     pub readonly: bool,
     /// Let QEMU take its image lock (off: startnb.sh `-s`, "don't lock the image").
     pub lock: bool,
+    /// Writes go to a temporary overlay QEMU drops at exit, the image stays as built (the
+    /// root disk of a `format = "disk"` image, which many VMs may boot at once).
+    pub snapshot: bool,
 }
 
 /// How a host folder reaches the guest.
@@ -248,6 +251,9 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         if !d.lock {
             drive.push_str(",file.locking=off");
         }
+        if d.snapshot {
+            drive.push_str(",snapshot=on");
+        }
         push(&[
             "-drive",
             &drive,
@@ -427,11 +433,20 @@ mod tests {
     #[test]
     fn drives_shares_vports_and_tap() {
         let mut s = spec();
-        s.drives = vec![DriveSpec {
-            path: "/d/data,1.img".into(),
-            readonly: false,
-            lock: false,
-        }];
+        s.drives = vec![
+            DriveSpec {
+                path: "/d/data,1.img".into(),
+                readonly: false,
+                lock: false,
+                snapshot: false,
+            },
+            DriveSpec {
+                path: "/i/root.ext4".into(),
+                readonly: false,
+                lock: true,
+                snapshot: true,
+            },
+        ];
         s.shares = vec![
             ShareSpec {
                 tag: "share0".into(),
@@ -467,10 +482,14 @@ mod tests {
         assert_eq!(after(&a, "-global"), ["virtio-mmio.force-legacy=false"]);
         assert_eq!(
             after(&a, "-drive"),
-            ["file=/d/data,,1.img,if=none,id=drive0,format=raw,file.locking=off"]
+            [
+                "file=/d/data,,1.img,if=none,id=drive0,format=raw,file.locking=off",
+                "file=/i/root.ext4,if=none,id=drive1,format=raw,snapshot=on"
+            ]
         );
         let dev = after(&a, "-device");
         assert!(dev.contains(&"virtio-blk-device,drive=drive0"), "{dev:?}");
+        assert!(dev.contains(&"virtio-blk-device,drive=drive1"), "{dev:?}");
         assert!(dev.contains(&"vhost-user-fs-device,chardev=fs0,tag=share0"));
         assert!(dev.contains(&"virtio-9p-device,fsdev=fs1,mount_tag=nine"));
         assert!(dev.contains(&"virtserialport,chardev=vp0,name=data"));

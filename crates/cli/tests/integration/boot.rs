@@ -331,3 +331,65 @@ fn debian_kernel_loads_its_modules_and_serves_httpd() {
     let d = tempfile::tempdir().expect("tmp");
     serve_then_sigterm(d.path(), img, &unique("deb"), &[]);
 }
+
+/// `[image] format = "disk"`: the root is an ext4 image on the first virtio-blk drive, owned by
+/// root though built without root, writable in the guest through an overlay that leaves the
+/// image as built; a second drive comes after it.
+#[test]
+fn disk_image_boots_its_root_from_virtio_blk() {
+    let r = scratch_recipe("httpd");
+    let toml = r.path().join("kiln.toml");
+    let t = std::fs::read_to_string(&toml).expect("r");
+    std::fs::write(
+        &toml,
+        t.replace("ready = \"tcp:80\"", "ready = \"exit\"")
+            .replace("compression = \"zstd\"", "format = \"disk\""),
+    )
+    .expect("w");
+    std::fs::write(
+        r.path().join("etc/rc"),
+        "#!/bin/sh\n\
+         grep ' / ' /proc/mounts | cut -d' ' -f1-3 | sed 's/^/root-mount: /'\n\
+         echo \"rc-owner: $(stat -c %u:%g /etc/rc)\"\n\
+         [ -e /etc/marker ] && echo marker-was-there\n\
+         echo x > /etc/marker && echo root-writable\n\
+         echo \"first-drive-sectors: $(cat /sys/block/vda/size)\"\n\
+         echo \"second-drive-sectors: $(cat /sys/block/vdb/size)\"\n",
+    )
+    .expect("w");
+    let (d, m) = build_ok(r.path());
+    let img = d.path().join("img");
+    assert_eq!(m["initramfs"]["format"], "disk");
+    let disk = img.join(m["initramfs"]["file"].as_str().expect("file"));
+    let hash = || {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&disk).expect("disk")))
+    };
+    let built = hash();
+    assert_eq!(built, m["initramfs"]["sha256"].as_str().expect("sha"));
+    let data = d.path().join("data.img");
+    std::fs::write(&data, vec![0u8; 1 << 20]).expect("data");
+    for _ in 0..2 {
+        let mut c = kiln(d.path());
+        c.args(["run", "--name", &unique("disk"), "--drive"])
+            .arg(&data)
+            .arg(&img);
+        let o = run(c);
+        let t = text(&o);
+        assert!(o.status.success(), "{t}");
+        assert!(t.contains("root-mount: /dev/root / ext4"), "{t}");
+        let sectors = std::fs::metadata(&disk).expect("stat").len() / 512;
+        assert!(
+            t.contains(&format!("first-drive-sectors: {sectors}")),
+            "the root disk is vda: {t}"
+        );
+        assert!(t.contains("rc-owner: 0:0"), "{t}");
+        assert!(t.contains("root-writable"), "{t}");
+        assert!(
+            !t.contains("marker-was-there"),
+            "a write survived the VM: {t}"
+        );
+        assert!(t.contains("second-drive-sectors: 2048"), "{t}");
+    }
+    assert_eq!(hash(), built, "the image changed under the VMs");
+}

@@ -95,6 +95,21 @@ fn modules_on_the_tiny_kernel_are_refused_with_their_line() {
 }
 
 #[test]
+fn a_disk_too_small_for_the_root_is_refused_with_what_it_needs() {
+    let r = scratch_recipe("httpd");
+    edit_toml(&r, |t| {
+        t.replace("compression = \"zstd\"", "format = \"disk\"\nsize_mib = 8")
+    });
+    // More than 8 MiB of files.
+    std::fs::write(r.path().join("files/var/www/big.bin"), vec![1u8; 9 << 20]).expect("w");
+    let t = refused_build(r.path());
+    assert!(
+        t.contains("image.size_mib = 8 is too small") && t.contains("needs at least"),
+        "{t}"
+    );
+}
+
+#[test]
 fn non_elf_binary_is_refused() {
     let r = scratch_recipe("httpd");
     let script = r.path().join("tool.sh");
