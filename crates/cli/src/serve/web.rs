@@ -153,8 +153,33 @@ fn same_origin(headers: &HeaderMap) -> bool {
     origin == format!("http://{host}")
 }
 
+/// Read the whole request body (at most [`BODY_LIMIT`](super::BODY_LIMIT)) before anything
+/// answers, so no refusal leaves unread bytes on a keep-alive connection (the client's next
+/// request would find the connection closed). A larger body is refused and the connection
+/// closed.
+async fn buffered(req: Request) -> Result<Request, Response> {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, super::BODY_LIMIT).await {
+        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
+        Err(_) => {
+            let mut r = ApiError::new(
+                "body_too_large",
+                format!("the body is over {} bytes", super::BODY_LIMIT),
+            )
+            .into_response();
+            r.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            Err(r)
+        }
+    }
+}
+
 /// The guard: every route but the login page needs the token.
 pub async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Response {
+    let req = match buffered(req).await {
+        Ok(r) => r,
+        Err(refused) => return secured(refused),
+    };
     let path = req.uri().path().to_string();
     let public = matches!(path.as_str(), "/login" | "/login.css" | "/logout");
     let api = path.starts_with("/api/") || path == "/api";
@@ -182,6 +207,11 @@ pub async fn guard(State(app): State<AppState>, req: Request, next: Next) -> Res
         )
         .into_response();
     }
+    secured(resp)
+}
+
+/// Add the security headers every answer carries.
+fn secured(mut resp: Response) -> Response {
     let h = resp.headers_mut();
     h.insert(
         header::CONTENT_SECURITY_POLICY,

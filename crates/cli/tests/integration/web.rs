@@ -386,31 +386,39 @@ fn api_errors_carry_their_documented_codes_and_the_page_needs_a_login() {
         .expect("js");
     assert!(js.len() > 100_000 && js.contains("Terminal"));
     // A cookie-authenticated change from another origin is refused; from the page it passes.
-    // Each on a connection of its own: the server may close one after refusing a request
-    // whose body it did not read, and a pooled connection would then end in EOF.
+    // On one pooled connection, again and again: a refusal must not leave the request's body
+    // unread (the server would then drop the connection and the next request end in EOF).
+    let pooled = ureq::AgentBuilder::new()
+        .redirects(0)
+        .max_idle_connections(1)
+        .build();
+    // A body big enough to arrive after the refusal is decided.
+    let big = format!("{{\"recipe\":\"{}\"}}", "x".repeat(48 * 1024));
+    for round in 0..10 {
+        match pooled
+            .post(&u("/api/vms"))
+            .set("Cookie", &cookie)
+            .set("Origin", "http://evil.example")
+            .send_string(&big)
+        {
+            Err(ureq::Error::Status(403, r)) => {
+                assert!(r.into_string().expect("body").contains("bad_origin"))
+            }
+            other => panic!("cross-origin POST, round {round}: {other:?}"),
+        }
+        match pooled
+            .post(&u("/api/vms"))
+            .set("Cookie", &cookie)
+            .set("Origin", &s.url)
+            .send_string("{}")
+        {
+            Err(ureq::Error::Status(400, r)) => {
+                assert!(r.into_string().expect("body").contains("invalid_request"))
+            }
+            other => panic!("same-origin POST, round {round}: {other:?}"),
+        }
+    }
     let fresh = || ureq::AgentBuilder::new().redirects(0).build();
-    match fresh()
-        .post(&u("/api/vms"))
-        .set("Cookie", &cookie)
-        .set("Origin", "http://evil.example")
-        .send_string("{}")
-    {
-        Err(ureq::Error::Status(403, r)) => {
-            assert!(r.into_string().expect("body").contains("bad_origin"))
-        }
-        other => panic!("cross-origin POST: {other:?}"),
-    }
-    match fresh()
-        .post(&u("/api/vms"))
-        .set("Cookie", &cookie)
-        .set("Origin", &s.url)
-        .send_string("{}")
-    {
-        Err(ureq::Error::Status(400, r)) => {
-            assert!(r.into_string().expect("body").contains("invalid_request"))
-        }
-        other => panic!("same-origin POST: {other:?}"),
-    }
     // No CORS: a preflight gets no Access-Control-Allow-Origin.
     let pre = fresh()
         .request("OPTIONS", &u("/api/vms"))
