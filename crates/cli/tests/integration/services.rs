@@ -173,28 +173,91 @@ fn openssh_client_logs_into_sshd_with_a_key() {
     assert!(!o.status.success(), "an unknown key logged in");
 }
 
+fn redis_cli(port: u16, args: &[&str]) -> Option<String> {
+    let o = Command::new("redis-cli")
+        .args(["-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .ok()?;
+    o.status
+        .success()
+        .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+fn redis_up(port: u16) {
+    wait_until("redis PONG", BOOT, Duration::from_millis(300), || {
+        redis_cli(port, &["PING"]).filter(|s| s == "PONG")
+    });
+}
+
 #[test]
 fn redis_cli_ping_set_get_round_trip() {
     let (d, image, m) = build(&recipe("redis"));
     assert!(paths(&m).iter().any(|p| p == "/usr/bin/redis-check-rdb"));
     let port = free_port();
     let _vm = boot(d.path(), &image, &format!("{port}:6379"));
-    let cli = |args: &[&str]| -> Option<String> {
-        let o = Command::new("redis-cli")
-            .args(["-p", &port.to_string()])
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .ok()?;
-        o.status
-            .success()
-            .then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+    redis_up(port);
+    assert_eq!(
+        redis_cli(port, &["SET", "kiln", "fired"]).as_deref(),
+        Some("OK")
+    );
+    assert_eq!(redis_cli(port, &["GET", "kiln"]).as_deref(), Some("fired"));
+}
+
+/// recipes/redis with `--drive`: the first boot formats the drive and keeps its data there, a
+/// graceful stop saves it, and the next VM on the same drive reads it back.
+#[test]
+fn redis_data_on_a_second_drive_outlives_the_vm() {
+    let (d, image, _) = build(&recipe("redis"));
+    let drive = d.path().join("data.img");
+    std::fs::File::create(&drive)
+        .and_then(|f| f.set_len(32 << 20))
+        .expect("drive");
+    let start = |port: u16| {
+        let mut c = kiln(d.path());
+        c.args([
+            "run",
+            "--no-console",
+            "-p",
+            &format!("{port}:6379"),
+            "--drive",
+        ])
+        .arg(&drive)
+        .arg(&image)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        KillOnDrop(c.spawn().expect("spawn kiln run"))
     };
-    wait_until("redis PONG", BOOT, Duration::from_millis(300), || {
-        cli(&["PING"]).filter(|s| s == "PONG")
-    });
-    assert_eq!(cli(&["SET", "kiln", "fired"]).as_deref(), Some("OK"));
-    assert_eq!(cli(&["GET", "kiln"]).as_deref(), Some("fired"));
+    let port = free_port();
+    let mut vm = start(port);
+    redis_up(port);
+    assert_eq!(
+        redis_cli(port, &["SET", "kept", "on-disk"]).as_deref(),
+        Some("OK")
+    );
+    vm.signal(libc::SIGTERM);
+    let status = vm
+        .wait_timeout(Duration::from_secs(60))
+        .expect("kiln run exits after SIGTERM");
+    assert!(status.success(), "{status:?}");
+    drop(vm);
+    let head = std::fs::read(&drive).expect("drive");
+    assert_eq!(
+        &head[1024 + 0x38..1024 + 0x3a],
+        &[0x53, 0xef],
+        "the guest formatted the drive as ext2"
+    );
+
+    let port = free_port();
+    let _vm = start(port);
+    redis_up(port);
+    assert_eq!(
+        redis_cli(port, &["GET", "kept"]).as_deref(),
+        Some("on-disk"),
+        "the second VM reads what the first wrote"
+    );
 }
 
 fn trace_cmd(
