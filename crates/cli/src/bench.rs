@@ -365,6 +365,14 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
 
     if a.build {
         let cold_cache = work.path().join("cold-cache");
+        // Cold means an empty cache except for compiled kernels: compiling the tiny kernel
+        // (minutes, once per kernel config) would swamp the image build; its own time is
+        // reported from its cache record instead.
+        std::fs::create_dir_all(&cold_cache)?;
+        let kernels = dirs::cache_root().join("kernels");
+        if kernels.is_dir() {
+            std::os::unix::fs::symlink(&kernels, cold_cache.join("kernels"))?;
+        }
         let cold = time_build(&recipe, &cold_cache, &work.path().join("cold"))?;
         let warm = time_build(&recipe, &cold_cache, &work.path().join("warm"))?;
         let exe = std::env::current_exe()?;
@@ -381,6 +389,15 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             bail!("no-op build failed");
         }
         report["build_ms"] = serde_json::json!({ "cold": cold, "warm": warm, "up_to_date": noop });
+        if m.boot.is_tiny_kernel() {
+            let compile = kiln_kernel::tiny::list_tiny(&dirs::cache_root())
+                .into_iter()
+                .find(|k| m.kernel.description.contains(&k.config_hash[..16]))
+                .map(|k| k.build_seconds);
+            if let Some(secs) = compile {
+                report["kernel_compile_s"] = secs.into();
+            }
+        }
     }
 
     let baseline_initrd = work.path().join("baseline.cpio.gz");
@@ -515,11 +532,14 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     }
     if let Some(b) = report.get("build_ms") {
         println!(
-            "build: cold {:.0} ms, warm {:.0} ms, up-to-date check {:.0} ms",
+            "build: cold {:.0} ms (empty cache but for compiled kernels), warm {:.0} ms, up-to-date check {:.0} ms",
             b["cold"].as_f64().unwrap_or(0.0),
             b["warm"].as_f64().unwrap_or(0.0),
             b["up_to_date"].as_f64().unwrap_or(0.0)
         );
+    }
+    if let Some(k) = report.get("kernel_compile_s").and_then(|v| v.as_u64()) {
+        println!("tiny kernel: compiled once in {k} s (its cache record), cached since");
     }
     if let Some(mm) = report.get("min_memory_mib") {
         println!("smallest --memory that served the page: {mm} MiB");

@@ -350,6 +350,8 @@ pub struct TinyKernel {
     pub fragments: Vec<String>,
     /// Seconds since the epoch when the build finished.
     pub built_at: u64,
+    /// Wall-clock seconds the build took.
+    pub build_seconds: u64,
     /// `CONFIG_HZ` (100 with the base fragment), for [`tiny_kernel_args`].
     pub hz: u32,
 }
@@ -637,6 +639,7 @@ fn read_entry(dir: &Path) -> Option<TinyKernel> {
         dir: dir.to_path_buf(),
         fragments: r.fragments.into_iter().map(|f| f.name).collect(),
         built_at: r.built_at,
+        build_seconds: r.build_seconds,
         hz: std::fs::read_to_string(dir.join(".config"))
             .ok()
             .and_then(|c| match parse_dot_config(&c).get("HZ") {
