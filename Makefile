@@ -18,8 +18,10 @@ demo: setup build
 
 test: setup init lint
 	$(CARGO) build -p kiln
-	# The default (tiny) kernel, once: minutes from a clean cache, then cached; tests share it.
+	# The default (tiny) kernel and the one with UFS (the BSD image test), once: minutes each from
+	# a clean cache, then cached; compiling them here keeps the tests' VMs off a loaded machine.
 	target/debug/kiln kernel build
+	target/debug/kiln kernel build --fragment crates/kernel/fragments/ufs.config
 	$(CARGO) test --workspace --no-fail-fast
 
 unit:

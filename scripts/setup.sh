@@ -12,6 +12,7 @@ PKGS=(
   redis-tools       # redis-cli, the tests' client for recipes/redis
   cpio xz-utils zstd file   # tests cross-check images with the standard tools
   e2fsprogs util-linux      # format = "disk": mke2fs -d and debugfs make the ext4 root, unshare maps the builder to root
+  makefs                    # BSD guests: the FFS root image (NetBSD's makefs)
   build-essential pkg-config
   linux-source-6.1 flex bison bc libelf-dev   # kiln kernel build: the tiny kernel from source
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)

@@ -6,6 +6,7 @@
 //! temporary name and renamed into place. A build whose inputs have not changed (same
 //! fingerprint) reuses the existing folder.
 
+mod bsd;
 mod fingerprint;
 pub mod manifest;
 mod packages;
@@ -31,6 +32,10 @@ pub const KERNEL_FILE: &str = "vmlinuz";
 pub const PVH_KERNEL_FILE: &str = "vmlinux";
 /// The root disk image's file name in an image folder (`format = "disk"`).
 pub const DISK_FILE: &str = "root.ext4";
+/// A BSD guest's root disk image's file name.
+pub const FFS_DISK_FILE: &str = "root.ffs";
+/// A BSD guest's kernel's file name in an image folder (the user's file, as given).
+pub const BSD_KERNEL_FILE: &str = "kernel";
 /// The Debian package busybox comes from.
 pub const BUSYBOX_PACKAGE: &str = "busybox-static";
 
@@ -66,6 +71,14 @@ pub enum BuildError {
     /// A host file listed in the recipe cannot be used.
     #[error("{location}: root.files: {message}")]
     File {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The recipe's kernel file is not usable.
+    #[error("{location}: kernel: {message}")]
+    BadKernel {
         /// kiln.toml:LINE.
         location: String,
         /// What is wrong.
@@ -190,6 +203,9 @@ pub fn build_variant(
     variant: &Variant,
     progress: &dyn Progress,
 ) -> Result<BuildReport, BuildError> {
+    if recipe.config.guest.is_bsd() {
+        return bsd::build_bsd(recipe, opts, progress);
+    }
     let started = Instant::now();
     let cfg = &recipe.config;
     if !opts.init_binary.is_file() {
@@ -278,18 +294,7 @@ pub fn build_variant(
         }
     }
 
-    let parent = opts.out_dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    let work = tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.tmp-",
-            opts.out_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ))
-        .tempdir_in(parent)
-        .map_err(io(parent))?;
+    let work = work_dir(&opts.out_dir)?;
     let staging_dir = work.path().join("root");
     let image_dir = work.path().join("image");
     std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
@@ -395,6 +400,7 @@ pub fn build_variant(
         progress.phase("disk image");
         let name = DISK_FILE.to_string();
         let opts = kiln_image::DiskOptions {
+            fs: kiln_image::DiskFs::Ext4,
             size_mib: cfg.image.size_mib,
             mtime: kiln_image::source_date_epoch().unwrap_or(0),
             uuid: uuid_from(&fp),
@@ -503,28 +509,54 @@ pub fn build_variant(
     kiln_image::atomic_write(&image_dir.join(MANIFEST), &json)
         .map_err(io(image_dir.join(MANIFEST)))?;
 
-    // Swap the finished folder into place.
-    let old = work.path().join("old");
-    let had_old = opts.out_dir.exists();
-    if had_old {
-        std::fs::rename(&opts.out_dir, &old).map_err(io(&opts.out_dir))?;
-    }
-    if let Err(e) = std::fs::rename(&image_dir, &opts.out_dir) {
-        if had_old {
-            let _ = std::fs::rename(&old, &opts.out_dir);
-        }
-        return Err(BuildError::Io {
-            path: opts.out_dir.clone(),
-            source: e,
-        });
-    }
-    drop(work);
+    swap_into_place(work, &image_dir, &opts.out_dir)?;
     Ok(BuildReport {
         out_dir: opts.out_dir.clone(),
         manifest,
         reused: false,
         elapsed: started.elapsed(),
     })
+}
+
+/// A temporary folder beside `out_dir` to assemble a build in (removed when dropped).
+fn work_dir(out_dir: &Path) -> Result<tempfile::TempDir, BuildError> {
+    let parent = out_dir.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(io(parent))?;
+    tempfile::Builder::new()
+        .prefix(&format!(
+            ".{}.tmp-",
+            out_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
+        .tempdir_in(parent)
+        .map_err(io(parent))
+}
+
+/// Swap the finished `image_dir` (inside `work`) into `out_dir`, putting any old one back if
+/// the swap fails.
+fn swap_into_place(
+    work: tempfile::TempDir,
+    image_dir: &Path,
+    out_dir: &Path,
+) -> Result<(), BuildError> {
+    let old = work.path().join("old");
+    let had_old = out_dir.exists();
+    if had_old {
+        std::fs::rename(out_dir, &old).map_err(io(out_dir))?;
+    }
+    if let Err(e) = std::fs::rename(image_dir, out_dir) {
+        if had_old {
+            let _ = std::fs::rename(&old, out_dir);
+        }
+        return Err(BuildError::Io {
+            path: out_dir.to_path_buf(),
+            source: e,
+        });
+    }
+    drop(work);
+    Ok(())
 }
 
 /// Kiln's tiny kernel with the recipe's fragments: from the cache, or built now (minutes).
@@ -609,7 +641,7 @@ fn uuid_from(fingerprint: &str) -> String {
     )
 }
 
-fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {
+pub(crate) fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {
     let m = load_image(dir).ok()?;
     (m.fingerprint == fp).then_some(m)
 }

@@ -112,9 +112,21 @@ pub struct BootConfig {
     /// "file".
     #[serde(default)]
     pub kernel_kind: String,
+    /// The guest OS: "linux" (kiln-init), "netbsd" or "freebsd" (their own init and rc).
+    #[serde(default = "linux")]
+    pub guest: String,
+}
+
+fn linux() -> String {
+    "linux".into()
 }
 
 impl BootConfig {
+    /// Whether the guest is a BSD (no kiln-init: no control port, readiness from its rc).
+    pub fn is_bsd(&self) -> bool {
+        self.guest != "linux"
+    }
+
     /// Whether the image boots Kiln's tiny kernel (machine without ACPI, `reboot=t`).
     pub fn is_tiny_kernel(&self) -> bool {
         self.kernel_kind == "tiny"
@@ -130,6 +142,7 @@ impl BootConfig {
             ready: cfg.ready.as_conf(),
             ready_timeout: cfg.ready_timeout,
             network: cfg.network.mode.clone(),
+            guest: cfg.guest.name().into(),
             kernel_kind: match cfg.kernel {
                 kiln_recipe::KernelChoice::Debian(_) => "debian",
                 kiln_recipe::KernelChoice::Tiny => "tiny",

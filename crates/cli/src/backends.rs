@@ -33,6 +33,8 @@ pub struct BackendVm {
     pub shares: Vec<(String, PathBuf, bool)>,
     /// virtio-console ports: name, host socket.
     pub vports: Vec<(String, PathBuf)>,
+    /// The guest OS: "linux", "netbsd" or "freebsd".
+    pub guest: String,
 }
 
 impl BackendVm {
@@ -51,7 +53,13 @@ impl BackendVm {
             name: p.name.clone(),
             kernel: p.spec.kernel.clone(),
             initrd: p.spec.initrd.clone(),
-            cmdline: cmdline::compose(Accel::Kvm, None, false, &extra.join(" ")),
+            // A BSD guest's arguments are its own, not Kiln's Linux set.
+            cmdline: if p.guest == "linux" {
+                cmdline::compose(Accel::Kvm, None, false, &extra.join(" "))
+            } else {
+                p.spec.cmdline.clone()
+            },
+            guest: p.guest.clone(),
             cpus: p.spec.cpus,
             memory: p.spec.memory_mib,
             net: p.spec.net.clone(),
@@ -150,7 +158,11 @@ pub fn firecracker(vm: &BackendVm) -> String {
     };
     let mut boot = serde_json::json!({
         "kernel_image_path": vm.kernel,
-        "boot_args": format!("{} reboot=k pci=off", vm.cmdline),
+        "boot_args": if vm.guest == "linux" {
+            format!("{} reboot=k pci=off", vm.cmdline)
+        } else {
+            vm.cmdline.clone()
+        },
     });
     if let Some(i) = &vm.initrd {
         boot["initrd_path"] = serde_json::json!(i);
@@ -182,6 +194,9 @@ fn iface(tap: &str) -> serde_json::Value {
 /// (bhyveload boots FreeBSD kernels only; the UEFI bootrom alternative is spelled out in a
 /// comment), then bhyve with virtio devices and the console on an nmdm pair.
 pub fn bhyve(vm: &BackendVm) -> String {
+    if vm.guest == "freebsd" {
+        return bhyve_freebsd(vm);
+    }
     let vmname = format!("kiln-{}", vm.name);
     let tap = match &vm.net {
         NetSpec::Tap { ifname } => Some(ifname.clone()),
@@ -293,6 +308,95 @@ pub fn bhyve(vm: &BackendVm) -> String {
     s
 }
 
+/// A bhyve script for a FreeBSD guest, as the handbook and microbhyve boot one: bhyveload
+/// reads the loader and kernel from the FFS root disk (a copy, so the image stays as built),
+/// then bhyve with virtio-blk/net and the console on an nmdm pair.
+fn bhyve_freebsd(vm: &BackendVm) -> String {
+    let vmname = format!("kiln-{}", vm.name);
+    let tap = match &vm.net {
+        NetSpec::Tap { ifname } => Some(ifname.clone()),
+        NetSpec::None => None,
+        _ => Some("tap0".to_string()),
+    };
+    let mut s = String::new();
+    let _ = writeln!(s, "#!/bin/sh");
+    let _ = writeln!(
+        s,
+        "# bhyve for FreeBSD VM `{}`, written by `kiln run --backend bhyve --dry-run`; not tested on a real bhyve host.",
+        vm.name
+    );
+    let _ = writeln!(s, "set -e");
+    let _ = writeln!(s, "kldload -n vmm nmdm if_tap if_bridge");
+    if let Some(t) = &tap {
+        let _ = writeln!(s, "ifconfig {t} create 2>/dev/null || true");
+        let _ = writeln!(s, "sysctl net.link.tap.up_on_open=1");
+        if let NetSpec::Bridge { bridge } = &vm.net {
+            let _ = writeln!(s, "ifconfig {bridge} addm {t} up");
+        }
+    }
+    let mut disks = vec![];
+    for (i, (path, ro)) in vm.drives.iter().enumerate() {
+        if i == 0 {
+            let copy = format!("/var/tmp/{vmname}.ffs");
+            let _ = writeln!(
+                s,
+                "# The root disk: a copy, so every boot starts from the image as built."
+            );
+            let _ = writeln!(s, "cp {} {copy}", path.display());
+            disks.push((copy, false));
+        } else {
+            disks.push((path.display().to_string(), *ro));
+        }
+    }
+    let root = disks.first().map(|d| d.0.clone()).unwrap_or_default();
+    let _ = writeln!(s, "bhyvectl --destroy --vm={vmname} 2>/dev/null || true");
+    let env = if vm.cmdline.is_empty() {
+        String::new()
+    } else {
+        format!(" -e {}", shell_quote(&format!("boot_flags={}", vm.cmdline)))
+    };
+    let _ = writeln!(
+        s,
+        "bhyveload -c /dev/nmdm-{vmname}.0A -m {}M -d {root} -e vfs.root.mountfrom=ufs:/dev/vtbd0{env} {vmname}",
+        vm.memory
+    );
+    let mut args: Vec<String> = vec![
+        "-A -H -P".into(),
+        format!("-c {}", vm.cpus),
+        format!("-m {}M", vm.memory),
+        "-s 0:0,hostbridge".into(),
+        "-s 1:0,lpc".into(),
+    ];
+    let mut slot = 2;
+    if let Some(t) = &tap {
+        args.push(format!("-s {slot}:0,virtio-net,{t}"));
+        slot += 1;
+    }
+    for (path, ro) in &disks {
+        args.push(format!(
+            "-s {slot}:0,virtio-blk,{path}{}",
+            if *ro { ",ro" } else { "" }
+        ));
+        slot += 1;
+    }
+    args.push(format!("-s {slot}:0,virtio-rnd"));
+    args.push(format!("-l com1,/dev/nmdm-{vmname}.0A"));
+    let _ = writeln!(s, "bhyve \\");
+    for a in &args {
+        let _ = writeln!(s, "  {a} \\");
+    }
+    let _ = writeln!(s, "  {vmname} &");
+    let _ = writeln!(
+        s,
+        "# console: cu -l /dev/nmdm-{vmname}.0B    stop: bhyvectl --force-poweroff --vm={vmname}"
+    );
+    let _ = writeln!(
+        s,
+        "wait; bhyvectl --destroy --vm={vmname}; rm -f /var/tmp/{vmname}.ffs"
+    );
+    s
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -315,7 +419,54 @@ mod tests {
                 "data".into(),
                 "/var/lib/kiln/vms/web/vport-data.sock".into(),
             )],
+            guest: "linux".into(),
         }
+    }
+
+    fn freebsd_vm() -> BackendVm {
+        BackendVm {
+            name: "jump".into(),
+            kernel: "/img/kernel".into(),
+            initrd: None,
+            cmdline: String::new(),
+            cpus: 1,
+            memory: 128,
+            net: NetSpec::User {
+                forwards: vec!["2222:22".parse().expect("p")],
+            },
+            drives: vec![
+                ("/img/root.ffs".into(), false),
+                ("/data/jump.img".into(), true),
+            ],
+            shares: vec![],
+            vports: vec![],
+            guest: "freebsd".into(),
+        }
+    }
+
+    #[test]
+    fn bhyve_freebsd_golden() {
+        let out = bhyve(&freebsd_vm());
+        golden("bhyve-freebsd.sh", &out);
+        assert!(out.contains("cp /img/root.ffs /var/tmp/kiln-jump.ffs"));
+        assert!(out.contains(
+            "bhyveload -c /dev/nmdm-kiln-jump.0A -m 128M -d /var/tmp/kiln-jump.ffs -e vfs.root.mountfrom=ufs:/dev/vtbd0 kiln-jump"
+        ));
+        assert!(out.contains("-s 3:0,virtio-blk,/var/tmp/kiln-jump.ffs"));
+        assert!(out.contains("-s 4:0,virtio-blk,/data/jump.img,ro"));
+        assert!(
+            !out.contains("grub-bhyve"),
+            "FreeBSD loads through bhyveload"
+        );
+    }
+
+    #[test]
+    fn firecracker_keeps_a_netbsd_guests_arguments() {
+        let mut vm = freebsd_vm();
+        vm.guest = "netbsd".into();
+        vm.cmdline = "console=com root=ld0a -z".into();
+        let v: serde_json::Value = serde_json::from_str(&firecracker(&vm)).expect("json");
+        assert_eq!(v["boot-source"]["boot_args"], "console=com root=ld0a -z");
     }
 
     fn golden(file: &str, got: &str) {

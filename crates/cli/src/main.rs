@@ -184,12 +184,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
                 | BuildError::Binary { .. }
                 | BuildError::File { .. }
                 | BuildError::Modules { .. }
+                | BuildError::BadKernel { .. }
                 | BuildError::BadImage { .. } => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
                 BuildError::Image(kiln_image::ImageError::DiskTooSmall { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::Index(_)) => 2,
                 BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => 2,
                 BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
+                BuildError::Rootfs(kiln_rootfs::RootfsError::Set { .. }) => 2,
                 BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => 2,
                 BuildError::Tiny(
                     kiln_kernel::tiny::TinyError::BadFragment { .. }

@@ -238,6 +238,8 @@ pub(crate) struct Plan {
     pub(crate) drive: Option<(PathBuf, bool)>,
     pub(crate) serial_tcp: Option<std::net::SocketAddr>,
     pub(crate) config: VmConfig,
+    /// The guest OS: "linux", "netbsd" or "freebsd".
+    pub(crate) guest: String,
 }
 
 /// The QEMU console socket of a supervised VM (the supervisor's viewer socket is console.sock).
@@ -285,6 +287,23 @@ pub(crate) fn plan_config(
             .collect::<Result<_, _>>()?
     };
     let _: Ready = m.boot.ready.parse().map_err(BadInput)?;
+    let bsd = m.boot.is_bsd();
+    if bsd {
+        // No kiln-init in the guest to mount shares, open ports or remount the root.
+        for (given, what) in [
+            (cfg.share.is_some(), "--share"),
+            (cfg.vports.is_some(), "--vports"),
+            (cfg.readonly_root, "--readonly-root"),
+        ] {
+            if given {
+                return Err(BadInput(format!(
+                    "{what}: not available for a {} guest (it is kiln-init's work, and a BSD guest runs its own init)",
+                    m.boot.guest
+                ))
+                .into());
+            }
+        }
+    }
     let mut extra = m.boot.cmdline.clone();
     let paths = if supervised {
         supervised_paths(run_dir)
@@ -333,7 +352,9 @@ pub(crate) fn plan_config(
                 snapshot: true,
             },
         );
-        extra.insert_str(0, "root=/dev/vda rootfstype=ext4 rootwait rw init=/init ");
+        if !bsd {
+            extra.insert_str(0, "root=/dev/vda rootfstype=ext4 rootwait rw init=/init ");
+        }
     }
     let mut shares = vec![];
     if let Some(s) = &cfg.share {
@@ -418,7 +439,11 @@ pub(crate) fn plan_config(
         name: name.clone(),
         kernel: image_dir.join(&m.kernel.file),
         initrd: (!m.initramfs.is_disk()).then(|| image_dir.join(&m.initramfs.file)),
-        cmdline: cmdline::compose(accel, cmdline::host_tsc_khz(), verbose, &extra),
+        cmdline: if bsd {
+            bsd_cmdline(&m.boot.guest, &m.boot.cmdline, cfg.append.as_deref())
+        } else {
+            cmdline::compose(accel, cmdline::host_tsc_khz(), verbose, &extra)
+        },
         cpus: cfg.cpus.unwrap_or(m.boot.cpus),
         memory_mib: cfg.memory.unwrap_or(m.boot.memory),
         accel,
@@ -432,7 +457,8 @@ pub(crate) fn plan_config(
         drives,
         shares,
         vports,
-        acpi: !m.boot.is_tiny_kernel(),
+        // The tiny kernel has no ACPI; NetBSD boots on microvm without it, as smolBSD does.
+        acpi: !m.boot.is_tiny_kernel() && !bsd,
         extra_args: vec![],
     };
     Ok(Plan {
@@ -446,6 +472,7 @@ pub(crate) fn plan_config(
         drive,
         serial_tcp,
         config: cfg.clone(),
+        guest: m.boot.guest.clone(),
     })
 }
 
@@ -462,6 +489,22 @@ fn check_network_privilege(cfg: &VmConfig) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// A BSD guest's kernel arguments: NetBSD's (smolBSD's startnb.sh: serial console, root on the
+/// first virtio-blk disk, `-z` for a quiet boot), then the recipe's and `--append`'s.
+pub fn bsd_cmdline(guest: &str, recipe: &str, append: Option<&str>) -> String {
+    let base = if guest == "netbsd" {
+        "console=com root=ld0a -z"
+    } else {
+        ""
+    };
+    [base, recipe, append.unwrap_or("")]
+        .iter()
+        .map(|s| s.trim())
+        .filter(|s| !s.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `kiln run`.
@@ -489,6 +532,14 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     }
     let target = PathBuf::from(cfg.image.clone().unwrap_or_default());
     let (image_dir, manifest) = image_for(&target)?;
+    if manifest.boot.guest == "freebsd" && a.backend != "bhyve" {
+        return Err(BadInput(format!(
+            "{}: a FreeBSD guest boots under bhyve (its loader reads the kernel from the disk): `kiln run {} --backend bhyve --dry-run` prints the commands for a FreeBSD host",
+            manifest.name,
+            target.display()
+        ))
+        .into());
+    }
     let image_dir = std::fs::canonicalize(&image_dir).unwrap_or(image_dir);
     cfg.image = Some(image_dir.display().to_string());
     let name = cfg.name.clone().unwrap_or_else(|| manifest.name.clone());

@@ -1,8 +1,10 @@
-//! ext4 disk images of a staging tree (`[image] format = "disk"`), for roots too big to keep in
-//! RAM. e2fsprogs' `mke2fs -d` copies the tree into a fresh filesystem; no root is needed: a
-//! non-root builder runs it in a user namespace where it is uid 0 (`unshare --map-root-user`),
-//! so every file is owned by root in the guest, as in the initramfs. Timestamps, the UUID and
-//! the directory hash seed are fixed, so the same tree gives the same image.
+//! Disk images of a staging tree (`[image] format = "disk"`): ext4 for Linux roots too big to
+//! keep in RAM, FFS (FFSv1/UFS1) for BSD guests. e2fsprogs' `mke2fs -d` or NetBSD's `makefs -t ffs`
+//! copies the tree into a fresh filesystem; no root is needed: a non-root builder runs it in a
+//! user namespace where it is uid 0 (`unshare --map-root-user`), so every file is owned by root
+//! in the guest, as in the initramfs. For ext4, timestamps, the UUID and the directory hash seed
+//! are fixed, so the same tree gives the same image; FFS images differ in the superblock's
+//! random filesystem id only.
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -12,9 +14,33 @@ use sha2::{Digest, Sha256};
 
 use crate::ImageError;
 
+/// The filesystem of a disk image.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DiskFs {
+    /// ext4 without a journal (Linux guests).
+    #[default]
+    Ext4,
+    /// FFSv1 / UFS1, little-endian (NetBSD and FreeBSD guests). Debian's makefs (2019) puts
+    /// even an FFSv2 superblock at 8 KiB, where FreeBSD and Linux do not look for one; FFSv1's
+    /// belongs there, and every BSD (and Linux's `ufstype=44bsd`) reads it.
+    Ffs,
+}
+
+impl DiskFs {
+    /// `ext4` or `ffs`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DiskFs::Ext4 => "ext4",
+            DiskFs::Ffs => "ffs",
+        }
+    }
+}
+
 /// How to make the disk image.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiskOptions {
+    /// The filesystem.
+    pub fs: DiskFs,
     /// Size in MiB; `None`: the tree plus a quarter and 8 MiB of room.
     pub size_mib: Option<u32>,
     /// mtime (seconds since the epoch) of every file, and the filesystem's own times.
@@ -79,13 +105,11 @@ pub fn write_disk(
         .prefix(".tmp-disk-")
         .tempfile_in(dir)
         .map_err(write_err)?;
-    let mut cmd = if unsafe { libc::geteuid() } == 0 {
-        Command::new("mke2fs")
-    } else {
-        let mut c = Command::new("unshare");
-        c.args(["--map-root-user", "mke2fs"]);
-        c
-    };
+    if opts.fs == DiskFs::Ffs {
+        make_ffs(staging, opts.mtime, size_mib, tmp.path(), dest)?;
+        return finish(tmp, dest, entries, used);
+    }
+    let mut cmd = as_root("mke2fs");
     cmd.args([
         "-q", "-F", "-t", "ext4", "-b", "4096", "-I", "256", "-m", "0",
     ])
@@ -146,6 +170,71 @@ pub fn write_disk(
             detail: format!("debugfs: {} ({})", complaints.join("; "), out.status),
         });
     }
+    finish(tmp, dest, entries, used)
+}
+
+/// `program`, run as uid 0: directly when we are root, else in a user namespace mapping us to
+/// root (so the files it reads look root's and are stored so).
+fn as_root(program: &str) -> Command {
+    // SAFETY: geteuid cannot fail.
+    if unsafe { libc::geteuid() } == 0 {
+        Command::new(program)
+    } else {
+        let mut c = Command::new("unshare");
+        c.args(["--map-root-user", program]);
+        c
+    }
+}
+
+fn make_ffs(
+    staging: &Path,
+    mtime: u64,
+    size_mib: u64,
+    image: &Path,
+    dest: &Path,
+) -> Result<(), ImageError> {
+    let out = as_root("makefs")
+        .args(["-t", "ffs", "-B", "le", "-o", "version=1"])
+        .arg("-T")
+        .arg(mtime.to_string())
+        .arg("-s")
+        .arg(format!("{size_mib}m"))
+        .arg(image)
+        .arg(staging)
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|source| ImageError::Tool {
+            tool: "makefs",
+            package: "makefs",
+            source,
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if detail.contains("larger than the maxsize") || detail.contains("No space") {
+        return Err(ImageError::DiskTooSmall {
+            size_mib,
+            needed_mib: size_mib + size_mib / 4 + 8,
+        });
+    }
+    Err(ImageError::Mkfs {
+        path: dest.to_path_buf(),
+        detail: format!("makefs: {detail} ({})", out.status),
+    })
+}
+
+/// Sync, hash and move the finished image into place.
+fn finish(
+    tmp: tempfile::NamedTempFile,
+    dest: &Path,
+    entries: usize,
+    used: u64,
+) -> Result<DiskStats, ImageError> {
+    let write_err = |source: io::Error| ImageError::Write {
+        path: dest.to_path_buf(),
+        source,
+    };
     tmp.as_file().sync_all().map_err(write_err)?;
     let mut hasher = Sha256::new();
     let mut f = std::fs::File::open(tmp.path()).map_err(write_err)?;
@@ -281,6 +370,7 @@ mod tests {
         std::fs::write(tree.join("big"), vec![7u8; 3 << 20]).expect("w");
         std::os::unix::fs::symlink("etc/rc", tree.join("rc")).expect("ln");
         let opts = DiskOptions {
+            fs: DiskFs::Ext4,
             size_mib: None,
             mtime: 1_700_000_000,
             uuid: "6b696c6e-0000-4000-8000-000000000001".into(),
@@ -318,5 +408,35 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
             .collect();
         assert!(left.is_empty(), "temp files left");
+    }
+
+    #[test]
+    fn a_tree_becomes_an_ffs_image() {
+        let d = tempfile::tempdir().expect("tmp");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
+        std::fs::write(tree.join("etc/rc"), "echo hi\n").expect("w");
+        let opts = DiskOptions {
+            fs: DiskFs::Ffs,
+            size_mib: None,
+            mtime: 1_700_000_000,
+            uuid: String::new(),
+        };
+        let st = write_disk(&tree, &opts, &d.path().join("root.ffs")).expect("makefs");
+        assert_eq!(st.entries, 3);
+        let img = std::fs::read(d.path().join("root.ffs")).expect("read");
+        // UFS1's superblock sits at 8 KiB; its magic 0x011954 is at offset 1372 in it.
+        assert_eq!(
+            &img[8192 + 1372..8192 + 1376],
+            &0x0001_1954u32.to_le_bytes(),
+            "UFS1 magic"
+        );
+        let small = DiskOptions {
+            size_mib: Some(1),
+            ..opts
+        };
+        std::fs::write(tree.join("big"), vec![3u8; 3 << 20]).expect("w");
+        let err = write_disk(&tree, &small, &d.path().join("small.ffs")).expect_err("small");
+        assert!(matches!(err, ImageError::DiskTooSmall { .. }), "{err}");
     }
 }

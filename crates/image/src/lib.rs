@@ -21,7 +21,7 @@ mod initramfs;
 
 pub use atomic::atomic_write;
 pub use compress::{compress, decompress, Compression};
-pub use disk::{default_size_mib, minimum_size_mib, write_disk, DiskOptions, DiskStats};
+pub use disk::{default_size_mib, minimum_size_mib, write_disk, DiskFs, DiskOptions, DiskStats};
 pub use error::ImageError;
 pub use initramfs::{
     source_date_epoch, write_initramfs, BuildOptions, ExtraEntry, ExtraKind, ImageStats,

@@ -19,6 +19,14 @@ pub struct Config {
     /// Free text shown by `kiln ps` and the web console.
     #[serde(default)]
     pub description: String,
+    /// The guest's operating system: Linux (default: Kiln's init, busybox, the host's
+    /// binaries) or a BSD made from sets and a kernel the user supplies.
+    #[serde(default)]
+    pub guest: Guest,
+    /// BSD guests: the sets (tarballs relative to the recipe: `.tgz`, `.txz`, `.tar`) unpacked
+    /// in order to make the root, e.g. `["sets/base.tgz", "sets/etc.tgz"]`.
+    #[serde(default)]
+    pub sets: Vec<Spanned<String>>,
     /// Which kernel boots the VM.
     #[serde(default)]
     pub kernel: KernelChoice,
@@ -67,9 +75,87 @@ pub struct Config {
 }
 
 impl Config {
+    /// What a BSD guest cannot have, and what it must.
+    fn validate_guest(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
+        let g = self.guest.name();
+        if !self.guest.is_bsd() {
+            if let Some(s) = self.sets.first() {
+                return Err((
+                    Some(s.span()),
+                    "sets: only a BSD guest is made from sets; set guest = \"netbsd\" or \"freebsd\"".into(),
+                ));
+            }
+            return Ok(());
+        }
+        if self.sets.is_empty() {
+            return Err((
+                find_key(text, "guest"),
+                format!("guest = \"{g}\": list the sets its root is made of, e.g. sets = [\"sets/base.tgz\", \"sets/etc.tgz\"]"),
+            ));
+        }
+        if !matches!(self.kernel, KernelChoice::File(_)) {
+            return Err((
+                find_key(text, "kernel").or_else(|| find_key(text, "guest")),
+                format!("guest = \"{g}\" boots a {g} kernel you supply: kernel = \"path/to/the/kernel\" (for NetBSD a PVH-capable one such as netbsd-SMOL)"),
+            ));
+        }
+        let linux_only = [
+            ("packages", !self.packages.is_empty()),
+            ("index", self.index.is_some()),
+            ("binaries", !self.root.binaries.is_empty()),
+            ("modules", !self.root.modules.is_empty()),
+            (
+                "busybox",
+                self.root.busybox && find_key(text, "busybox").is_some(),
+            ),
+        ];
+        if let Some((key, _)) = linux_only.iter().find(|(_, set)| *set) {
+            return Err((
+                find_key(text, key),
+                format!("{key}: a {g} guest has no Linux userland; its programs come from the sets (remove {key})"),
+            ));
+        }
+        if self.image.format != "disk" && find_key(text, "format").is_some() {
+            return Err((
+                find_key(text, "format"),
+                format!("image.format: a {g} guest's root is an FFS disk image; set format = \"disk\" or leave it out"),
+            ));
+        }
+        Ok(())
+    }
+
     /// The package names of `packages`, in file order.
     pub fn package_names(&self) -> Vec<String> {
         self.packages.iter().map(|p| p.get_ref().clone()).collect()
+    }
+}
+
+/// `guest = "linux" | "netbsd" | "freebsd"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Guest {
+    /// Linux with kiln-init as PID 1.
+    #[default]
+    Linux,
+    /// NetBSD from sets: its own init runs /etc/rc; booted on QEMU microvm through PVH.
+    Netbsd,
+    /// FreeBSD from sets: its own init and rc; booted by bhyve (`--backend bhyve`).
+    Freebsd,
+}
+
+impl Guest {
+    /// `linux`, `netbsd` or `freebsd`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Guest::Linux => "linux",
+            Guest::Netbsd => "netbsd",
+            Guest::Freebsd => "freebsd",
+        }
+    }
+
+    /// NetBSD or FreeBSD.
+    pub fn is_bsd(self) -> bool {
+        self != Guest::Linux
     }
 }
 
@@ -307,12 +393,17 @@ impl Default for Network {
 impl Config {
     /// Parse kiln.toml text; on error, the span (if known) and the message.
     pub fn parse(text: &str) -> Result<Config, (Option<Range<usize>>, String)> {
-        let cfg: Config = toml::from_str(text).map_err(|e| (e.span(), e.message().to_string()))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| (e.span(), e.message().to_string()))?;
         cfg.validate(text)?;
+        if cfg.guest.is_bsd() {
+            cfg.image.format = "disk".into();
+        }
         Ok(cfg)
     }
 
     fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
+        self.validate_guest(text)?;
         if self.image.size_mib.is_some() && self.image.format != "disk" {
             return Err((
                 find_key(text, "size_mib"),

@@ -8,7 +8,7 @@ mod config;
 mod port;
 
 pub use config::{
-    split_file_spec, Compression, Config, ImageFormat, KernelChoice, Network, Ready, Root,
+    split_file_spec, Compression, Config, Guest, ImageFormat, KernelChoice, Network, Ready, Root,
 };
 pub use port::{PortForward, Protocol};
 
@@ -207,6 +207,20 @@ impl Recipe {
                         "kernel file named by `kernel` at {}; give an existing bzImage/vmlinux \
                          or \"debian\"",
                         self.locate(p.span())
+                    ),
+                });
+            }
+        }
+        for set in &self.config.sets {
+            let path = self.resolve(set.get_ref());
+            if !path.is_file() {
+                return Err(RecipeError::MissingFile {
+                    path,
+                    what: format!(
+                        "the set named in `sets` at {}; put the {} set there (a .tgz/.txz/.tar \
+                         from the release's sets or dist folder)",
+                        self.locate(set.span()),
+                        self.config.guest.name()
                     ),
                 });
             }

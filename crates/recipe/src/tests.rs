@@ -294,3 +294,52 @@ fn disk_format_and_its_size() {
     assert_eq!(line, 3);
     assert!(msg.contains("only a disk image has a size"), "{msg}");
 }
+
+#[test]
+fn bsd_guests_come_from_sets_and_a_kernel_file() {
+    let d = recipe_dir(
+        "name = \"nb\"\nguest = \"netbsd\"\nkernel = \"netbsd-SMOL\"\nsets = [\"sets/rescue.tgz\"]\n",
+    );
+    std::fs::write(d.path().join("netbsd-SMOL"), b"k").expect("kernel");
+    let err = Recipe::load(d.path()).expect_err("no set yet").to_string();
+    assert!(
+        err.contains("sets/rescue.tgz") && err.contains("kiln.toml:4"),
+        "{err}"
+    );
+    std::fs::create_dir_all(d.path().join("sets")).expect("mkdir");
+    std::fs::write(d.path().join("sets/rescue.tgz"), b"t").expect("set");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.guest, Guest::Netbsd);
+    assert_eq!(r.config.image.format, "disk", "a BSD root is a disk");
+
+    for (text, line, needle) in [
+        ("name = \"x\"\nsets = [\"a.tgz\"]\n", 2, "only a BSD guest"),
+        ("name = \"x\"\nguest = \"netbsd\"\nkernel = \"k\"\n", 2, "list the sets"),
+        ("name = \"x\"\nguest = \"netbsd\"\nsets = [\"a.tgz\"]\n", 2, "kernel you supply"),
+        (
+            "name = \"x\"\nguest = \"freebsd\"\nkernel = \"tiny\"\nsets = [\"a.tgz\"]\n",
+            3,
+            "kernel you supply",
+        ),
+        (
+            "name = \"x\"\nguest = \"netbsd\"\nkernel = \"k\"\nsets = [\"a\"]\npackages = [\"nginx\"]\n",
+            5,
+            "packages: a netbsd guest has no Linux userland",
+        ),
+        (
+            "name = \"x\"\nguest = \"netbsd\"\nkernel = \"k\"\nsets = [\"a\"]\n[root]\nbinaries = [\"/bin/true\"]\n",
+            6,
+            "binaries: a netbsd guest",
+        ),
+        (
+            "name = \"x\"\nguest = \"netbsd\"\nkernel = \"k\"\nsets = [\"a\"]\n[image]\nformat = \"initramfs\"\n",
+            6,
+            "FFS disk image",
+        ),
+        ("name = \"x\"\nguest = \"plan9\"\n", 2, "unknown variant `plan9`"),
+    ] {
+        let (l, msg) = parse_err(text);
+        assert_eq!(l, line, "{text}: {msg}");
+        assert!(msg.contains(needle), "{text}: {msg}");
+    }
+}

@@ -24,6 +24,15 @@ pub fn bwrap_binary() -> Option<PathBuf> {
 
 /// The sandboxed command for one hook.
 pub fn sandbox_command(bwrap: &Path, staging: &Path, recipe_dir: &Path, hook: &Path) -> Command {
+    let mut c = sandbox(bwrap, staging, recipe_dir);
+    c.args(["--", "/bin/sh", "-e"]).arg(hook);
+    c
+}
+
+/// bubblewrap set up for build-time work on `staging`: new namespaces, no capabilities, the
+/// host read-only, `recipe_dir` read-only, only `staging` writable, a clean environment. The
+/// caller appends `--` and the program.
+pub fn sandbox(bwrap: &Path, staging: &Path, recipe_dir: &Path) -> Command {
     let mut c = Command::new(bwrap);
     c.args([
         "--die-with-parent",
@@ -63,9 +72,7 @@ pub fn sandbox_command(bwrap: &Path, staging: &Path, recipe_dir: &Path, hook: &P
     .arg(staging)
     .arg("--setenv")
     .arg("KILN_RECIPE")
-    .arg(recipe_dir)
-    .args(["--", "/bin/sh", "-e"])
-    .arg(hook);
+    .arg(recipe_dir);
     c
 }
 

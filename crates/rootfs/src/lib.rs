@@ -8,12 +8,14 @@
 //! - [`manifest`]: the list of every file in the result with its size, source and reason.
 //! - [`packages`]: a recipe's unpacked Debian packages merged into one sysroot (merged `/usr`).
 //! - [`index`]: the index of files to keep from the packages (copy-binlib format, globs).
+//! - [`sets`]: BSD sets (tarballs) unpacked into the staging tree inside the build sandbox.
 
 pub mod elf;
 pub mod hooks;
 pub mod index;
 pub mod manifest;
 pub mod packages;
+pub mod sets;
 pub mod stage;
 
 pub use manifest::{FileEntry, FileKind};
@@ -50,6 +52,14 @@ pub enum RootfsError {
         status: String,
         /// The last lines it printed.
         output: String,
+    },
+    /// A BSD set could not be unpacked.
+    #[error("set {}: {detail}; check that it is a tarball (.tgz, .txz, .tar) of the release's sets", .path.display())]
+    Set {
+        /// The tarball.
+        path: PathBuf,
+        /// tar's complaint.
+        detail: String,
     },
     /// An I/O error on a named path.
     #[error("{}: {source}", .path.display())]

@@ -78,6 +78,11 @@ impl Staging {
         }
     }
 
+    /// Record where a path written by someone else (an unpacked set) came from.
+    pub fn adopt(&mut self, guest: &Path, source: &str, reason: &str) {
+        self.record(guest, source, reason);
+    }
+
     /// Add a reason to an already staged path (e.g. a second binary needing the same library).
     pub fn add_reason(&mut self, guest: &Path, reason: &str) {
         let Ok(host) = self.host_path(guest) else {

@@ -2,6 +2,7 @@
 //! QEMU (TCG on our machines); clients are real (curl). One test binary, as ripgrep does.
 
 mod boot;
+mod bsd;
 mod build;
 mod lifecycle;
 mod refusals;

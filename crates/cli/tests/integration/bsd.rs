@@ -1,0 +1,236 @@
+//! BSD guests from sets and a kernel the user supplies (as smolBSD and microbhyve build them):
+//! the FFS root image, checked by mounting it in a real Linux VM (the tiny kernel with the UFS
+//! fragment); the NetBSD QEMU command line and the FreeBSD bhyve script, on paper since no BSD
+//! kernel can be had here; and the refusals.
+
+use super::*;
+use std::process::Command;
+
+/// A NetBSD-shaped recipe: a base set with a shell and /dev/MAKEDEV, an etc set overriding
+/// etc/rc's neighbour, an ELF standing in for the kernel.
+fn bsd_recipe(guest: &str) -> tempfile::TempDir {
+    let r = tempfile::tempdir().expect("tmp");
+    let src = r.path().join("src");
+    for d in ["bin", "dev", "etc", "sbin"] {
+        std::fs::create_dir_all(src.join(d)).expect("mkdir");
+    }
+    std::fs::write(src.join("bin/sh"), "#!/not/a/real/shell\n").expect("w");
+    std::fs::write(src.join("dev/MAKEDEV"), "#!/bin/sh\necho makedev\n").expect("w");
+    std::fs::write(src.join("etc/motd"), "base motd\n").expect("w");
+    let tar = |name: &str, members: &[&str]| {
+        let st = Command::new("tar")
+            .arg("-czf")
+            .arg(r.path().join("sets").join(name))
+            .args(members)
+            .current_dir(&src)
+            .status()
+            .expect("tar");
+        assert!(st.success());
+    };
+    std::fs::create_dir_all(r.path().join("sets")).expect("mkdir");
+    tar("base.tgz", &["./bin", "./dev", "./etc"]);
+    std::fs::write(src.join("etc/motd"), "etc set motd\n").expect("w");
+    tar("etc.tgz", &["./etc/motd"]);
+    std::fs::remove_dir_all(&src).expect("rm");
+    std::fs::copy("/bin/true", r.path().join("kernel.elf")).expect("kernel");
+    std::fs::create_dir_all(r.path().join("etc")).expect("mkdir");
+    std::fs::write(
+        r.path().join("etc/rc"),
+        "#!/bin/sh\n. /etc/include/kiln\nkiln_wait_tcp 80\n",
+    )
+    .expect("rc");
+    std::fs::create_dir_all(r.path().join("common")).expect("mkdir");
+    std::fs::write(r.path().join("common/basicrc"), "export HOME=/\n").expect("w");
+    std::fs::write(
+        r.path().join("kiln.toml"),
+        format!(
+            "name = \"nb\"\nguest = \"{guest}\"\nkernel = \"kernel.elf\"\n\
+             sets = [\"sets/base.tgz\", \"sets/etc.tgz\"]\nports = [\"8080:80\"]\nready = \"tcp:80\"\n"
+        ),
+    )
+    .expect("toml");
+    r
+}
+
+fn reason_of<'a>(m: &'a serde_json::Value, path: &str) -> &'a str {
+    m["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .find(|f| f["path"] == path)
+        .unwrap_or_else(|| panic!("{path} not in the manifest"))["reason"]
+        .as_str()
+        .expect("reason")
+}
+
+#[test]
+fn netbsd_image_from_sets_mounts_in_a_vm_and_plans_a_smolbsd_boot() {
+    let r = bsd_recipe("netbsd");
+    let (d, m) = build_ok(r.path());
+    let img = d.path().join("img");
+    assert_eq!(m["boot"]["guest"], "netbsd");
+    assert_eq!(m["initramfs"]["format"], "disk");
+    assert_eq!(
+        m["kernel"]["boot"], "elf",
+        "no PVH note in the stand-in kernel"
+    );
+    assert!(reason_of(&m, "/bin/sh").contains("from the set base.tgz"));
+    assert!(reason_of(&m, "/etc/motd").contains("etc.tgz"));
+    assert!(reason_of(&m, "/etc/rc").contains("run by netbsd's init"));
+    assert!(reason_of(&m, "/etc/include/kiln").contains("console protocol"));
+    assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
+    let paths: Vec<&str> = m["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["path"].as_str())
+        .collect();
+    assert!(
+        !paths.iter().any(|p| *p == "/init" || p.contains("busybox")),
+        "no Linux userland in a BSD root: {paths:?}"
+    );
+
+    // The QEMU command line smolBSD's startnb.sh would run.
+    let state = tempfile::tempdir().expect("state");
+    let mut c = kiln(state.path());
+    c.args(["run", "--dry-run"]).arg(&img);
+    let o = run(c);
+    let argv = text(&o);
+    assert!(o.status.success(), "{argv}");
+    assert!(
+        argv.contains(&format!("-kernel \\\n  {}/kernel", img.display())),
+        "{argv}"
+    );
+    assert!(argv.contains("'console=com root=ld0a -z'"), "{argv}");
+    assert!(argv.contains("acpi=off"), "{argv}");
+    assert!(
+        argv.contains("root.ffs,if=none,id=drive0,format=raw,snapshot=on"),
+        "{argv}"
+    );
+    assert!(!argv.contains("-initrd"), "{argv}");
+    assert!(argv.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{argv}");
+    // kiln-init's work is refused by name.
+    let mut c = kiln(state.path());
+    c.args(["run", "--dry-run", "--readonly-root"]).arg(&img);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("--readonly-root: not available for a netbsd guest"));
+
+    // The FFS image is real: a Linux VM (tiny kernel + UFS) mounts it and reads the sets' files,
+    // owned by root though built without root.
+    let probe = scratch_recipe("httpd");
+    // The repository's UFS fragment: `make test` compiles this kernel before the tests run.
+    std::fs::copy(
+        workspace_root().join("crates/kernel/fragments/ufs.config"),
+        probe.path().join("kernel-ufs.config"),
+    )
+    .expect("fragment");
+    let t = std::fs::read_to_string(probe.path().join("kiln.toml")).expect("r");
+    std::fs::write(
+        probe.path().join("kiln.toml"),
+        format!(
+            "kernel_fragments = [\"kernel-ufs.config\"]\n{}",
+            t.replace("ready = \"tcp:80\"", "ready = \"exit\"")
+        ),
+    )
+    .expect("w");
+    std::fs::write(
+        probe.path().join("etc/rc"),
+        "#!/bin/sh\nmkdir -p /mnt/bsd\n\
+         mount -t ufs -o ro,ufstype=44bsd /dev/vda /mnt/bsd || exit 9\n\
+         echo \"motd: $(cat /mnt/bsd/etc/motd)\"\n\
+         echo \"sh-owner: $(stat -c %u:%g /mnt/bsd/bin/sh)\"\n\
+         echo \"makedev: $(head -c 9 /mnt/bsd/dev/MAKEDEV)\"\n\
+         grep -q kiln_wait_tcp /mnt/bsd/etc/rc && echo rc-is-the-recipes\n",
+    )
+    .expect("rc");
+    let mut c = kiln(state.path());
+    c.args(["run", "--name", "ffsprobe", "--drive"])
+        .arg(format!("{}:ro", img.join("root.ffs").display()))
+        .arg(probe.path());
+    let o = run(c);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("motd: etc set motd"), "the later set wins: {t}");
+    assert!(t.contains("sh-owner: 0:0"), "{t}");
+    assert!(t.contains("makedev: #!/bin/sh"), "{t}");
+    assert!(t.contains("rc-is-the-recipes"), "{t}");
+}
+
+#[test]
+fn freebsd_image_runs_under_bhyve_on_paper_only() {
+    let r = bsd_recipe("freebsd");
+    let (d, m) = build_ok(r.path());
+    let img = d.path().join("img");
+    assert_eq!(m["boot"]["guest"], "freebsd");
+    let state = tempfile::tempdir().expect("state");
+    let mut c = kiln(state.path());
+    c.arg("run").arg(&img);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("boots under bhyve"), "{}", text(&o));
+    let mut c = kiln(state.path());
+    c.args(["run", "--backend", "bhyve", "--dry-run"]).arg(&img);
+    let o = run(c);
+    let sh = text(&o);
+    assert!(o.status.success(), "{sh}");
+    assert!(
+        sh.contains("bhyveload -c /dev/nmdm-kiln-nb.0A -m 128M"),
+        "{sh}"
+    );
+    assert!(
+        sh.contains(&format!(
+            "cp {}/root.ffs /var/tmp/kiln-nb.ffs",
+            img.display()
+        )),
+        "{sh}"
+    );
+}
+
+#[test]
+fn bsd_refusals_name_the_file_and_line() {
+    // A set that is no tarball.
+    let r = bsd_recipe("netbsd");
+    std::fs::write(r.path().join("sets/etc.tgz"), "not a tarball").expect("w");
+    let d = tempfile::tempdir().expect("tmp");
+    let mut c = kiln(d.path());
+    c.arg("build")
+        .arg(r.path())
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("set ") && text(&o).contains("etc.tgz"),
+        "{}",
+        text(&o)
+    );
+    assert!(!d.path().join("img").exists());
+    // A kernel that is no ELF file.
+    let r = bsd_recipe("netbsd");
+    std::fs::write(r.path().join("kernel.elf"), "gzip or so").expect("w");
+    let mut c = kiln(d.path());
+    c.arg("build")
+        .arg(r.path())
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("kiln.toml:3: kernel:") && text(&o).contains("not an ELF file"),
+        "{}",
+        text(&o)
+    );
+    // A missing set.
+    let r = bsd_recipe("netbsd");
+    std::fs::remove_file(r.path().join("sets/base.tgz")).expect("rm");
+    let mut c = kiln(d.path());
+    c.arg("build").arg(r.path());
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("sets/base.tgz") && text(&o).contains("kiln.toml:4"),
+        "{}",
+        text(&o)
+    );
+}
