@@ -155,23 +155,47 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// Read the whole request body (at most [`BODY_LIMIT`](super::BODY_LIMIT)) before anything
 /// answers, so no refusal leaves unread bytes on a keep-alive connection (the client's next
-/// request would find the connection closed). A larger body is refused and the connection
-/// closed.
+/// request would find the connection closed). A larger body is read to its end and dropped
+/// (up to [`DRAIN_LIMIT`], so the client is not cut off mid-write) and refused; past that the
+/// connection is closed.
 async fn buffered(req: Request) -> Result<Request, Response> {
+    use futures_util::StreamExt;
     let (parts, body) = req.into_parts();
-    match axum::body::to_bytes(body, super::BODY_LIMIT).await {
-        Ok(bytes) => Ok(Request::from_parts(parts, axum::body::Body::from(bytes))),
-        Err(_) => {
-            let mut r = ApiError::new(
-                "body_too_large",
-                format!("the body is over {} bytes", super::BODY_LIMIT),
-            )
-            .into_response();
-            r.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            Err(r)
+    let mut stream = body.into_data_stream();
+    let mut kept = Vec::new();
+    let mut total = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return Err(too_large(true));
+        };
+        total += chunk.len();
+        if total > DRAIN_LIMIT {
+            return Err(too_large(true));
+        }
+        if total <= super::BODY_LIMIT {
+            kept.extend_from_slice(&chunk);
         }
     }
+    if total > super::BODY_LIMIT {
+        return Err(too_large(false));
+    }
+    Ok(Request::from_parts(parts, axum::body::Body::from(kept)))
+}
+
+/// Bodies over the limit are still read (and dropped) up to this size before the refusal.
+const DRAIN_LIMIT: usize = 1 << 20;
+
+fn too_large(close: bool) -> Response {
+    let mut r = ApiError::new(
+        "body_too_large",
+        format!("the body is over {} bytes", super::BODY_LIMIT),
+    )
+    .into_response();
+    if close {
+        r.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    r
 }
 
 /// The guard: every route but the login page needs the token.
