@@ -7,8 +7,8 @@
 
 use crate::manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
 use crate::{
-    fingerprint, io, read_manifest_if_fresh, swap_into_place, work_dir, BuildError, BuildOptions,
-    BuildReport, Progress, BSD_KERNEL_FILE, FFS_DISK_FILE, MANIFEST,
+    fingerprint, io, read_manifest_if_fresh, recipe_layers, swap_into_place, work_dir, BuildError,
+    BuildOptions, BuildReport, Progress, BSD_KERNEL_FILE, FFS_DISK_FILE, MANIFEST,
 };
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::Staging;
@@ -119,28 +119,12 @@ pub(crate) fn build_bsd(
         "kiln",
         "Kiln's console protocol for etc/rc (kiln_ready, kiln_wait_tcp)",
     )?;
-    if recipe.common_dir().is_dir() {
-        st.overlay(
-            &recipe.common_dir(),
-            Path::new("/etc/include"),
-            "recipe common/ (shared rc snippets)",
-        )?;
-    }
-    if recipe.files_dir().is_dir() {
-        st.overlay(&recipe.files_dir(), Path::new("/"), "recipe files/ overlay")?;
-    }
-    st.copy_file(
-        Path::new("/etc/rc"),
-        &recipe.rc_path(),
-        Some(0o755),
+    let files = recipe_layers(
+        &mut st,
+        recipe,
         &format!("the service's entry script (etc/rc, run by {guest}'s init)"),
+        progress,
     )?;
-    let hooks = recipe.hooks()?;
-    if !hooks.is_empty() {
-        progress.phase("postinst hooks");
-        kiln_rootfs::hooks::run_hooks(&hooks, &staging_dir, &recipe.dir, &mut |l| progress.log(l))?;
-    }
-    let files = kiln_rootfs::manifest::describe(&staging_dir, st.origins())?;
 
     progress.phase("disk image");
     let disk = kiln_image::write_disk(

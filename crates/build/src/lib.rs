@@ -372,29 +372,12 @@ pub fn build_variant(
         "kiln",
         "kiln-init's configuration",
     )?;
-    if recipe.common_dir().is_dir() {
-        st.overlay(
-            &recipe.common_dir(),
-            Path::new("/etc/include"),
-            "recipe common/ (shared rc snippets)",
-        )?;
-    }
-    if recipe.files_dir().is_dir() {
-        st.overlay(&recipe.files_dir(), Path::new("/"), "recipe files/ overlay")?;
-    }
-    st.copy_file(
-        Path::new("/etc/rc"),
-        &recipe.rc_path(),
-        Some(0o755),
+    let files = recipe_layers(
+        &mut st,
+        recipe,
         "the service's entry script (etc/rc)",
+        progress,
     )?;
-
-    let hooks = recipe.hooks()?;
-    if !hooks.is_empty() {
-        progress.phase("postinst hooks");
-        kiln_rootfs::hooks::run_hooks(&hooks, &staging_dir, &recipe.dir, &mut |l| progress.log(l))?;
-    }
-    let files = kiln_rootfs::manifest::describe(&staging_dir, st.origins())?;
 
     let root_image = if cfg.image.format == "disk" {
         progress.phase("disk image");
@@ -516,6 +499,39 @@ pub fn build_variant(
         reused: false,
         elapsed: started.elapsed(),
     })
+}
+
+/// The recipe's own layers over the staged root — `common/` as /etc/include, the `files/`
+/// overlay, `etc/rc` — then its `postinst` hooks in the sandbox; returns the file list.
+fn recipe_layers(
+    st: &mut Staging,
+    recipe: &Recipe,
+    rc_reason: &str,
+    progress: &dyn Progress,
+) -> Result<Vec<kiln_rootfs::FileEntry>, BuildError> {
+    if recipe.common_dir().is_dir() {
+        st.overlay(
+            &recipe.common_dir(),
+            Path::new("/etc/include"),
+            "recipe common/ (shared rc snippets)",
+        )?;
+    }
+    if recipe.files_dir().is_dir() {
+        st.overlay(&recipe.files_dir(), Path::new("/"), "recipe files/ overlay")?;
+    }
+    st.copy_file(
+        Path::new("/etc/rc"),
+        &recipe.rc_path(),
+        Some(0o755),
+        rc_reason,
+    )?;
+    let staging = st.root().to_path_buf();
+    let hooks = recipe.hooks()?;
+    if !hooks.is_empty() {
+        progress.phase("postinst hooks");
+        kiln_rootfs::hooks::run_hooks(&hooks, &staging, &recipe.dir, &mut |l| progress.log(l))?;
+    }
+    Ok(kiln_rootfs::manifest::describe(&staging, st.origins())?)
 }
 
 /// A temporary folder beside `out_dir` to assemble a build in (removed when dropped).

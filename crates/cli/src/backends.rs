@@ -190,14 +190,9 @@ fn iface(tap: &str) -> serde_json::Value {
     })
 }
 
-/// A bhyve script for a Linux guest: grub-bhyve loads the kernel and initramfs from the host
-/// (bhyveload boots FreeBSD kernels only; the UEFI bootrom alternative is spelled out in a
-/// comment), then bhyve with virtio devices and the console on an nmdm pair.
-pub fn bhyve(vm: &BackendVm) -> String {
-    if vm.guest == "freebsd" {
-        return bhyve_freebsd(vm);
-    }
-    let vmname = format!("kiln-{}", vm.name);
+/// The start of a bhyve script: header, modules, the tap (and bridge) set up, and the user-net
+/// forwards as pf hints. Returns the script so far and the tap device, if any.
+fn bhyve_prelude(vm: &BackendVm, what: &str) -> (String, Option<String>) {
     let tap = match &vm.net {
         NetSpec::Tap { ifname } => Some(ifname.clone()),
         NetSpec::None => None,
@@ -207,7 +202,7 @@ pub fn bhyve(vm: &BackendVm) -> String {
     let _ = writeln!(s, "#!/bin/sh");
     let _ = writeln!(
         s,
-        "# bhyve for VM `{}`, written by `kiln run --backend bhyve --dry-run`; not tested on a real bhyve host.",
+        "# bhyve for {what} `{}`, written by `kiln run --backend bhyve --dry-run`; not tested on a real bhyve host.",
         vm.name
     );
     let _ = writeln!(s, "set -e");
@@ -233,6 +228,56 @@ pub fn bhyve(vm: &BackendVm) -> String {
             }
         }
     }
+    (s, tap)
+}
+
+/// bhyve's machine arguments, the NIC and the disks (path, read-only); the next free slot.
+fn bhyve_devices(
+    vm: &BackendVm,
+    tap: Option<&str>,
+    disks: &[(String, bool)],
+) -> (Vec<String>, usize) {
+    let mut args: Vec<String> = vec![
+        "-A -H -P".into(),
+        format!("-c {}", vm.cpus),
+        format!("-m {}M", vm.memory),
+        "-s 0:0,hostbridge".into(),
+        "-s 1:0,lpc".into(),
+    ];
+    let mut slot = 2;
+    if let Some(t) = tap {
+        args.push(format!("-s {slot}:0,virtio-net,{t}"));
+        slot += 1;
+    }
+    for (path, ro) in disks {
+        args.push(format!(
+            "-s {slot}:0,virtio-blk,{path}{}",
+            if *ro { ",ro" } else { "" }
+        ));
+        slot += 1;
+    }
+    (args, slot)
+}
+
+/// The `bhyve …` call, one argument a line, with the console on the VM's nmdm pair.
+fn write_bhyve_call(s: &mut String, mut args: Vec<String>, vmname: &str) {
+    args.push(format!("-l com1,/dev/nmdm-{vmname}.0A"));
+    let _ = writeln!(s, "bhyve \\");
+    for a in &args {
+        let _ = writeln!(s, "  {a} \\");
+    }
+    let _ = writeln!(s, "  {vmname} &");
+}
+
+/// A bhyve script for a Linux guest: grub-bhyve loads the kernel and initramfs from the host
+/// (bhyveload boots FreeBSD kernels only; the UEFI bootrom alternative is spelled out in a
+/// comment), then bhyve with virtio devices and the console on an nmdm pair.
+pub fn bhyve(vm: &BackendVm) -> String {
+    if vm.guest == "freebsd" {
+        return bhyve_freebsd(vm);
+    }
+    let vmname = format!("kiln-{}", vm.name);
+    let (mut s, tap) = bhyve_prelude(vm, "VM");
     let _ = writeln!(
         s,
         "# Loader: grub-bhyve (pkg install grub2-bhyve) reads the kernel and initramfs from the host;"
@@ -252,26 +297,12 @@ pub fn bhyve(vm: &BackendVm) -> String {
         "printf '{grub}' | grub-bhyve -m /tmp/{vmname}.map -r host -M {}M {vmname}",
         vm.memory
     );
-    let mut args: Vec<String> = vec![
-        "-A -H -P".into(),
-        format!("-c {}", vm.cpus),
-        format!("-m {}M", vm.memory),
-        "-s 0:0,hostbridge".into(),
-        "-s 1:0,lpc".into(),
-    ];
-    let mut slot = 2;
-    if let Some(t) = &tap {
-        args.push(format!("-s {slot}:0,virtio-net,{t}"));
-        slot += 1;
-    }
-    for (path, ro) in &vm.drives {
-        args.push(format!(
-            "-s {slot}:0,virtio-blk,{}{}",
-            path.display(),
-            if *ro { ",ro" } else { "" }
-        ));
-        slot += 1;
-    }
+    let drives: Vec<(String, bool)> = vm
+        .drives
+        .iter()
+        .map(|(p, ro)| (p.display().to_string(), *ro))
+        .collect();
+    let (mut args, mut slot) = bhyve_devices(vm, tap.as_deref(), &drives);
     for (tag, dir, ro) in &vm.shares {
         args.push(format!(
             "-s {slot}:0,virtio-9p,{tag}={}{}",
@@ -288,12 +319,7 @@ pub fn bhyve(vm: &BackendVm) -> String {
         let _ = write!(console, ",{name}={}", sock.display());
     }
     args.push(console);
-    args.push(format!("-l com1,/dev/nmdm-{vmname}.0A"));
-    let _ = writeln!(s, "bhyve \\");
-    for a in &args {
-        let _ = writeln!(s, "  {a} \\");
-    }
-    let _ = writeln!(s, "  {vmname} &");
+    write_bhyve_call(&mut s, args, &vmname);
     let _ = writeln!(
         s,
         "# console: cu -l /dev/nmdm-{vmname}.0B    graceful stop: echo poweroff | nc -U /var/run/{vmname}.control"
@@ -313,27 +339,7 @@ pub fn bhyve(vm: &BackendVm) -> String {
 /// then bhyve with virtio-blk/net and the console on an nmdm pair.
 fn bhyve_freebsd(vm: &BackendVm) -> String {
     let vmname = format!("kiln-{}", vm.name);
-    let tap = match &vm.net {
-        NetSpec::Tap { ifname } => Some(ifname.clone()),
-        NetSpec::None => None,
-        _ => Some("tap0".to_string()),
-    };
-    let mut s = String::new();
-    let _ = writeln!(s, "#!/bin/sh");
-    let _ = writeln!(
-        s,
-        "# bhyve for FreeBSD VM `{}`, written by `kiln run --backend bhyve --dry-run`; not tested on a real bhyve host.",
-        vm.name
-    );
-    let _ = writeln!(s, "set -e");
-    let _ = writeln!(s, "kldload -n vmm nmdm if_tap if_bridge");
-    if let Some(t) = &tap {
-        let _ = writeln!(s, "ifconfig {t} create 2>/dev/null || true");
-        let _ = writeln!(s, "sysctl net.link.tap.up_on_open=1");
-        if let NetSpec::Bridge { bridge } = &vm.net {
-            let _ = writeln!(s, "ifconfig {bridge} addm {t} up");
-        }
-    }
+    let (mut s, tap) = bhyve_prelude(vm, "FreeBSD VM");
     let mut disks = vec![];
     for (i, (path, ro)) in vm.drives.iter().enumerate() {
         if i == 0 {
@@ -360,32 +366,9 @@ fn bhyve_freebsd(vm: &BackendVm) -> String {
         "bhyveload -c /dev/nmdm-{vmname}.0A -m {}M -d {root} -e vfs.root.mountfrom=ufs:/dev/vtbd0{env} {vmname}",
         vm.memory
     );
-    let mut args: Vec<String> = vec![
-        "-A -H -P".into(),
-        format!("-c {}", vm.cpus),
-        format!("-m {}M", vm.memory),
-        "-s 0:0,hostbridge".into(),
-        "-s 1:0,lpc".into(),
-    ];
-    let mut slot = 2;
-    if let Some(t) = &tap {
-        args.push(format!("-s {slot}:0,virtio-net,{t}"));
-        slot += 1;
-    }
-    for (path, ro) in &disks {
-        args.push(format!(
-            "-s {slot}:0,virtio-blk,{path}{}",
-            if *ro { ",ro" } else { "" }
-        ));
-        slot += 1;
-    }
+    let (mut args, slot) = bhyve_devices(vm, tap.as_deref(), &disks);
     args.push(format!("-s {slot}:0,virtio-rnd"));
-    args.push(format!("-l com1,/dev/nmdm-{vmname}.0A"));
-    let _ = writeln!(s, "bhyve \\");
-    for a in &args {
-        let _ = writeln!(s, "  {a} \\");
-    }
-    let _ = writeln!(s, "  {vmname} &");
+    write_bhyve_call(&mut s, args, &vmname);
     let _ = writeln!(
         s,
         "# console: cu -l /dev/nmdm-{vmname}.0B    stop: bhyvectl --force-poweroff --vm={vmname}"

@@ -4,6 +4,7 @@ set -e
 kldload -n vmm nmdm if_tap if_bridge
 ifconfig tap0 create 2>/dev/null || true
 sysctl net.link.tap.up_on_open=1
+# forward 127.0.0.1:2222:22/tcp: e.g. pf `rdr pass on $ext_if proto tcp to port 2222 -> 10.0.2.15 port 22` (guest address from the recipe)
 # The root disk: a copy, so every boot starts from the image as built.
 cp /img/root.ffs /var/tmp/kiln-jump.ffs
 bhyvectl --destroy --vm=kiln-jump 2>/dev/null || true

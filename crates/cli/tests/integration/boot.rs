@@ -371,9 +371,17 @@ fn disk_image_boots_its_root_from_virtio_blk() {
     std::fs::write(&data, vec![0u8; 1 << 20]).expect("data");
     for _ in 0..2 {
         let mut c = kiln(d.path());
-        c.args(["run", "--name", &unique("disk"), "--drive"])
-            .arg(&data)
-            .arg(&img);
+        // No network: the recipe's default forward (8080) may be taken by another test.
+        c.args([
+            "run",
+            "--network",
+            "none",
+            "--name",
+            &unique("disk"),
+            "--drive",
+        ])
+        .arg(&data)
+        .arg(&img);
         let o = run(c);
         let t = text(&o);
         assert!(o.status.success(), "{t}");

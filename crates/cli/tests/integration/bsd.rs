@@ -145,7 +145,8 @@ fn netbsd_image_from_sets_mounts_in_a_vm_and_plans_a_smolbsd_boot() {
     )
     .expect("rc");
     let mut c = kiln(state.path());
-    c.args(["run", "--name", "ffsprobe", "--drive"])
+    // No network: the recipe's default forward (8080) may be taken by another test.
+    c.args(["run", "--network", "none", "--name", "ffsprobe", "--drive"])
         .arg(format!("{}:ro", img.join("root.ffs").display()))
         .arg(probe.path());
     let o = run(c);
@@ -187,50 +188,41 @@ fn freebsd_image_runs_under_bhyve_on_paper_only() {
     );
 }
 
+/// `kiln build` of `recipe`, which must be refused (exit 2, no image); its output.
+fn refused_build(recipe: &Path) -> String {
+    let d = tempfile::tempdir().expect("tmp");
+    let mut c = kiln(d.path());
+    c.arg("build")
+        .arg(recipe)
+        .arg("-o")
+        .arg(d.path().join("img"));
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(!d.path().join("img").exists(), "an image was left");
+    text(&o)
+}
+
 #[test]
 fn bsd_refusals_name_the_file_and_line() {
     // A set that is no tarball.
     let r = bsd_recipe("netbsd");
     std::fs::write(r.path().join("sets/etc.tgz"), "not a tarball").expect("w");
-    let d = tempfile::tempdir().expect("tmp");
-    let mut c = kiln(d.path());
-    c.arg("build")
-        .arg(r.path())
-        .arg("-o")
-        .arg(d.path().join("img"));
-    let o = run(c);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
-    assert!(
-        text(&o).contains("set ") && text(&o).contains("etc.tgz"),
-        "{}",
-        text(&o)
-    );
-    assert!(!d.path().join("img").exists());
+    let t = refused_build(r.path());
+    assert!(t.contains("set ") && t.contains("etc.tgz"), "{t}");
     // A kernel that is no ELF file.
     let r = bsd_recipe("netbsd");
     std::fs::write(r.path().join("kernel.elf"), "gzip or so").expect("w");
-    let mut c = kiln(d.path());
-    c.arg("build")
-        .arg(r.path())
-        .arg("-o")
-        .arg(d.path().join("img"));
-    let o = run(c);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = refused_build(r.path());
     assert!(
-        text(&o).contains("kiln.toml:3: kernel:") && text(&o).contains("not an ELF file"),
-        "{}",
-        text(&o)
+        t.contains("kiln.toml:3: kernel:") && t.contains("not an ELF file"),
+        "{t}"
     );
     // A missing set.
     let r = bsd_recipe("netbsd");
     std::fs::remove_file(r.path().join("sets/base.tgz")).expect("rm");
-    let mut c = kiln(d.path());
-    c.arg("build").arg(r.path());
-    let o = run(c);
-    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    let t = refused_build(r.path());
     assert!(
-        text(&o).contains("sets/base.tgz") && text(&o).contains("kiln.toml:4"),
-        "{}",
-        text(&o)
+        t.contains("sets/base.tgz") && t.contains("kiln.toml:4"),
+        "{t}"
     );
 }
