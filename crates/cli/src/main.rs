@@ -3,6 +3,7 @@
 
 mod backends;
 mod bench;
+mod cache;
 mod console;
 mod dirs;
 mod kernel;
@@ -40,6 +41,11 @@ enum Command {
     /// Build or list Kiln's tiny kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
+    /// Show the cache (images, kernels, downloads), or prune what no VM or recipe needs.
+    Cache {
+        #[command(subcommand)]
+        cmd: Option<cache::CacheCmd>,
+    },
     /// Boot a recipe N times and measure each phase, optionally beside a plain baseline.
     Bench(bench::BenchArgs),
     /// Stop a detached VM: ask its init to power off, then quit QEMU, then kill it.
@@ -226,6 +232,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Run(a) => run::run(a),
         Command::Bench(a) => bench::bench(a),
         Command::Kernel(k) => kernel::run(k),
+        Command::Cache { cmd } => cache::run(cmd),
         Command::Stop { name, timeout } => vms::stop(&name, Some(timeout)),
         Command::Kill { name } => vms::stop(&name, None),
         Command::Rm { names, force } => vms::rm(&names, force),

@@ -641,3 +641,92 @@ fn dry_runs_render_other_backends_from_a_config_file() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(qemu_pids_with("kiln-paper ").is_empty());
 }
+
+/// `kiln cache prune` drops a recipe's older images but keeps its newest and any a VM record
+/// points at, and PVH kernels no kept image uses; `--dry-run` removes nothing.
+#[test]
+fn cache_prune_keeps_the_newest_and_the_used_images() {
+    let cache = tempfile::tempdir().expect("cache");
+    let images = cache.path().join("images");
+    std::fs::create_dir_all(&images).expect("mkdir");
+    let copy = |name: &str| {
+        let dest = images.join(name);
+        let st = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(httpd_image())
+            .arg(&dest)
+            .status()
+            .expect("cp");
+        assert!(st.success());
+        dest
+    };
+    // Oldest first: used-by-a-VM, then an older build, then the newest.
+    let used = copy("httpd-used");
+    let old = copy("httpd-old");
+    let newest = copy("httpd-newest");
+    let touch = |dir: &Path, secs_ago: u64| {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(dir.join("manifest.json"))
+            .expect("open");
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(secs_ago))
+            .expect("mtime");
+    };
+    touch(&used, 3000);
+    touch(&old, 2000);
+    touch(&newest, 1000);
+    let pvh = cache.path().join("pvh");
+    std::fs::create_dir_all(&pvh).expect("mkdir");
+    std::fs::write(pvh.join("feedface.vmlinux"), vec![0u8; 4096]).expect("w");
+
+    let mut f = Fleet::new();
+    let name = f.name("cached");
+    let cmd = |f: &Fleet, args: &[&str]| {
+        let mut c = f.kiln();
+        c.env("KILN_CACHE_DIR", cache.path()).args(args);
+        run(c)
+    };
+    let o = cmd(
+        &f,
+        &[
+            "run",
+            "-d",
+            "--network",
+            "none",
+            "--name",
+            &name,
+            used.to_str().expect("utf8"),
+        ],
+    );
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = cmd(&f, &["cache"]);
+    let listing = text(&o);
+    assert!(o.status.success(), "{listing}");
+    assert!(listing.contains(&format!("used by {name}")), "{listing}");
+    assert!(listing.contains("the newest image of httpd"), "{listing}");
+
+    let o = cmd(&f, &["cache", "prune", "--dry-run"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("would remove image") && t.contains("httpd-old"),
+        "{t}"
+    );
+    assert!(old.is_dir(), "--dry-run removed something");
+
+    let o = cmd(&f, &["cache", "prune"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(!old.exists(), "the older image stays: {t}");
+    assert!(used.is_dir() && newest.is_dir(), "a kept image went: {t}");
+    assert!(!pvh.join("feedface.vmlinux").exists(), "{t}");
+    assert!(t.contains("kept 2 images"), "{t}");
+
+    // The VM booted from the kept image still stops cleanly.
+    let o = f.run(&["stop", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = f.run(&["rm", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    f.assert_clean();
+}
