@@ -41,6 +41,17 @@ enum Command {
     /// Build or list Kiln's tiny kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
+    /// Print shell completions (bash, zsh, fish, elvish, powershell), generated from the flags.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from the flags: `kiln man | man -l -`, or
+    /// `kiln man run` for a subcommand's.
+    Man {
+        /// A subcommand (`run`, `build`, …); none for kiln(1).
+        subcommand: Option<String>,
+    },
     /// Show the cache (images, kernels, downloads), or prune what no VM or recipe needs.
     Cache {
         #[command(subcommand)]
@@ -233,6 +244,38 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Bench(a) => bench::bench(a),
         Command::Kernel(k) => kernel::run(k),
         Command::Cache { cmd } => cache::run(cmd),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kiln", &mut std::io::stdout());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Man { subcommand } => {
+            let top = <Cli as clap::CommandFactory>::command();
+            let page = match &subcommand {
+                None => top,
+                Some(name) => {
+                    let Some(sub) = top.find_subcommand(name).cloned() else {
+                        let names: Vec<String> = top
+                            .get_subcommands()
+                            .filter(|c| !c.is_hide_set())
+                            .map(|c| c.get_name().to_string())
+                            .collect();
+                        return Err(BadInput(format!(
+                            "man: no subcommand `{name}`; one of: {}",
+                            names.join(", ")
+                        ))
+                        .into());
+                    };
+                    sub.display_name(format!("kiln-{name}"))
+                        .version(env!("CARGO_PKG_VERSION"))
+                }
+            };
+            match clap_mangen::Man::new(page).render(&mut std::io::stdout()) {
+                Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {}
+                r => r.context("writing the man page")?,
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Stop { name, timeout } => vms::stop(&name, Some(timeout)),
         Command::Kill { name } => vms::stop(&name, None),
         Command::Rm { names, force } => vms::rm(&names, force),

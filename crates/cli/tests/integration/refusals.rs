@@ -263,3 +263,46 @@ fn corrupt_cached_kernel_is_refused() {
         "no image may be written from a corrupt cache"
     );
 }
+
+/// The man pages and shell completions are generated from the same flag definitions as
+/// `--help`; an unknown subcommand or shell is refused.
+#[test]
+fn man_pages_and_completions_come_from_the_flags() {
+    let d = tempfile::tempdir().expect("tmp");
+    let out = |args: &[&str]| {
+        let mut c = kiln(d.path());
+        c.args(args);
+        run(c)
+    };
+    let o = out(&["man"]);
+    let page = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(
+        page.starts_with(".ie") && page.contains(".TH kiln 1"),
+        "{page}"
+    );
+    for sub in ["build", "run", "kernel", "cache", "serve"] {
+        assert!(page.contains(&format!("kiln\\-{sub}(1)")), "{sub} missing");
+    }
+    assert!(!page.contains("__supervise"), "internal command listed");
+    let o = out(&["man", "run"]);
+    let page = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(
+        page.contains(".TH kiln-run 1") && page.contains("\\-\\-detach"),
+        "{page}"
+    );
+    let help = text(&out(&["run", "--help"]));
+    assert!(help.contains("--detach"), "{help}");
+    let o = out(&["man", "nosuch"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("no subcommand `nosuch`"), "{}", text(&o));
+
+    let o = out(&["completions", "bash"]);
+    let bash = String::from_utf8_lossy(&o.stdout).into_owned();
+    assert!(o.status.success());
+    assert!(bash.contains("_kiln()") && bash.contains("prune"), "{bash}");
+    let o = out(&["completions", "fish"]);
+    assert!(String::from_utf8_lossy(&o.stdout).contains("complete -c kiln"));
+    let o = out(&["completions", "tcsh"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+}
