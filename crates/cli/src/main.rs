@@ -107,7 +107,7 @@ enum Command {
         /// The VM's name.
         name: String,
     },
-    /// List detached VMs.
+    /// List VMs: detached ones and foreground `kiln run`s.
     Ps {
         /// Print JSON.
         #[arg(long)]

@@ -600,13 +600,75 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         a.verbose,
     )?;
     ports::check_free(&plan.ports)?;
+    let reg = Registration::admit(&plan, &image_dir, probe.accel)?;
     std::fs::create_dir_all(&run_dir).with_context(|| format!("creating {}", run_dir.display()))?;
     for v in &plan.spec.vports {
         eprintln!("kiln: virtio port {} on {}", v.name, v.socket.display());
     }
-    let r = foreground(&a, &plan, &qemu);
+    let r = foreground(&a, &plan, &qemu, &reg);
     let _ = std::fs::remove_dir_all(&run_dir);
     r
+}
+
+/// A foreground VM's record in the state folder, so `kiln ps` lists it, `kiln stop` stops it
+/// (SIGTERM to this kiln) and its name and ports are held like a detached VM's. Removed when
+/// the run ends (dropped).
+pub(crate) struct Registration {
+    root: PathBuf,
+    name: String,
+}
+
+impl Registration {
+    /// Admit the VM (name and ports free among live VMs) and write its record.
+    fn admit(plan: &Plan, image_dir: &Path, accel: Accel) -> Result<Registration> {
+        let root = dirs::state_root();
+        let _lock = state::StateLock::acquire(&root)?;
+        admit(&root, plan)?;
+        let me = std::process::id();
+        let rec = VmRecord {
+            name: plan.name.clone(),
+            state: VmState::Starting,
+            pid: 0,
+            pid_start: None,
+            supervisor_pid: me,
+            supervisor_start: kiln_vm::runner::pid_start_time(me),
+            boot_id: kiln_vm::runner::boot_id(),
+            image: image_dir.display().to_string(),
+            ports: plan.ports.iter().map(|p| p.to_string()).collect(),
+            cpus: plan.spec.cpus,
+            memory: plan.spec.memory_mib,
+            accel: accel.to_string(),
+            started: state::now(),
+            ready_ms: None,
+            restarts: 0,
+            exit_code: None,
+            signal: None,
+            stopped: None,
+            error: None,
+            tail: None,
+            config: plan.config.clone(),
+            foreground: true,
+        };
+        state::write(&root, &rec)?;
+        Ok(Registration {
+            root,
+            name: plan.name.clone(),
+        })
+    }
+
+    /// Change the record (QEMU's pid once spawned, readiness).
+    fn update(&self, f: impl FnOnce(&mut VmRecord)) {
+        if let Ok(mut rec) = state::read_raw(&self.root, &self.name) {
+            f(&mut rec);
+            let _ = state::write(&self.root, &rec);
+        }
+    }
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let _ = state::remove(&self.root, &self.name);
+    }
 }
 
 /// Refuse a new VM whose name, host ports or writable disk another live VM holds. Call with
@@ -667,10 +729,16 @@ pub(crate) fn admit(state_root: &Path, plan: &Plan) -> Result<()> {
     Ok(())
 }
 
-fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
+fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path, reg: &Registration) -> Result<ExitCode> {
     let paths = RunPaths::in_dir(&plan.run_dir);
     let mut vm = runner::spawn(qemu, &plan.spec, &paths, false)?;
     let launched = vm.started;
+    let qemu_pid = vm.pid();
+    reg.update(|r| {
+        r.pid = qemu_pid;
+        r.pid_start = kiln_vm::runner::pid_start_time(qemu_pid);
+        r.state = VmState::Running;
+    });
     let console = vm.connect_console()?;
     let writer = console.try_clone().context("cloning the console socket")?;
     let parser = Arc::new(Mutex::new(LineParser::new(40)));
@@ -722,6 +790,7 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path) -> Result<ExitCode> {
                     ConsoleEvent::Ready { guest_ms } => {
                         let now = Instant::now();
                         ready_at = Some((now, guest_ms));
+                        reg.update(|r| r.ready_ms = Some(guest_ms));
                         eprint!(
                             "kiln: {} ready: guest {} ms, launch to ready {:.0} ms ({}){nl}",
                             plan.name,

@@ -108,6 +108,10 @@ pub struct VmRecord {
     /// The whole VM config (image resolved), reused by restarts and `kiln enable`.
     #[serde(default)]
     pub config: VmConfig,
+    /// Run in the foreground by `kiln run` (the "supervisor" is that kiln; the console is its
+    /// terminal, there is no console log); the record goes when that run ends.
+    #[serde(default)]
+    pub foreground: bool,
 }
 
 /// Now, in Unix seconds.
@@ -273,6 +277,7 @@ mod tests {
             error: None,
             tail: None,
             config: VmConfig::default(),
+            foreground: false,
         }
     }
 

@@ -88,6 +88,7 @@ pub fn start_detached(
         error: None,
         tail: None,
         config: cfg.clone(),
+        foreground: false,
     };
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let log = std::fs::File::create(dir.join("supervisor.log"))
@@ -475,7 +476,10 @@ pub fn request_stop(root: &Path, rec: &VmRecord, timeout: Option<u64>) -> Result
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    let after = state::read(root, &rec.name)?;
+    // A foreground run removes its record as it ends.
+    let Ok(after) = state::read(root, &rec.name) else {
+        return Ok("Graceful (the foreground run ended)".into());
+    };
     Ok(after
         .stopped
         .clone()

@@ -30,7 +30,20 @@ fn row(r: &VmRecord) -> serde_json::Value {
         "exit_code": r.exit_code,
         "signal": r.signal,
         "ready_ms": r.ready_ms,
+        "foreground": r.foreground,
     })
+}
+
+/// A foreground VM's console is the terminal of its `kiln run`: no log, no socket to attach.
+fn refuse_foreground(rec: &VmRecord) -> Result<()> {
+    if rec.foreground {
+        return Err(BadInput(format!(
+            "{} runs in the foreground of `kiln run` (pid {}): its console is that terminal; start it with `kiln run -d` for logs and `kiln console`",
+            rec.name, rec.supervisor_pid
+        ))
+        .into());
+    }
+    Ok(())
 }
 
 /// `kiln ps`.
@@ -129,6 +142,7 @@ pub fn rm(names: &[String], force: bool) -> Result<ExitCode> {
 pub fn logs(name: &str, follow: bool) -> Result<ExitCode> {
     let root = dirs::state_root();
     let rec = must_read(&root, name)?;
+    refuse_foreground(&rec)?;
     let path = state::vm_dir(&root, name).join("console.log");
     let mut f = match std::fs::File::open(&path) {
         Ok(f) => f,
@@ -162,6 +176,7 @@ pub fn logs(name: &str, follow: bool) -> Result<ExitCode> {
 pub fn console(name: &str) -> Result<ExitCode> {
     let root = dirs::state_root();
     let rec = must_read(&root, name)?;
+    refuse_foreground(&rec)?;
     if !state::is_live(&rec) {
         return Err(BadInput(format!(
             "{name} is not running ({}); `kiln logs {name}` shows its console log",

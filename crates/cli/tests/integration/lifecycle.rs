@@ -730,3 +730,65 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     assert!(o.status.success(), "{}", text(&o));
     f.assert_clean();
 }
+
+/// A foreground `kiln run` is a VM like the others: `ps` lists it, its name is held, `kiln stop`
+/// ends it (the run exits 0), and its record goes with it. Its console is the terminal, so
+/// `logs` and `console` point at `kiln run -d`.
+#[test]
+fn a_foreground_run_is_listed_held_and_stopped_by_name() {
+    let mut f = Fleet::new();
+    let name = f.name("fg");
+    let port = free_port();
+    let mut c = f.kiln();
+    c.args([
+        "run",
+        "--no-console",
+        "--name",
+        &name,
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .arg(httpd_image())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut child = KillOnDrop(c.spawn().expect("spawn kiln run"));
+    let row = wait_until(
+        "the foreground VM running in ps",
+        BOOT,
+        Duration::from_millis(100),
+        || {
+            f.row(&name)
+                .filter(|r| r["state"] == "running" && r["pid"].is_u64())
+        },
+    );
+    assert_eq!(row["foreground"], true, "{row}");
+    http_ok(port);
+
+    let o = f.run(&[
+        "run",
+        "--name",
+        &name,
+        "-p",
+        &format!("{}:80", free_port()),
+        httpd_image().to_str().expect("utf8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("a VM named `{name}` is already")),
+        "{}",
+        text(&o)
+    );
+    let o = f.run(&["logs", &name]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("runs in the foreground"), "{}", text(&o));
+
+    let o = f.run(&["stop", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("kiln run ends after kiln stop");
+    assert!(status.success(), "{status:?}");
+    assert!(f.row(&name).is_none(), "the record outlived the run");
+    f.assert_clean();
+}
