@@ -201,14 +201,21 @@ impl Recipe {
         if let KernelChoice::File(p) = &self.config.kernel {
             let path = self.resolve(p.get_ref());
             if !path.is_file() {
-                return Err(RecipeError::MissingFile {
-                    path,
-                    what: format!(
-                        "kernel file named by `kernel` at {}; give an existing bzImage/vmlinux \
-                         or \"debian\"",
+                let what = if self.config.guest.is_bsd() {
+                    format!(
+                        "the {} kernel named by `kernel` at {}; put the kernel file there (Kiln \
+                         cannot download BSD kernels; docs/bsd.md says where to get one)",
+                        self.config.guest.name(),
                         self.locate(p.span())
-                    ),
-                });
+                    )
+                } else {
+                    format!(
+                        "kernel file named by `kernel` at {}; give an existing bzImage/vmlinux, \
+                         \"tiny\" or \"debian\"",
+                        self.locate(p.span())
+                    )
+                };
+                return Err(RecipeError::MissingFile { path, what });
             }
         }
         for set in &self.config.sets {

@@ -226,3 +226,56 @@ fn bsd_refusals_name_the_file_and_line() {
         "{t}"
     );
 }
+
+/// examples/netbsd-httpd (smolBSD's bozohttpd service) builds once its sets and kernel are in
+/// place (stand-ins here) and plans the smolBSD boot with its port forward.
+#[test]
+fn the_netbsd_example_builds_from_sets() {
+    let src = workspace_root().join("examples/netbsd-httpd");
+    let r = tempfile::tempdir().expect("tmp");
+    let st = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", src.display()))
+        .arg(r.path())
+        .status()
+        .expect("cp");
+    assert!(st.success());
+    // Without its kernel and sets the example is refused with the paths to put them at.
+    let d = tempfile::tempdir().expect("tmp");
+    let refusal = || {
+        let mut c = kiln(d.path());
+        c.arg("build").arg(r.path());
+        let o = run(c);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        text(&o)
+    };
+    let t = refusal();
+    assert!(
+        t.contains("netbsd-SMOL") && t.contains("the netbsd kernel"),
+        "{t}"
+    );
+    std::fs::copy("/bin/true", r.path().join("netbsd-SMOL")).expect("kernel");
+    let t = refusal();
+    assert!(t.contains("sets/base.tgz"), "{t}");
+    // Stand-ins: the synthetic sets (and the ELF above as the kernel).
+    let fake = bsd_recipe("netbsd");
+    std::fs::create_dir_all(r.path().join("sets")).expect("mkdir");
+    for set in ["base.tgz", "etc.tgz"] {
+        std::fs::copy(
+            fake.path().join("sets").join(set),
+            r.path().join("sets").join(set),
+        )
+        .expect("set");
+    }
+    let (img, m) = build_ok(r.path());
+    assert_eq!(m["boot"]["guest"], "netbsd");
+    assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
+    assert!(reason_of(&m, "/var/www/index.html").contains("files/"));
+    let mut c = kiln(d.path());
+    c.args(["run", "--dry-run"]).arg(img.path().join("img"));
+    let o = run(c);
+    let argv = text(&o);
+    assert!(o.status.success(), "{argv}");
+    assert!(argv.contains("'console=com root=ld0a -z'"), "{argv}");
+    assert!(argv.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{argv}");
+}
