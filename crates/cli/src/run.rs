@@ -656,6 +656,13 @@ impl Registration {
         })
     }
 
+    /// How long a stop may wait for the guest to power off: what `kiln stop --timeout` asked
+    /// (10 s when the stop came from the terminal), nothing for `kiln kill`.
+    fn stop_grace(&self) -> Duration {
+        crate::supervise::stop_request(&state::vm_dir(&self.root, &self.name))
+            .unwrap_or(Duration::ZERO)
+    }
+
     /// Change the record (QEMU's pid once spawned, readiness).
     fn update(&self, f: impl FnOnce(&mut VmRecord)) {
         if let Ok(mut rec) = state::read_raw(&self.root, &self.name) {
@@ -780,7 +787,7 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path, reg: &Registration) -> Resu
         if stop.load(Ordering::Relaxed) && !stopping {
             stopping = true;
             eprint!("kiln: stopping {}{nl}", plan.name);
-            let outcome = vm.stop(Duration::from_secs(10));
+            let outcome = vm.stop(reg.stop_grace());
             tracing::debug!(?outcome, "stopped");
         }
         match events.recv_timeout(Duration::from_millis(20)) {

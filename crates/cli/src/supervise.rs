@@ -312,8 +312,8 @@ pub fn supervise(name: &str) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// What `kiln stop`/`kiln kill` asked for.
-fn stop_request(dir: &Path) -> Option<Duration> {
+/// What `kiln stop`/`kiln kill` asked for: a graceful stop's grace, or `None` to kill.
+pub(crate) fn stop_request(dir: &Path) -> Option<Duration> {
     let text = std::fs::read_to_string(dir.join(STOP_REQUEST)).unwrap_or_default();
     let mut words = text.split_whitespace();
     match words.next() {

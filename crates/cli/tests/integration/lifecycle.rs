@@ -7,7 +7,7 @@
 use super::*;
 use kiln_test_support::{curl, free_port, qemu_pids_with, wait_until, KillOnDrop};
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
 use std::time::Duration;
@@ -732,27 +732,38 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
 }
 
 /// A foreground `kiln run` is a VM like the others: `ps` lists it, its name is held, `kiln stop`
-/// ends it (the run exits 0), and its record goes with it. Its console is the terminal, so
-/// `logs` and `console` point at `kiln run -d`.
+/// ends it gracefully (the run exits 0) and `kiln kill` without waiting for the guest, and its
+/// record goes with it. Its console is the terminal, so `logs` points at `kiln run -d`.
 #[test]
 fn a_foreground_run_is_listed_held_and_stopped_by_name() {
     let mut f = Fleet::new();
     let name = f.name("fg");
     let port = free_port();
-    let mut c = f.kiln();
-    c.args([
-        "run",
-        "--no-console",
-        "--name",
-        &name,
-        "-p",
-        &format!("{port}:80"),
-    ])
-    .arg(httpd_image())
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
-    let mut child = KillOnDrop(c.spawn().expect("spawn kiln run"));
+    // The guest console goes to stdout: kiln-init says `powering off` on a graceful stop only.
+    let start = |f: &Fleet| {
+        let mut c = f.kiln();
+        c.args(["run", "--name", &name, "-p", &format!("{port}:80")])
+            .arg(httpd_image())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        KillOnDrop(c.spawn().expect("spawn kiln run"))
+    };
+    let finish = |child: &mut KillOnDrop| {
+        let status = child
+            .wait_timeout(Duration::from_secs(30))
+            .expect("kiln run ends when stopped by name");
+        let mut out = String::new();
+        child
+            .0
+            .stdout
+            .take()
+            .expect("stdout")
+            .read_to_string(&mut out)
+            .expect("read");
+        (status, out)
+    };
+    let mut child = start(&f);
     let row = wait_until(
         "the foreground VM running in ps",
         BOOT,
@@ -785,10 +796,20 @@ fn a_foreground_run_is_listed_held_and_stopped_by_name() {
 
     let o = f.run(&["stop", &name]);
     assert!(o.status.success(), "{}", text(&o));
-    let status = child
-        .wait_timeout(Duration::from_secs(30))
-        .expect("kiln run ends after kiln stop");
+    let (status, out) = finish(&mut child);
     assert!(status.success(), "{status:?}");
+    assert!(out.contains("kiln: powering off"), "graceful: {out}");
+    assert!(f.row(&name).is_none(), "the record outlived the run");
+
+    let mut child = start(&f);
+    http_ok(port);
+    let o = f.run(&["kill", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (_, out) = finish(&mut child);
+    assert!(
+        !out.contains("kiln: powering off"),
+        "killed, not powered off: {out}"
+    );
     assert!(f.row(&name).is_none(), "the record outlived the run");
     f.assert_clean();
 }
