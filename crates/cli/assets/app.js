@@ -144,6 +144,10 @@ function attach(name) {
     term.write(`${name} is ${v ? v.state : "gone"}; its console opens once it runs.\r\n`);
     return;
   }
+  if (v.foreground) {
+    term.write(`${name} runs in the foreground of a \`kiln run\`: its console is that terminal.\r\n`);
+    return;
+  }
   const ws = new WebSocket(`${location.protocol === "https:" ? "wss" : "ws"}://${location.host}/api/vms/${encodeURIComponent(name)}/console`);
   ws.binaryType = "arraybuffer";
   ws.onopen = () => { term.focus(); document.body.dataset.console = name; };

@@ -439,6 +439,7 @@ async fn logs(
     Query(q): Query<LogsQuery>,
 ) -> ApiResult<Json<serde_json::Value>> {
     let v = find_cached(&app, &name)?;
+    refuse_foreground(&v)?;
     let max = q.bytes.unwrap_or(64 * 1024).clamp(1, 4 << 20);
     let vms = app.vms.clone();
     let n = name.clone();
@@ -452,12 +453,27 @@ async fn logs(
     ))
 }
 
+/// A foreground VM's console is the terminal of its `kiln run`: no log, no socket here.
+fn refuse_foreground(v: &VmInfo) -> ApiResult<()> {
+    if v.foreground {
+        return Err(ApiError::new(
+            "unsupported",
+            format!(
+                "`{}` runs in the foreground of a `kiln run`: its console is that terminal",
+                v.name
+            ),
+        ));
+    }
+    Ok(())
+}
+
 async fn console(
     State(app): State<AppState>,
     Path(name): Path<String>,
     ws: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
 ) -> ApiResult<Response> {
     let v = find(&app, &name).await?;
+    refuse_foreground(&v)?;
     let ws = ws.map_err(|r| {
         ApiError::new(
             "bad_body",
@@ -468,6 +484,14 @@ async fn console(
         return Err(ApiError::new(
             "vm_not_running",
             format!("`{name}` is {}", v.state),
+        ));
+    }
+    if v.foreground {
+        return Err(ApiError::new(
+            "unsupported",
+            format!(
+                "`{name}` runs in the foreground of a `kiln run`: its console is that terminal"
+            ),
         ));
     }
     let socket = app.vms.console_socket_path(&name);

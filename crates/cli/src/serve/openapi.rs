@@ -123,7 +123,8 @@ pub fn document() -> Value {
                     "accel": {"type": "string"},
                     "cpu_percent": {"type": ["number", "null"], "description": "of one host core, over the last sample"},
                     "rss_mib": {"type": ["number", "null"]},
-                    "error": {"type": ["string", "null"]}}},
+                    "error": {"type": ["string", "null"]},
+                    "foreground": {"type": "boolean", "description": "run by a `kiln run` in the foreground: listed and stoppable, no console here"}}},
                 "CreateRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "recipe": {"type": "string", "description": "a name from /api/recipes (exactly one of recipe, image)"},
                     "image": {"type": "string", "description": "a name from /api/images"},

@@ -42,6 +42,8 @@ pub struct VmInfo {
     pub rss_mib: Option<f64>,
     /// Why it failed to start (state `failed`).
     pub error: Option<String>,
+    /// Run in the foreground by a `kiln run`: listed and stoppable, its console is not here.
+    pub foreground: bool,
 }
 
 /// A VM this server asked the lifecycle to boot that is not ready yet (or failed to be).
@@ -172,6 +174,7 @@ impl App {
                         cpu_percent: None,
                         rss_mib: None,
                         error: p.error.clone(),
+                        foreground: false,
                     }),
                 }
             }
@@ -209,6 +212,7 @@ fn info_from_row(r: VmRow, cpu_percent: Option<f64>, rss_mib: Option<f64>) -> Vm
         cpu_percent,
         rss_mib,
         error: None,
+        foreground: r.foreground,
     }
 }
 

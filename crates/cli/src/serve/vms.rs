@@ -38,6 +38,9 @@ pub struct VmRow {
     /// kvm or tcg.
     #[serde(default)]
     pub accel: String,
+    /// Run in the foreground by a `kiln run` (its console is that terminal).
+    #[serde(default)]
+    pub foreground: bool,
 }
 
 /// A validated request to boot a VM (what `kiln run --detach` takes).

@@ -2,7 +2,7 @@
 //! (a raw socket). The VM test boots recipes/rescue under QEMU through the API.
 
 use super::*;
-use kiln_test_support::{qemu_pids_with, wait_until, KillOnDrop};
+use kiln_test_support::{free_port, qemu_pids_with, wait_until, KillOnDrop};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -673,4 +673,55 @@ fn browser_creates_a_vm_types_in_its_console_and_stops_it() {
         qemu_pids_with(&format!("kiln-{name}")).is_empty(),
         "QEMU left running"
     );
+}
+
+/// A foreground `kiln run` in the server's state folder shows in the table as such, its
+/// console and log are refused with the reason, and the API stops it.
+#[test]
+fn a_foreground_run_shows_in_the_api_and_stops_from_it() {
+    let s = Server::start();
+    let name = format!("fgweb{}", free_port());
+    let port = free_port();
+    let mut c = kiln(s.state.path());
+    c.args([
+        "run",
+        "--no-console",
+        "--name",
+        &name,
+        "-p",
+        &format!("{port}:80"),
+    ])
+    .arg(httpd_image())
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut child = KillOnDrop(c.spawn().expect("spawn kiln run"));
+    let vm = wait_until(
+        "the foreground VM running in /api/vms",
+        Duration::from_secs(120),
+        Duration::from_millis(200),
+        || {
+            let (_, v) = s.call("GET", "/api/vms", None);
+            v.as_array()?
+                .iter()
+                .find(|r| r["name"] == name.as_str() && r["state"] == "running")
+                .cloned()
+        },
+    );
+    assert_eq!(vm["foreground"], true, "{vm}");
+    for path in ["console", "logs"] {
+        assert_error(
+            &s,
+            s.call("GET", &format!("/api/vms/{name}/{path}"), None),
+            400,
+            "unsupported",
+        );
+    }
+    let (st, after) = s.call("POST", &format!("/api/vms/{name}/stop"), None);
+    assert_eq!(st, 200, "{after}");
+    let status = child
+        .wait_timeout(Duration::from_secs(30))
+        .expect("kiln run ends when the API stops it");
+    assert!(status.success(), "{status:?}");
+    assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());
 }
