@@ -242,6 +242,36 @@ pub(crate) struct Plan {
     pub(crate) guest: String,
 }
 
+impl Plan {
+    /// The record of this VM about to start: no processes yet, nothing ended.
+    pub(crate) fn record(&self, image_dir: &Path, accel: Accel) -> VmRecord {
+        VmRecord {
+            name: self.name.clone(),
+            state: VmState::Starting,
+            pid: 0,
+            pid_start: None,
+            supervisor_pid: 0,
+            supervisor_start: None,
+            boot_id: kiln_vm::runner::boot_id(),
+            image: image_dir.display().to_string(),
+            ports: self.ports.iter().map(|p| p.to_string()).collect(),
+            cpus: self.spec.cpus,
+            memory: self.spec.memory_mib,
+            accel: accel.to_string(),
+            started: state::now(),
+            ready_ms: None,
+            restarts: 0,
+            exit_code: None,
+            signal: None,
+            stopped: None,
+            error: None,
+            tail: None,
+            config: self.config.clone(),
+            foreground: false,
+        }
+    }
+}
+
 /// The QEMU console socket of a supervised VM (the supervisor's viewer socket is console.sock).
 pub(crate) fn supervised_paths(dir: &Path) -> RunPaths {
     let mut p = RunPaths::in_dir(dir);
@@ -625,30 +655,10 @@ impl Registration {
         let _lock = state::StateLock::acquire(&root)?;
         admit(&root, plan)?;
         let me = std::process::id();
-        let rec = VmRecord {
-            name: plan.name.clone(),
-            state: VmState::Starting,
-            pid: 0,
-            pid_start: None,
-            supervisor_pid: me,
-            supervisor_start: kiln_vm::runner::pid_start_time(me),
-            boot_id: kiln_vm::runner::boot_id(),
-            image: image_dir.display().to_string(),
-            ports: plan.ports.iter().map(|p| p.to_string()).collect(),
-            cpus: plan.spec.cpus,
-            memory: plan.spec.memory_mib,
-            accel: accel.to_string(),
-            started: state::now(),
-            ready_ms: None,
-            restarts: 0,
-            exit_code: None,
-            signal: None,
-            stopped: None,
-            error: None,
-            tail: None,
-            config: plan.config.clone(),
-            foreground: true,
-        };
+        let mut rec = plan.record(image_dir, accel);
+        rec.supervisor_pid = me;
+        rec.supervisor_start = kiln_vm::runner::pid_start_time(me);
+        rec.foreground = true;
         state::write(&root, &rec)?;
         Ok(Registration {
             root,

@@ -66,30 +66,7 @@ pub fn start_detached(
     // A record left by an ended VM of the same name is replaced.
     state::remove(&state_root, &name)?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut rec = VmRecord {
-        name: name.clone(),
-        state: VmState::Starting,
-        pid: 0,
-        pid_start: None,
-        supervisor_pid: 0,
-        supervisor_start: None,
-        boot_id: runner::boot_id(),
-        image: image_dir.display().to_string(),
-        ports: plan.ports.iter().map(|p| p.to_string()).collect(),
-        cpus: plan.spec.cpus,
-        memory: plan.spec.memory_mib,
-        accel: accel.to_string(),
-        started: state::now(),
-        ready_ms: None,
-        restarts: 0,
-        exit_code: None,
-        signal: None,
-        stopped: None,
-        error: None,
-        tail: None,
-        config: cfg.clone(),
-        foreground: false,
-    };
+    let mut rec = plan.record(image_dir, accel);
     let exe = std::env::current_exe().context("finding the kiln binary")?;
     let log = std::fs::File::create(dir.join("supervisor.log"))
         .with_context(|| format!("creating {}", dir.join("supervisor.log").display()))?;
