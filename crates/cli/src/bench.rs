@@ -522,9 +522,9 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     );
     println!("host: {}", report["host"].as_str().unwrap_or(""));
     println!(
-        "image {} (initramfs {}), kernel {}",
+        "image {} ({}), kernel {}",
         m.name,
-        human(m.initramfs.size),
+        crate::root_summary(&m.initramfs, m.files.len()),
         human(m.kernel.size)
     );
     if let Some(b) = report.get("baseline_image_bytes").and_then(|v| v.as_u64()) {
