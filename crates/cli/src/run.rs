@@ -240,6 +240,9 @@ pub(crate) struct Plan {
     pub(crate) config: VmConfig,
     /// The guest OS: "linux", "netbsd" or "freebsd".
     pub(crate) guest: String,
+    /// Count the VM ready as soon as QEMU runs: a BSD guest (no kiln-init) with `ready = "none"`,
+    /// whose rc may never print a ready line.
+    pub(crate) ready_at_launch: bool,
 }
 
 impl Plan {
@@ -503,6 +506,7 @@ pub(crate) fn plan_config(
         serial_tcp,
         config: cfg.clone(),
         guest: m.boot.guest.clone(),
+        ready_at_launch: bsd && m.boot.ready.parse::<Ready>() == Ok(Ready::None),
     })
 }
 
@@ -789,10 +793,19 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path, reg: &Registration) -> Resu
 
     let deadline = launched + plan.ready_timeout;
     let mut ready_at: Option<(Instant, u64)> = None;
+
     let mut first_byte = None::<Instant>;
     let mut rc_status: Option<i32> = None;
     let mut stopping = false;
     let nl = if raw.is_tty() { "\r\n" } else { "\n" };
+    if plan.ready_at_launch {
+        ready_at = Some((launched, 0));
+        reg.update(|r| r.ready_ms = Some(0));
+        eprint!(
+            "kiln: {} started ({} guest, ready = \"none\": no readiness check){nl}",
+            plan.name, plan.guest
+        );
+    }
     loop {
         if stop.load(Ordering::Relaxed) && !stopping {
             stopping = true;

@@ -347,6 +347,12 @@ fn run_once(
         ran: Duration::ZERO,
         ready_timeout: plan.ready_timeout,
     };
+    if plan.ready_at_launch {
+        end.ready = true;
+        rec.state = VmState::Running;
+        rec.ready_ms = Some(0);
+        state::write(root, rec)?;
+    }
     let mut closed = false;
     loop {
         if stop.load(Ordering::Relaxed) && end.stopped.is_none() {

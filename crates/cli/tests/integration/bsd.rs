@@ -279,3 +279,58 @@ fn the_netbsd_example_builds_from_sets() {
     assert!(argv.contains("'console=com root=ld0a -z'"), "{argv}");
     assert!(argv.contains("hostfwd=tcp:127.0.0.1:8080-:80"), "{argv}");
 }
+
+/// The BSD run path on real QEMU, with Kiln's tiny Linux kernel standing in for a NetBSD one
+/// (it boots through PVH as netbsd-SMOL would, then finds no root it knows and waits): with
+/// `ready = "none"` a detached run counts as ready once QEMU runs (no kiln-init will say so),
+/// `ps` lists it, and `kiln stop` ends it through QEMU since no init answers the control port.
+#[test]
+fn a_bsd_guest_runs_detached_with_no_readiness_check_and_stops() {
+    let r = bsd_recipe("netbsd");
+    let toml = r.path().join("kiln.toml");
+    let t = std::fs::read_to_string(&toml).expect("r");
+    std::fs::write(&toml, t.replace("ready = \"tcp:80\"\n", "")).expect("w");
+    let m = manifest(httpd_image());
+    std::fs::copy(
+        httpd_image().join(m["kernel"]["file"].as_str().expect("kernel")),
+        r.path().join("kernel.elf"),
+    )
+    .expect("kernel");
+    let (d, m) = build_ok(r.path());
+    assert_eq!(m["kernel"]["boot"], "pvh");
+    let img = d.path().join("img");
+    let state = tempfile::tempdir().expect("state");
+    let name = format!("nbrun{}", kiln_test_support::free_port());
+    let cmd = |args: &[&str]| {
+        let mut c = kiln(state.path());
+        c.args(args);
+        run(c)
+    };
+    let o = cmd(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--name",
+        &name,
+        img.to_str().expect("utf8"),
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let o = cmd(&["ps", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&o.stdout).expect("json");
+    let row = rows
+        .as_array()
+        .expect("rows")
+        .iter()
+        .find(|r| r["name"] == name.as_str())
+        .cloned()
+        .unwrap_or_else(|| panic!("{name} not in ps: {rows}"));
+    assert_eq!(row["state"], "running", "{row}");
+    let pid = row["pid"].as_u64().expect("pid") as u32;
+    assert!(kiln_vm::runner::pid_alive(pid));
+    let o = cmd(&["stop", "--timeout", "1", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(!kiln_vm::runner::pid_alive(pid), "QEMU outlived kiln stop");
+    let o = cmd(&["rm", &name]);
+    assert!(o.status.success(), "{}", text(&o));
+}
