@@ -7,8 +7,8 @@
 
 use crate::manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
 use crate::{
-    fingerprint, io, read_manifest_if_fresh, recipe_layers, swap_into_place, work_dir, BuildError,
-    BuildOptions, BuildReport, Progress, BSD_KERNEL_FILE, FFS_DISK_FILE, MANIFEST,
+    fingerprint, install, io, recipe_layers, reuse_if_fresh, workspace, BuildError, BuildOptions,
+    BuildReport, Progress, BSD_KERNEL_FILE, FFS_DISK_FILE,
 };
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::Staging;
@@ -81,21 +81,11 @@ pub(crate) fn build_bsd(
         sets.push(path);
     }
     let fp = fingerprint::compute_with(recipe, &kernel_sha, None, &opts.init_binary, &extra)?;
-    if !opts.force {
-        if let Some(m) = read_manifest_if_fresh(&opts.out_dir, &fp) {
-            return Ok(BuildReport {
-                out_dir: opts.out_dir.clone(),
-                manifest: m,
-                reused: true,
-                elapsed: started.elapsed(),
-            });
-        }
+    if let Some(r) = reuse_if_fresh(opts, &fp, started) {
+        return Ok(r);
     }
 
-    let work = work_dir(&opts.out_dir)?;
-    let staging_dir = work.path().join("root");
-    let image_dir = work.path().join("image");
-    std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
     let mut st = Staging::new(&staging_dir)?;
     for path in &sets {
         let label = path
@@ -171,16 +161,5 @@ pub(crate) fn build_bsd(
         excluded_packages: vec![],
         selection: String::new(),
     };
-    let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::BadImage {
-        path: image_dir.join(MANIFEST),
-        message: e.to_string(),
-    })?;
-    std::fs::write(image_dir.join(MANIFEST), json).map_err(io(image_dir.join(MANIFEST)))?;
-    swap_into_place(work, &image_dir, &opts.out_dir)?;
-    Ok(BuildReport {
-        out_dir: opts.out_dir.clone(),
-        manifest,
-        reused: false,
-        elapsed: started.elapsed(),
-    })
+    install(work, &image_dir, manifest, opts, started)
 }

@@ -283,21 +283,11 @@ pub fn build_variant(
         &opts.init_binary,
         &extra,
     )?;
-    if !opts.force {
-        if let Some(m) = read_manifest_if_fresh(&opts.out_dir, &fp) {
-            return Ok(BuildReport {
-                out_dir: opts.out_dir.clone(),
-                manifest: m,
-                reused: true,
-                elapsed: started.elapsed(),
-            });
-        }
+    if let Some(r) = reuse_if_fresh(opts, &fp, started) {
+        return Ok(r);
     }
 
-    let work = work_dir(&opts.out_dir)?;
-    let staging_dir = work.path().join("root");
-    let image_dir = work.path().join("image");
-    std::fs::create_dir_all(&image_dir).map_err(io(&image_dir))?;
+    let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
 
     progress.phase("root filesystem");
     let mut st = Staging::new(&staging_dir)?;
@@ -485,14 +475,53 @@ pub fn build_variant(
             String::new()
         },
     };
+    install(work, &image_dir, manifest, opts, started)
+}
+
+/// The existing image folder, when its fingerprint says it is up to date (and no `--force`).
+pub(crate) fn reuse_if_fresh(
+    opts: &BuildOptions,
+    fp: &str,
+    started: Instant,
+) -> Option<BuildReport> {
+    if opts.force {
+        return None;
+    }
+    read_manifest_if_fresh(&opts.out_dir, fp).map(|manifest| BuildReport {
+        out_dir: opts.out_dir.clone(),
+        manifest,
+        reused: true,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A temporary folder beside `out_dir` to assemble a build in (removed when dropped), with its
+/// staging folder (`root`, not yet created) and the image folder (`image`, created).
+pub(crate) fn workspace(
+    out_dir: &Path,
+) -> Result<(tempfile::TempDir, PathBuf, PathBuf), BuildError> {
+    let work = work_dir(out_dir)?;
+    let staging = work.path().join("root");
+    let image = work.path().join("image");
+    std::fs::create_dir_all(&image).map_err(io(&image))?;
+    Ok((work, staging, image))
+}
+
+/// Write `manifest` into the finished `image_dir` and swap that folder into `opts.out_dir`.
+pub(crate) fn install(
+    work: tempfile::TempDir,
+    image_dir: &Path,
+    manifest: ImageManifest,
+    opts: &BuildOptions,
+    started: Instant,
+) -> Result<BuildReport, BuildError> {
     let json = serde_json::to_vec_pretty(&manifest).map_err(|e| BuildError::BadImage {
         path: image_dir.join(MANIFEST),
         message: e.to_string(),
     })?;
     kiln_image::atomic_write(&image_dir.join(MANIFEST), &json)
         .map_err(io(image_dir.join(MANIFEST)))?;
-
-    swap_into_place(work, &image_dir, &opts.out_dir)?;
+    swap_into_place(work, image_dir, &opts.out_dir)?;
     Ok(BuildReport {
         out_dir: opts.out_dir.clone(),
         manifest,
@@ -657,7 +686,7 @@ fn uuid_from(fingerprint: &str) -> String {
     )
 }
 
-pub(crate) fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {
+fn read_manifest_if_fresh(dir: &Path, fp: &str) -> Option<ImageManifest> {
     let m = load_image(dir).ok()?;
     (m.fingerprint == fp).then_some(m)
 }
