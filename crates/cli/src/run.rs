@@ -644,6 +644,20 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     r
 }
 
+/// A flag raised by SIGINT, SIGTERM or SIGHUP: the signals that ask a VM's keeper (a
+/// foreground `kiln run` or a supervisor) to stop it.
+pub(crate) fn stop_on_signals() -> Result<Arc<AtomicBool>> {
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    Ok(stop)
+}
+
 /// A foreground VM's record in the state folder, so `kiln ps` lists it, `kiln stop` stops it
 /// (SIGTERM to this kiln) and its name and ports are held like a detached VM's. Removed when
 /// the run ends (dropped).
@@ -770,14 +784,7 @@ fn foreground(a: &RunArgs, plan: &Plan, qemu: &Path, reg: &Registration) -> Resu
     };
     let events = runner::read_console(console, sink, parser.clone());
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = stop_on_signals()?;
     let raw = term::RawMode::enter();
     if raw.is_tty() {
         eprint!(

@@ -168,14 +168,7 @@ pub fn supervise(name: &str) -> Result<ExitCode> {
     let dir = state::vm_dir(&root, name);
     let mut rec = state::read_raw(&root, name)?;
     let _ = std::fs::write(dir.join(PID_FILE), format!("{}\n", std::process::id()));
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
-    }
+    let stop = crate::run::stop_on_signals()?;
     let paths = supervised_paths(&dir);
     let hub = Hub::new(&paths.console_log)?;
     hub.serve_unix(&dir.join("console.sock"))?;
