@@ -89,8 +89,7 @@ fn detached_vm_is_listed_reached_and_stopped() {
         &format!("{port}:80"),
     ])
     .arg(httpd_image());
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    let o = run_ok(c);
     assert!(text(&o).contains("ready: guest"), "{}", text(&o));
     // Ready means the port listens in the guest; the first request may still need a retry
     // while slirp learns the route.
@@ -116,8 +115,7 @@ fn detached_vm_is_listed_reached_and_stopped() {
 
     let mut c = kiln(d.path());
     c.args(["stop", &name]);
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    let o = run_ok(c);
     assert!(
         text(&o).contains("Graceful"),
         "init should power off on request: {}",
@@ -133,8 +131,7 @@ fn detached_vm_is_listed_reached_and_stopped() {
     // The record stays (state exited) until `kiln rm`.
     let mut c = kiln(d.path());
     c.args(["rm", &name]);
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    run_ok(c);
     let log_dir = d.path().join("vms").join(&name);
     assert!(
         !log_dir.exists(),

@@ -46,9 +46,15 @@ impl Fleet {
         run(c)
     }
 
+    /// [`Fleet::run`], which must succeed.
+    fn ok(&self, args: &[&str]) -> std::process::Output {
+        let mut c = self.kiln();
+        c.args(args);
+        run_ok(c)
+    }
+
     fn ps(&self) -> Vec<Value> {
-        let o = self.run(&["ps", "--json"]);
-        assert!(o.status.success(), "{}", text(&o));
+        let o = self.ok(&["ps", "--json"]);
         serde_json::from_slice::<Value>(&o.stdout)
             .expect("ps --json")
             .as_array()
@@ -226,8 +232,7 @@ fn five_detached_vms_run_at_once_and_stop_gracefully() {
 
     // Graceful stops, all five; the guest console shows init's clean shutdown.
     for (name, _) in &vms {
-        let o = f.run(&["stop", name, "--timeout", "30"]);
-        assert!(o.status.success(), "{}", text(&o));
+        let o = f.ok(&["stop", name, "--timeout", "30"]);
         assert!(text(&o).contains("(Graceful)"), "{}", text(&o));
         let log = f.console_log(name);
         assert!(
@@ -242,8 +247,7 @@ fn five_detached_vms_run_at_once_and_stop_gracefully() {
     let names: Vec<&str> = vms.iter().map(|(n, _)| n.as_str()).collect();
     let mut args = vec!["rm"];
     args.extend(&names);
-    let o = f.run(&args);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&args);
     f.assert_clean();
 }
 
@@ -263,8 +267,7 @@ fn a_sigkilled_qemu_is_crashed_and_a_lost_supervisor_is_no_ghost() {
             &format!("{}:80", free_port()),
         ])
         .arg(httpd_image());
-        let o = run(c);
-        assert!(o.status.success(), "{}", text(&o));
+        run_ok(c);
     }
     let pid = f.row(&a).expect("row")["pid"].as_u64().expect("pid") as i32;
     // SAFETY: kill(2) on the QEMU of a VM this test started.
@@ -307,8 +310,7 @@ fn a_sigkilled_qemu_is_crashed_and_a_lost_supervisor_is_no_ghost() {
         "{}",
         text(&o)
     );
-    let o = f.run(&["rm", &a, &b]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["rm", &a, &b]);
     f.assert_clean();
 }
 
@@ -328,8 +330,7 @@ fn restart_policy_brings_a_crashing_service_back() {
     c.args(["run", "-d", "--restart", "on-failure", "--name", &name])
         .args(["-p", &format!("{port}:80")])
         .arg(r.path());
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    run_ok(c);
     let row = wait_until("a restart", BOOT, Duration::from_millis(100), || {
         f.row(&name)
             .filter(|r| r["restarts"].as_u64().unwrap_or(0) >= 1 && r["state"] == "running")
@@ -341,8 +342,7 @@ fn restart_policy_brings_a_crashing_service_back() {
         log.contains("service-crashing") && log.contains("restart 1"),
         "{log}"
     );
-    let o = f.run(&["rm", "-f", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["rm", "-f", &name]);
     f.assert_clean();
 }
 
@@ -391,8 +391,7 @@ fn share_port_and_ro_root(kernel: Option<&str>, fstype: &str) {
     .arg(format!("{}:/mnt/host", share.path().display()))
     .args(["--vports", "data", "--readonly-root"])
     .arg(r.path());
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    run_ok(c);
     let got = wait_until(
         "the guest copied the file",
         Duration::from_secs(30),
@@ -427,8 +426,7 @@ fn share_port_and_ro_root(kernel: Option<&str>, fstype: &str) {
     BufReader::new(s).read_line(&mut line).expect("a line back");
     assert_eq!(line.trim_end(), "guest got: ping");
 
-    let o = f.run(&["stop", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["stop", &name]);
     let vfs = std::process::Command::new("pgrep")
         .args([
             "-f",
@@ -441,8 +439,7 @@ fn share_port_and_ro_root(kernel: Option<&str>, fstype: &str) {
         "a helper (virtiofsd) left: {}",
         String::from_utf8_lossy(&vfs.stdout)
     );
-    let o = f.run(&["rm", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["rm", &name]);
     f.assert_clean();
 }
 
@@ -462,8 +459,7 @@ fn console_is_shared_and_logs_replay_it() {
     ])
     .args(["--serial-tcp", &serial.to_string()])
     .arg(httpd_image());
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    run_ok(c);
     // Serial over TCP (startnb.sh -t): another viewer of the same console.
     let tcp = std::net::TcpStream::connect(("127.0.0.1", serial)).expect("serial over TCP");
     tcp.set_read_timeout(Some(Duration::from_secs(10)))
@@ -526,8 +522,7 @@ fn console_is_shared_and_logs_replay_it() {
         "{}",
         text(&o)
     );
-    let o = f.run(&["rm", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["rm", &name]);
     f.assert_clean();
 }
 
@@ -724,10 +719,8 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     assert!(t.contains("kept 2 images"), "{t}");
 
     // The VM booted from the kept image still stops cleanly.
-    let o = f.run(&["stop", &name]);
-    assert!(o.status.success(), "{}", text(&o));
-    let o = f.run(&["rm", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["stop", &name]);
+    f.ok(&["rm", &name]);
     f.assert_clean();
 }
 
@@ -794,8 +787,7 @@ fn a_foreground_run_is_listed_held_and_stopped_by_name() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("runs in the foreground"), "{}", text(&o));
 
-    let o = f.run(&["stop", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["stop", &name]);
     let (status, out) = finish(&mut child);
     assert!(status.success(), "{status:?}");
     assert!(out.contains("kiln: powering off"), "graceful: {out}");
@@ -803,8 +795,7 @@ fn a_foreground_run_is_listed_held_and_stopped_by_name() {
 
     let mut child = start(&f);
     http_ok(port);
-    let o = f.run(&["kill", &name]);
-    assert!(o.status.success(), "{}", text(&o));
+    f.ok(&["kill", &name]);
     let (_, out) = finish(&mut child);
     assert!(
         !out.contains("kiln: powering off"),

@@ -34,6 +34,13 @@ pub fn run(mut c: Command) -> Output {
         .expect("run kiln")
 }
 
+/// Run and capture, with stdin closed; the command must succeed.
+pub fn run_ok(c: Command) -> Output {
+    let o = run(c);
+    assert!(o.status.success(), "{}", text(&o));
+    o
+}
+
 /// stdout + stderr as text.
 pub fn text(o: &Output) -> String {
     format!(
@@ -98,8 +105,7 @@ pub fn build_ok(recipe_dir: &Path) -> (tempfile::TempDir, serde_json::Value) {
         .arg(recipe_dir)
         .arg("-o")
         .arg(d.path().join("img"));
-    let o = run(c);
-    assert!(o.status.success(), "{}", text(&o));
+    run_ok(c);
     let m = manifest(&d.path().join("img"));
     (d, m)
 }
