@@ -2,7 +2,7 @@
 //! (a raw socket). The VM test boots recipes/rescue under QEMU through the API.
 
 use super::*;
-use kiln_test_support::{free_port, qemu_pids_with, wait_until, KillOnDrop};
+use kiln_test_support::{curl, free_port, qemu_pids_with, wait_until, KillOnDrop};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::sync::mpsc;
@@ -724,4 +724,147 @@ fn a_foreground_run_shows_in_the_api_and_stops_from_it() {
         .expect("kiln run ends when the API stops it");
     assert!(status.success(), "{status:?}");
     assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());
+}
+
+/// A VM created through the API with a shared folder, a second drive, a restart policy, a
+/// virtio-console port and a forward, then stopped and started again from the API, still has
+/// all of them: QEMU's command line names the drive and the share, the port's socket listens,
+/// the forward answers, and a SIGKILLed QEMU comes back.
+#[test]
+fn a_vm_started_again_from_the_web_keeps_its_whole_spec() {
+    let s = Server::start();
+    let name = format!("spec{}", free_port());
+    let port = free_port();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let shared = tmp.path().join("shared");
+    std::fs::create_dir_all(&shared).expect("mkdir");
+    std::fs::write(shared.join("greeting.txt"), "hello from the host\n").expect("w");
+    let disk = tmp.path().join("disk.img");
+    std::fs::write(&disk, vec![0u8; 1 << 20]).expect("disk");
+    let body = serde_json::json!({
+        "recipe": "httpd",
+        "name": name,
+        "ports": [format!("{port}:80")],
+        "share": format!("{}:/mnt/shared", shared.display()),
+        "drive": disk.display().to_string(),
+        "restart": "on-failure",
+        "vports": ["data"],
+    })
+    .to_string();
+    let (st, vm) = s.call("POST", "/api/vms", Some(&body));
+    assert_eq!(st, 202, "POST /api/vms {body}: {vm}");
+
+    let running = |what: &str, timeout: Duration, not_pid: Option<u64>| {
+        wait_until(what, timeout, Duration::from_millis(200), || {
+            let (_, v) = s.vm(&name);
+            assert_ne!(v["state"], "failed", "{v}");
+            let pid = v["pid"].as_u64()?;
+            (v["state"] == "running" && Some(pid) != not_pid).then_some(v)
+        })
+    };
+    let url = format!("http://127.0.0.1:{port}/");
+    let http_ok = || {
+        wait_until(
+            "HTTP 200 on the forwarded port",
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || curl(&url, 1.0).filter(|(c, _)| *c == 200),
+        )
+    };
+    let vm = running("the VM to be running", Duration::from_secs(180), None);
+    let first = vm["pid"].as_u64().expect("pid");
+    http_ok();
+
+    // Stop, then start again from the API.
+    let (st, after) = s.call("POST", &format!("/api/vms/{name}/stop"), None);
+    assert_eq!(st, 200, "{after}");
+    let stopped = wait_until(
+        "the VM to end",
+        Duration::from_secs(60),
+        Duration::from_millis(200),
+        || {
+            let (st, v) = s.vm(&name);
+            assert_eq!(st, 200, "a stopped VM stays listed: {v}");
+            let state = v["state"].as_str()?;
+            (!["starting", "running", "restarting", "stopping"].contains(&state)).then_some(v)
+        },
+    );
+    assert_eq!(stopped["state"], "exited", "{stopped}");
+    assert!(qemu_pids_with(&format!("kiln-{name} ")).is_empty());
+    let (st, started) = s.call("POST", &format!("/api/vms/{name}/start"), None);
+    assert_eq!(st, 202, "{started}");
+    let vm = running(
+        "the VM to be running again",
+        Duration::from_secs(120),
+        Some(first),
+    );
+    http_ok();
+
+    // The real QEMU has the drive, the share and the port; the port's socket listens.
+    let sock = s
+        .state
+        .path()
+        .join("vms")
+        .join(&name)
+        .join("vport-data.sock");
+    let assert_spec = |vm: &serde_json::Value| {
+        let pid = vm["pid"].as_u64().expect("pid");
+        let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).expect("QEMU's cmdline");
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        for (what, needle) in [
+            ("QEMU", "qemu-system".to_string()),
+            ("the drive", disk.display().to_string()),
+            ("the shared folder", shared.display().to_string()),
+            ("the vport", sock.display().to_string()),
+        ] {
+            assert!(
+                cmd.contains(&needle),
+                "{what} ({needle}) is not on QEMU's command line: {cmd}\nrow: {vm}"
+            );
+        }
+        std::os::unix::net::UnixStream::connect(&sock)
+            .unwrap_or_else(|e| panic!("vport socket {}: {e}; row: {vm}", sock.display()));
+    };
+    assert_spec(&vm);
+
+    // The restart policy holds: a SIGKILLed QEMU comes back, with the same spec.
+    let killed = vm["pid"].as_u64().expect("pid");
+    // SAFETY: kill(2) on the QEMU of a VM this test started.
+    unsafe {
+        libc::kill(killed as i32, libc::SIGKILL);
+    }
+    let vm = running(
+        "the VM to be restarted after SIGKILL",
+        Duration::from_secs(120),
+        Some(killed),
+    );
+    let restarts = match vm.get("restarts") {
+        Some(r) => r.clone(),
+        None => {
+            let mut c = kiln(s.state.path());
+            c.args(["inspect", &name]);
+            let o = run_ok(c);
+            let rec: serde_json::Value = serde_json::from_slice(&o.stdout).expect("inspect JSON");
+            rec["restarts"].clone()
+        }
+    };
+    assert!(
+        restarts.as_u64().is_some_and(|n| n >= 1),
+        "restarts {restarts}; row: {vm}"
+    );
+    assert_spec(&vm);
+    http_ok();
+
+    // Clean up through the API.
+    let (st, after) = s.call("POST", &format!("/api/vms/{name}/stop"), None);
+    assert_eq!(st, 200, "{after}");
+    if after["state"] != "stopped" {
+        let (st, body) = s.call("DELETE", &format!("/api/vms/{name}"), None);
+        assert_eq!(st, 204, "{body}");
+    }
+    assert_error(&s, s.vm(&name), 404, "vm_not_found");
+    assert!(
+        qemu_pids_with(&format!("kiln-{name} ")).is_empty(),
+        "QEMU left running"
+    );
 }
