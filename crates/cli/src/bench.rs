@@ -3,21 +3,22 @@
 //! command), interleaved so both see the same machine load. Prints min / median / p90 and the
 //! kiln/baseline ratio; `--json` for machines.
 
-use crate::run::{image_for, plan, RunArgs};
 use crate::{dirs, human};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kiln_build::ImageManifest;
+use kiln_fleet::watch::{Until, Watched};
+use kiln_fleet::{Fleet, Image, Prepared, VmConfig};
 use kiln_image::{cpio, Compression};
+use kiln_recipe::PortForward;
 use kiln_recipe::Recipe;
-use kiln_vm::runner::{self, ConsoleMsg, RunPaths};
-use kiln_vm::{accel, AccelChoice, ConsoleEvent, LineParser};
+use kiln_vm::runner;
+use kiln_vm::{accel, Accel, AccelChoice, ConsoleEvent};
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 /// Options of `kiln bench`.
@@ -102,64 +103,63 @@ fn free_port() -> Result<u16> {
     Ok(l.local_addr()?.port())
 }
 
-/// One Kiln boot: launch → ready line → first 200 → RSS → graceful stop.
+/// One Kiln boot through the fleet (admitted, listed by `ps`, holding its port): launch →
+/// ready line → first 200 → RSS → graceful stop.
 fn kiln_boot(
-    image_dir: &Path,
-    m: &ImageManifest,
+    fleet: &Fleet,
+    image: &Image,
     guest_port: u16,
-    accel: AccelChoice,
+    accel: Accel,
     deadline: Duration,
     memory: Option<u32>,
 ) -> Result<Sample> {
     let port = free_port()?;
-    let run_dir = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
-    let args = RunArgs::for_bench(image_dir, port, guest_port, accel, memory);
-    let probe = accel::choose(
-        accel,
-        &kiln_vm::check_qemu()?,
-        &image_dir.join(&m.kernel.file),
-        &dirs::cache_root(),
-    );
-    let p = plan(&args, image_dir, m, run_dir.path(), probe.accel)?;
-    let qemu = kiln_vm::check_qemu()?;
-    let paths = RunPaths::in_dir(run_dir.path());
-    let mut vm = runner::spawn(&qemu, &p.spec, &paths, false)?;
-    let start = vm.started;
+    let p = Prepared {
+        config: VmConfig {
+            image: Some(image.dir.display().to_string()),
+            name: Some(format!("bench{port}")),
+            ports: vec![PortForward {
+                host_addr: std::net::Ipv4Addr::LOCALHOST,
+                host_port: port,
+                guest_port,
+                protocol: kiln_recipe::Protocol::Tcp,
+            }],
+            memory,
+            ready_timeout: Some(deadline.as_secs().max(1)),
+            ..VmConfig::default()
+        },
+        image: image.clone(),
+    };
+    let mut fg = fleet.launch_foreground(&p, accel, false, None)?;
+    let start = fg.session.launched();
     let end = start + deadline;
-    let console = vm.connect_console()?;
-    let parser = Arc::new(Mutex::new(LineParser::new(30)));
-    let events = runner::read_console(console, None, parser.clone());
-    let mut s = Sample::default();
     // Poll HTTP in parallel with the console so neither delays the other.
     let poller = std::thread::spawn(move || wait_first_200(port, start, end));
-    while Instant::now() < end && s.ready_host_ms.is_none() {
-        match events.recv_timeout(Duration::from_millis(20)) {
-            Ok(ConsoleMsg::Event(ConsoleEvent::Ready { guest_ms })) => {
-                s.ready_host_ms = Some(start.elapsed().as_secs_f64() * 1000.0);
-                s.guest_ready_ms = Some(guest_ms as f64);
-            }
-            Ok(ConsoleMsg::Closed) => break,
-            _ => {}
+    let mut s = Sample::default();
+    let never = AtomicBool::new(false);
+    if let Watched::Ready = fg.watch(Until::Ready, &never, &mut |_| {}) {
+        if let Some((t, guest_ms)) = fg.session.ready() {
+            s.ready_host_ms = Some((t - start).as_secs_f64() * 1000.0);
+            s.guest_ready_ms = Some(guest_ms as f64);
         }
-    }
-    // The timeline line follows the ready line.
-    if let Ok(ConsoleMsg::Event(ConsoleEvent::Timeline(ph))) =
-        events.recv_timeout(Duration::from_millis(500))
-    {
-        s.phases = ph.into_iter().map(|(k, v)| (k, v as f64)).collect();
+        // The timeline line follows the ready line.
+        if let Some(ConsoleEvent::Timeline(ph)) = fg.session.next_event(Duration::from_millis(500))
+        {
+            s.phases = ph.into_iter().map(|(k, v)| (k, v as f64)).collect();
+        }
     }
     s.first_200_ms = poller.join().unwrap_or(None);
     s.hung = s.first_200_ms.is_none();
-    s.rss_kb = rss_kb(vm.pid());
+    s.rss_kb = rss_kb(fg.session.vm.pid());
     let t = Instant::now();
-    let outcome = vm.stop(Duration::from_secs(10));
+    let outcome = fg.session.vm.stop(Duration::from_secs(10));
     if outcome == runner::StopOutcome::Graceful {
         s.stop_ms = Some(t.elapsed().as_secs_f64() * 1000.0);
     }
     if s.hung {
         eprintln!(
             "bench: kiln boot missed the {deadline:?} deadline; console:\n{}",
-            parser.lock().map(|p| p.tail()).unwrap_or_default()
+            fg.session.tail()
         );
     }
     Ok(s)
@@ -169,7 +169,7 @@ fn kiln_boot(
 /// configures eth0 with ifconfig/route and runs busybox httpd, as one would by hand.
 fn baseline_initramfs(dest: &Path) -> Result<PathBuf> {
     let cache = kiln_debpkg::Cache::new(dirs::cache_root());
-    let deb = cache.fetch(kiln_build::BUSYBOX_PACKAGE, false)?;
+    let deb = cache.fetch(kiln_bake::BUSYBOX_PACKAGE, false)?;
     let busybox = std::fs::read(cache.unpack(&deb)?.join("bin/busybox"))?;
     // Always Debian's cloud kernel as shipped (bzImage) with its own virtio modules, whatever
     // kernel the measured image uses: the baseline is what one would do by hand.
@@ -334,8 +334,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             recipe.config_path().display()
         ))),
     };
-    let (image_dir, m) = match &a.kernel {
-        None => image_for(&a.recipe)?,
+    let fleet = dirs::fleet()?;
+    let image = match &a.kernel {
+        None => {
+            let spinner = crate::Spinner::new();
+            kiln_fleet::plan::resolve_image(&a.recipe, &dirs::cache_root(), &spinner)?
+        }
         Some(k) => {
             let mut r = recipe.clone();
             r.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
@@ -346,9 +350,14 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
                 k.replace('/', "_")
             ));
             let report = crate::build_recipe(&r, &out, false, false)?;
-            (out, report.manifest)
+            Image {
+                dir: out,
+                manifest: report.manifest,
+                built: None,
+            }
         }
     };
+    let (image_dir, m) = (&image.dir, &image.manifest);
     let deadline = Duration::from_secs(a.deadline);
     let probe = accel::choose(
         a.accel,
@@ -410,7 +419,12 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     let mut base_samples = Vec::new();
     for i in 0..a.boots {
         kiln_samples.push(kiln_boot(
-            &image_dir, &m, guest_port, a.accel, deadline, None,
+            &fleet,
+            &image,
+            guest_port,
+            probe.accel,
+            deadline,
+            None,
         )?);
         if a.baseline {
             base_samples.push(baseline_boot(
@@ -477,10 +491,10 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         // Invariant: hi works (checked first), lo does not or is the floor.
         let works = |mem: u32| -> Result<bool> {
             Ok(!kiln_boot(
-                &image_dir,
-                &m,
+                &fleet,
+                &image,
                 guest_port,
-                a.accel,
+                probe.accel,
                 deadline.min(Duration::from_secs(40)),
                 Some(mem),
             )?

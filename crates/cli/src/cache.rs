@@ -5,7 +5,7 @@
 //! kept image uses. Compiled tiny kernels go only with `--kernels` (recompiling costs minutes),
 //! downloaded packages never.
 
-use crate::{dirs, human, state};
+use crate::{dirs, human};
 use anyhow::{Context, Result};
 use clap::Subcommand;
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,7 +58,11 @@ fn size_of(path: &Path) -> u64 {
 
 fn images(cache: &Path, state_root: &Path) -> Vec<CachedImage> {
     let mut users: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-    for r in state::list(state_root) {
+    let store = kiln_fleet::Store::new(
+        state_root.to_path_buf(),
+        std::sync::Arc::new(kiln_fleet::RealHost),
+    );
+    for r in store.list() {
         let p = PathBuf::from(&r.image);
         let p = std::fs::canonicalize(&p).unwrap_or(p);
         users.entry(p).or_default().push(r.name);
@@ -73,8 +77,8 @@ fn images(cache: &Path, state_root: &Path) -> Vec<CachedImage> {
             continue;
         }
         let canon = std::fs::canonicalize(&dir).unwrap_or(dir.clone());
-        let manifest = dir.join(kiln_build::MANIFEST);
-        let m = kiln_build::load_image(&dir).ok();
+        let manifest = dir.join(kiln_bake::MANIFEST);
+        let m = kiln_bake::load_image(&dir).ok();
         out.push(CachedImage {
             recipe: m.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
             built: std::fs::metadata(&manifest)

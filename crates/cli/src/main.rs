@@ -1,25 +1,20 @@
 //! `kiln`: the command line. Thin glue over the library crates: it parses flags, picks
 //! folders, shows progress, and maps errors to exit codes (2 for bad input, 1 for failures).
 
-mod backends;
 mod bench;
 mod cache;
-mod console;
 mod dirs;
 mod kernel;
 mod run;
 mod serve;
-mod state;
-mod supervise;
 mod systemd;
 mod term;
 mod trace;
-mod vmconfig;
 mod vms;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
-use kiln_build::{BuildError, BuildOptions, Progress};
+use kiln_bake::{BuildError, Progress};
 use kiln_recipe::Recipe;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -37,7 +32,7 @@ enum Command {
     /// Build a recipe into an image folder (kernel + compressed initramfs + manifest.json).
     Build(BuildArgs),
     /// Boot a recipe (built first if stale) or an image folder.
-    Run(run::RunArgs),
+    Run(Box<run::RunArgs>),
     /// Build or list Kiln's tiny kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
@@ -59,18 +54,20 @@ enum Command {
     },
     /// Boot a recipe N times and measure each phase, optionally beside a plain baseline.
     Bench(bench::BenchArgs),
-    /// Stop a detached VM: ask its init to power off, then quit QEMU, then kill it.
+    /// Stop VMs: ask each guest's init to power off, then quit QEMU, then kill it.
     Stop {
-        /// The VM's name.
-        name: String,
+        /// VM names.
+        #[arg(required = true)]
+        names: Vec<String>,
         /// Seconds to wait for a graceful power-off.
         #[arg(long, default_value_t = 10)]
         timeout: u64,
     },
-    /// Stop a detached VM now (QEMU gets SIGKILL).
+    /// Stop VMs now (QEMU gets SIGKILL).
     Kill {
-        /// The VM's name.
-        name: String,
+        /// VM names.
+        #[arg(required = true)]
+        names: Vec<String>,
     },
     /// Remove the records of ended VMs (-f: kill running ones first).
     Rm {
@@ -178,47 +175,21 @@ fn main() -> ExitCode {
 
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
-        if let Some(t) = cause.downcast_ref::<kiln_kernel::tiny::TinyError>() {
-            use kiln_kernel::tiny::TinyError as T;
-            if matches!(
-                t,
-                T::BadFragment { .. }
-                    | T::UnknownOption { .. }
-                    | T::NotApplied { .. }
-                    | T::NotASourceTree { .. }
-            ) {
-                return 2;
-            }
-        }
-        if cause.downcast_ref::<BadInput>().is_some()
-            || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
-        {
-            return 2;
-        }
-        if let Some(b) = cause.downcast_ref::<BuildError>() {
-            return match b {
-                BuildError::Recipe(_)
-                | BuildError::Binary { .. }
-                | BuildError::File { .. }
-                | BuildError::Modules { .. }
-                | BuildError::BadKernel { .. }
-                | BuildError::BadImage { .. } => 2,
-                BuildError::Rootfs(kiln_rootfs::RootfsError::Elf(_)) => 2,
-                BuildError::Image(kiln_image::ImageError::DiskTooSmall { .. }) => 2,
-                BuildError::Rootfs(kiln_rootfs::RootfsError::Index(_)) => 2,
-                BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => 2,
-                BuildError::Rootfs(kiln_rootfs::RootfsError::HookFailed { .. }) => 2,
-                BuildError::Rootfs(kiln_rootfs::RootfsError::Set { .. }) => 2,
-                BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => 2,
-                BuildError::Tiny(
-                    kiln_kernel::tiny::TinyError::BadFragment { .. }
-                    | kiln_kernel::tiny::TinyError::UnknownOption { .. }
-                    | kiln_kernel::tiny::TinyError::NotApplied { .. },
-                ) => 2,
-                _ => 1,
-            };
-        }
-        if let Some(kiln_vm::VmError::PortInUse { .. }) = cause.downcast_ref::<kiln_vm::VmError>() {
+        let user = if let Some(f) = cause.downcast_ref::<kiln_fleet::FleetError>() {
+            f.is_user_error()
+        } else if let Some(b) = cause.downcast_ref::<BuildError>() {
+            b.is_user_error()
+        } else if let Some(t) = cause.downcast_ref::<kiln_kernel::tiny::TinyError>() {
+            t.is_user_error()
+        } else {
+            cause.downcast_ref::<BadInput>().is_some()
+                || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
+                || matches!(
+                    cause.downcast_ref::<kiln_vm::VmError>(),
+                    Some(kiln_vm::VmError::PortInUse { .. })
+                )
+        };
+        if user {
             return 2;
         }
     }
@@ -240,7 +211,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             print_build_summary(&report);
             Ok(ExitCode::SUCCESS)
         }
-        Command::Run(a) => run::run(a),
+        Command::Run(a) => run::run(*a),
         Command::Bench(a) => bench::bench(a),
         Command::Kernel(k) => kernel::run(k),
         Command::Cache { cmd } => cache::run(cmd),
@@ -276,27 +247,28 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Stop { name, timeout } => vms::stop(&name, Some(timeout)),
-        Command::Kill { name } => vms::stop(&name, None),
+        Command::Stop { names, timeout } => vms::stop(&names, Some(timeout)),
+        Command::Kill { names } => vms::stop(&names, None),
         Command::Rm { names, force } => vms::rm(&names, force),
         Command::Logs { name, follow } => vms::logs(&name, follow),
         Command::Console { name } => vms::console(&name),
         Command::Enable { name, print } => systemd::enable(&name, print),
         Command::Disable { name } => systemd::disable(&name),
-        Command::Supervise { name } => supervise::supervise(&name),
+        Command::Supervise { name } => {
+            dirs::fleet()?.supervise(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Ps { json } => vms::ps(json),
         Command::Serve(a) => serve::serve(a),
         Command::Trace(a) => trace::trace(a),
         Command::Inspect { image, .. }
-            if !image.join(kiln_build::MANIFEST).exists()
-                && state::vm_dir(&dirs::state_root(), &image.to_string_lossy())
-                    .join("record.json")
-                    .exists() =>
+            if !image.join(kiln_bake::MANIFEST).exists()
+                && dirs::fleet()?.store().exists(&image.to_string_lossy()) =>
         {
             vms::inspect(&image.to_string_lossy())
         }
         Command::Inspect { image, json } => {
-            let m = kiln_build::load_image(&image)?;
+            let m = kiln_bake::load_image(&image)?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&m)?);
             } else {
@@ -338,10 +310,12 @@ pub fn human(bytes: u64) -> String {
     }
 }
 
-struct Spinner(indicatif::ProgressBar);
+/// A spinner on stderr showing a build's phases.
+pub(crate) struct Spinner(indicatif::ProgressBar);
 
 impl Spinner {
-    fn new() -> Spinner {
+    /// Start spinning.
+    pub(crate) fn new() -> Spinner {
         let pb = indicatif::ProgressBar::new_spinner();
         pb.set_style(
             indicatif::ProgressStyle::with_template("{spinner} {prefix} {msg} [{elapsed}]")
@@ -374,23 +348,16 @@ pub fn build_recipe(
     out: &Path,
     refresh: bool,
     force: bool,
-) -> Result<kiln_build::BuildReport> {
-    let init = kiln_build::find_init()?;
-    let opts = BuildOptions {
-        out_dir: out.to_path_buf(),
-        cache_root: dirs::cache_root(),
-        init_binary: init,
-        refresh,
-        force,
-    };
+) -> Result<kiln_bake::BuildReport> {
     let spinner = Spinner::new();
-    let r = kiln_build::build(recipe, &opts, &spinner)
-        .with_context(|| format!("building {}", recipe.dir.display()));
+    let r =
+        kiln_fleet::plan::build_recipe(recipe, out, &dirs::cache_root(), refresh, force, &spinner)
+            .with_context(|| format!("building {}", recipe.dir.display()));
     drop(spinner);
     r
 }
 
-fn print_build_summary(r: &kiln_build::BuildReport) {
+fn print_build_summary(r: &kiln_bake::BuildReport) {
     let m = &r.manifest;
     eprintln!(
         "kiln: {} {} in {:.2} s: {}",
@@ -407,7 +374,7 @@ fn print_build_summary(r: &kiln_build::BuildReport) {
 }
 
 /// `initramfs 1.50 MB (zstd, 299 files)` or `disk 12.58 MB (ext4, 2.60 MB used, 299 files)`.
-pub fn root_summary(r: &kiln_build::manifest::InitramfsInfo, files: usize) -> String {
+pub fn root_summary(r: &kiln_bake::manifest::InitramfsInfo, files: usize) -> String {
     if r.is_disk() {
         format!(
             "disk {} (ext4, {} used, {files} files)",

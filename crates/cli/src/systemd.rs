@@ -5,9 +5,9 @@
 //! installing; `kiln disable NAME` removes them. `KILN_SYSTEMD_DIR` installs elsewhere than
 //! /etc/systemd/system (and then skips systemctl).
 
-use crate::supervise::{must_read, PID_FILE};
-use crate::{dirs, state, BadInput};
+use crate::{dirs, BadInput};
 use anyhow::{Context, Result};
+use kiln_fleet::store::PID_FILE;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
@@ -31,7 +31,7 @@ pub fn unit(
     state_root: &Path,
     ready_timeout: u64,
 ) -> String {
-    let pid = state::vm_dir(state_root, name).join(PID_FILE);
+    let pid = state_root.join("vms").join(name).join(PID_FILE);
     format!(
         "# Written by `kiln enable {name}`; remove with `kiln disable {name}`.
 [Unit]
@@ -64,8 +64,9 @@ WantedBy=multi-user.target
 
 /// `kiln enable NAME [--print]`.
 pub fn enable(name: &str, print: bool) -> Result<ExitCode> {
-    let root = dirs::state_root();
-    let rec = must_read(&root, name)?;
+    let fleet = dirs::fleet()?;
+    let root = fleet.store().root().to_path_buf();
+    let rec = fleet.get(name)?;
     let mut cfg = rec.config.clone();
     cfg.name = Some(name.to_string());
     cfg.image = Some(rec.image.clone());

@@ -10,20 +10,20 @@
 //!    recipe folder); otherwise the trace is rejected, naming the traced files the minimal image
 //!    lacks.
 
-use crate::run::{self, RunArgs};
 use crate::{dirs, human, BadInput};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use kiln_build::{BuildOptions, ImageManifest, Variant};
+use kiln_bake::{BuildOptions, ImageManifest, Variant};
+use kiln_fleet::watch::{Until, Watched};
 use kiln_recipe::{PortForward, Recipe};
 use kiln_rootfs::index::Glob;
 use kiln_rootfs::FileKind;
-use kiln_vm::runner::{self, ConsoleMsg, RunPaths};
-use kiln_vm::{accel, AccelChoice, ConsoleEvent, LineParser};
+use kiln_vm::AccelChoice;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -347,11 +347,11 @@ fn build(recipe: &Recipe, out: &Path, variant: &Variant) -> Result<ImageManifest
     let opts = BuildOptions {
         out_dir: out.to_path_buf(),
         cache_root: dirs::cache_root(),
-        init_binary: kiln_build::find_init()?,
+        init_binary: kiln_bake::find_init()?,
         refresh: false,
         force: false,
     };
-    let r = kiln_build::build_variant(recipe, &opts, variant, &kiln_build::Quiet)
+    let r = kiln_bake::build_variant(recipe, &opts, variant, &kiln_bake::Quiet)
         .with_context(|| format!("building {}", recipe.dir.display()))?;
     Ok(r.manifest)
 }
@@ -369,76 +369,52 @@ fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// Boot `image`, wait for readiness, run the workload, power off; the console is captured.
+/// Boot `image` through the fleet (admitted and listed like any VM), wait for readiness, run
+/// the workload, power off; the console is captured.
 fn boot_and_work(
     a: &TraceArgs,
     image: &Path,
     m: &ImageManifest,
     workload: &str,
 ) -> Result<Outcome> {
-    let qemu = kiln_vm::check_qemu()?;
-    let probe = accel::choose(
-        a.accel,
-        &qemu,
-        &image.join(&m.kernel.file),
-        &dirs::cache_root(),
-    );
-    if let Some(line) = probe.fallback_line() {
-        eprintln!("{line}");
-    }
+    let fleet = dirs::fleet()?;
     // The image with every package file may need more memory than the recipe gives: the kernel
     // holds the compressed and the unpacked archive at once.
     let needed = (m.initramfs.uncompressed_size + m.initramfs.size) / (1 << 20) * 2 + 96;
     let memory = u32::try_from(needed).unwrap_or(u32::MAX).max(m.boot.memory);
-    let mut args = RunArgs::for_bench(image, 0, 0, a.accel, Some(memory));
-    args.ports = a.ports.clone();
-    args.name = Some(format!("trace-{}-{}", m.name, std::process::id()));
-    let run_dir = tempfile::Builder::new()
-        .prefix("kiln-trace-")
-        .tempdir()
-        .context("creating a run folder")?;
-    let plan = run::plan(&args, image, m, run_dir.path(), probe.accel)?;
-    let ports: Vec<PortForward> = if a.ports.is_empty() {
-        m.boot.ports.iter().filter_map(|p| p.parse().ok()).collect()
-    } else {
-        a.ports.clone()
+    let p = kiln_fleet::Prepared {
+        config: kiln_fleet::VmConfig {
+            image: Some(image.display().to_string()),
+            name: Some(format!("trace-{}-{}", m.name, std::process::id())),
+            ports: a.ports.clone(),
+            memory: Some(memory),
+            ready_timeout: a.ready_timeout,
+            accel: Some(a.accel),
+            ..kiln_fleet::VmConfig::default()
+        },
+        image: kiln_fleet::Image {
+            dir: image.to_path_buf(),
+            manifest: m.clone(),
+            built: None,
+        },
     };
-    kiln_vm::ports::check_free(&ports)?;
-    let paths = RunPaths::in_dir(run_dir.path());
-    let mut vm = runner::spawn(&qemu, &plan.spec, &paths, false)?;
-    let console = vm.connect_console()?;
+    let accel = crate::run::accel(&fleet, &p)?;
     let capture = Capture::default();
-    let parser = Arc::new(Mutex::new(LineParser::new(40)));
-    let events = runner::read_console(console, Some(Box::new(capture.clone())), parser.clone());
-    let ready_timeout =
-        Duration::from_secs(a.ready_timeout.unwrap_or(u64::from(m.boot.ready_timeout)));
-    let deadline = vm.started + ready_timeout;
-    let mut ready = false;
-    while !ready {
-        match events.recv_timeout(Duration::from_millis(50)) {
-            Ok(ConsoleMsg::Event(ConsoleEvent::Ready { .. })) => ready = true,
-            Ok(ConsoleMsg::Event(ConsoleEvent::RcExited { status })) => {
-                vm.stop(Duration::from_secs(3));
-                bail!(
-                    "the service exited with status {status} before it was ready; console:\n{}",
-                    tail(&capture.text(), 30)
-                );
-            }
-            Ok(ConsoleMsg::Closed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                vm.stop(Duration::from_secs(3));
-                bail!(
-                    "the VM ended before it was ready; console:\n{}",
-                    tail(&capture.text(), 30)
-                );
-            }
-            _ => {}
-        }
-        if !ready && Instant::now() > deadline {
-            vm.stop(Duration::from_secs(3));
+    let mut fg = fleet.launch_foreground(&p, accel, false, Some(Box::new(capture.clone())))?;
+    let never = AtomicBool::new(false);
+    if let Watched::Ended(end) = fg.watch(Until::Ready, &never, &mut |_| {}) {
+        let console = tail(&capture.text(), 30);
+        if end.not_ready {
             bail!(kiln_vm::VmError::NotReady {
-                seconds: ready_timeout.as_secs(),
-                tail: tail(&capture.text(), 30),
+                seconds: end.ready_timeout.as_secs(),
+                tail: console,
             });
+        }
+        match end.rc_status {
+            Some(status) => bail!(
+                "the service exited with status {status} before it was ready; console:\n{console}"
+            ),
+            None => bail!("the VM ended before it was ready; console:\n{console}"),
         }
     }
     progress_line(&format!(
@@ -446,16 +422,9 @@ fn boot_and_work(
         m.name
     ));
     let result = run_workload(workload, Duration::from_secs(a.workload_timeout));
-    let outcome = vm.stop(Duration::from_secs(10));
-    tracing::debug!(?outcome, "stopped");
-    // The reader thread ends when QEMU closes the console.
-    let drain_until = Instant::now() + Duration::from_secs(5);
-    while Instant::now() < drain_until {
-        match events.recv_timeout(Duration::from_millis(100)) {
-            Ok(ConsoleMsg::Closed) | Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            _ => {}
-        }
-    }
+    let end = fg.session.stop(Duration::from_secs(10));
+    tracing::debug!(stopped = ?end.stopped, "stopped");
+    drop(fg);
     let workload = result?;
     let console = capture.text();
     Ok(Outcome {

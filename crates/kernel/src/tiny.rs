@@ -212,6 +212,19 @@ pub enum TinyError {
     },
 }
 
+impl TinyError {
+    /// Whether the error is the user's input (a fragment, an option, a source tree they named).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            TinyError::BadFragment { .. }
+                | TinyError::UnknownOption { .. }
+                | TinyError::NotApplied { .. }
+                | TinyError::NotASourceTree { .. }
+        )
+    }
+}
+
 fn list(m: &[Mismatch]) -> String {
     m.iter()
         .map(|m| format!("  {m}"))

@@ -5,7 +5,6 @@
 use super::catalog::{valid_name, Catalog};
 use super::error::ApiError;
 use super::state::{App, Pending, VmInfo};
-use super::vms::Launch;
 use axum::body::Bytes;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -15,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{self, MethodRouter};
 use axum::Json;
 use futures_util::{SinkExt, StreamExt};
-use kiln_recipe::PortForward;
+use kiln_fleet::VmConfig;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -116,45 +115,66 @@ async fn get_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiRes
     Ok(Json(find_cached(&app, &name)?))
 }
 
-/// The body of `POST /api/vms`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// The body of `POST /api/vms`: `recipe` or `image` (a name from `GET /api/recipes` or
+/// `GET /api/images`) and any VM setting under the keys of vm.toml — the same [`VmConfig`] the
+/// CLI's flags fill, parsed into its types here, where it enters.
+#[derive(Debug)]
 pub struct CreateRequest {
-    /// A recipe's name (one of `GET /api/recipes`).
+    /// A recipe's name.
     pub recipe: Option<String>,
-    /// A built image's name (one of `GET /api/images`).
+    /// A built image's name.
     pub image: Option<String>,
-    /// The VM's name (default: the recipe's).
-    pub name: Option<String>,
-    /// vCPUs, 1–64 (default: the recipe's).
-    pub cpus: Option<u32>,
-    /// MiB, 16–65536 (default: the recipe's).
-    pub memory: Option<u32>,
-    /// Forwards `[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]` (default: the recipe's).
-    #[serde(default)]
-    pub ports: Vec<String>,
-    /// A host folder shared with the guest, `HOSTDIR:GUESTDIR`.
-    pub share: Option<String>,
-    /// Seconds to wait for readiness, 1–3600 (default: the recipe's).
-    pub ready_timeout: Option<u64>,
+    /// The VM's settings (`image` is set from the catalog, not from the body).
+    pub spec: VmConfig,
 }
 
-/// Parse a JSON body, mapping every failure to `bad_body` / `body_too_large`.
-fn parse_body<T: serde::de::DeserializeOwned>(
-    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
-) -> ApiResult<T> {
-    let body = body.map_err(|r| {
+impl CreateRequest {
+    /// Parse a body: not JSON, not an object, an unknown key or a value of the wrong type is
+    /// `bad_body`; a value of the right type that Kiln refuses is `invalid_request`.
+    pub fn parse(body: &[u8]) -> ApiResult<CreateRequest> {
+        let bad = |m: String| ApiError::new("bad_body", m);
+        let mut obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(body).map_err(|e| bad(e.to_string()))?;
+        let mut name_of = |key: &str| -> ApiResult<Option<String>> {
+            match obj.remove(key) {
+                None | Some(serde_json::Value::Null) => Ok(None),
+                Some(serde_json::Value::String(s)) => Ok(Some(s)),
+                Some(v) => Err(bad(format!("{key}: expected a name, got {v}"))),
+            }
+        };
+        let recipe = name_of("recipe")?;
+        let image = name_of("image")?;
+        let spec: VmConfig =
+            serde_json::from_value(serde_json::Value::Object(obj)).map_err(|e| {
+                let m = e.to_string();
+                if m.starts_with("unknown field") || m.starts_with("invalid type") {
+                    bad(m)
+                } else {
+                    ApiError::new("invalid_request", m)
+                }
+            })?;
+        Ok(CreateRequest {
+            recipe,
+            image,
+            spec,
+        })
+    }
+}
+
+/// A request's body, mapping a failure to read it to `bad_body` / `body_too_large`.
+fn read_body(body: Result<Bytes, axum::extract::rejection::BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| {
         if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new("body_too_large", r.body_text())
         } else {
             ApiError::new("bad_body", r.body_text())
         }
-    })?;
-    serde_json::from_slice(&body).map_err(|e| ApiError::new("bad_body", e.to_string()))
+    })
 }
 
-/// Check a create request and resolve its recipe or image inside the catalog.
-pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<Launch> {
+/// Check a create request and resolve its recipe or image inside the catalog: the spec to
+/// boot, name and image set.
+pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<VmConfig> {
     let invalid = |m: String| ApiError::new("invalid_request", m);
     let (target, default_name) = match (&req.recipe, &req.image) {
         (Some(r), None) => {
@@ -177,85 +197,60 @@ pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<Launch> {
             let dir = catalog
                 .image(i)
                 .ok_or_else(|| ApiError::new("image_not_found", format!("no image named `{i}`")))?;
-            let name = kiln_build::load_image(&dir)
+            let name = kiln_bake::load_image(&dir)
                 .map(|m| m.name)
                 .unwrap_or_else(|_| i.clone());
             (dir, name)
         }
         _ => return Err(invalid("give exactly one of `recipe` and `image`".into())),
     };
-    let name = req.name.clone().unwrap_or(default_name);
-    if !valid_name(&name) {
-        return Err(invalid(format!(
-            "name: `{name}` is not a valid VM name (1–63 of a-z 0-9 - _, starting with a letter or digit)"
-        )));
-    }
-    if let Some(c) = req.cpus {
-        if !(1..=64).contains(&c) {
-            return Err(invalid(format!("cpus: {c} is not in 1–64")));
-        }
-    }
-    if let Some(m) = req.memory {
-        if !(16..=65536).contains(&m) {
-            return Err(invalid(format!("memory: {m} MiB is not in 16–65536")));
-        }
-    }
-    if let Some(t) = req.ready_timeout {
-        if !(1..=3600).contains(&t) {
-            return Err(invalid(format!("ready_timeout: {t} s is not in 1–3600")));
-        }
-    }
-    let mut ports = Vec::new();
-    for p in &req.ports {
-        let f: PortForward = p.parse().map_err(|e| invalid(format!("ports: {e}")))?;
-        ports.push(f.to_string());
-    }
-    let share = match &req.share {
-        None => None,
-        Some(s) if s.trim().is_empty() => None,
-        Some(s) => {
-            let (host, guest) = s
-                .split_once(':')
-                .ok_or_else(|| invalid(format!("share: `{s}` is not HOSTDIR:GUESTDIR")))?;
-            let host_path = std::path::Path::new(host);
-            if !host_path.is_absolute() || !host_path.is_dir() || !guest.starts_with('/') {
+    let mut spec = req.spec.clone();
+    spec.name.get_or_insert(default_name);
+    spec.image = Some(target.display().to_string());
+    spec.validate()
+        .map_err(|(key, msg)| invalid(format!("{key}: {msg}")))?;
+    // Host paths in a request are the server's: absolute, without `..`.
+    let host_paths = [
+        ("drive", spec.drive.as_ref().map(|d| d.path.as_path())),
+        ("share", spec.share.as_ref().map(|s| s.host.as_path())),
+    ];
+    for (key, path) in host_paths {
+        if let Some(p) = path {
+            if !p.is_absolute() || p.components().any(|c| c == std::path::Component::ParentDir) {
                 return Err(invalid(format!(
-                    "share: `{s}` needs an existing absolute host folder and an absolute guest path"
+                    "{key}: `{}` must be an absolute host path without `..`",
+                    p.display()
                 )));
             }
-            if host.split('/').any(|c| c == "..") || guest.split('/').any(|c| c == "..") {
-                return Err(invalid(format!("share: `{s}` must not contain `..`")));
-            }
-            Some(s.clone())
         }
-    };
-    Ok(Launch {
-        target,
-        name,
-        cpus: req.cpus,
-        memory: req.memory,
-        ports,
-        share,
-        ready_timeout: req.ready_timeout,
-    })
+    }
+    if let Some(sh) = &spec.share {
+        if !sh.host.is_dir() {
+            return Err(invalid(format!(
+                "share: `{}` is not an existing host folder",
+                sh.host.display()
+            )));
+        }
+    }
+    Ok(spec)
 }
 
 /// Register `launch` as pending and boot it in the background.
-async fn launch(app: &AppState, launch: Launch) -> ApiResult<VmInfo> {
-    let forwards: Vec<PortForward> = launch.ports.iter().filter_map(|p| p.parse().ok()).collect();
-    kiln_vm::ports::check_free(&forwards)
+async fn launch(app: &AppState, launch: VmConfig) -> ApiResult<VmInfo> {
+    kiln_vm::ports::check_free(&launch.ports)
         .map_err(|e| ApiError::new("port_in_use", e.to_string()))?;
     let id = app.new_id();
+    let name = launch.name.clone().unwrap_or_default();
     {
         let mut pending = app.pending();
-        if pending.get(&launch.name).is_some_and(|p| p.error.is_none()) {
+        if pending.get(&name).is_some_and(|p| p.error.is_none()) {
             return Err(ApiError::new(
                 "name_taken",
-                format!("a VM named `{}` is starting", launch.name),
+                format!("a VM named `{name}` is starting"),
             ));
         }
         pending.insert(
-            launch.name.clone(),
+            name.clone(),
             Pending {
                 launch: launch.clone(),
                 error: None,
@@ -266,7 +261,7 @@ async fn launch(app: &AppState, launch: Launch) -> ApiResult<VmInfo> {
     let table = app.refresh().await?;
     let info = table
         .iter()
-        .find(|v| v.name == launch.name)
+        .find(|v| v.name == name)
         .cloned()
         .ok_or_else(|| ApiError::new("internal", "the new VM is not in the table"))?;
     let bg = app.clone();
@@ -281,14 +276,14 @@ async fn launch(app: &AppState, launch: Launch) -> ApiResult<VmInfo> {
         };
         {
             let mut pending = bg.pending();
-            if pending.get(&launch.name).is_some_and(|p| p.id == id) {
+            if pending.get(&name).is_some_and(|p| p.id == id) {
                 match &error {
                     None => {
-                        pending.remove(&launch.name);
+                        pending.remove(&name);
                     }
                     Some(msg) => {
-                        tracing::warn!("creating {}: {msg}", launch.name);
-                        if let Some(p) = pending.get_mut(&launch.name) {
+                        tracing::warn!("creating {name}: {msg}");
+                        if let Some(p) = pending.get_mut(&name) {
                             p.error = Some(msg.clone());
                         }
                     }
@@ -304,16 +299,13 @@ async fn create_vm(
     State(app): State<AppState>,
     body: Result<Bytes, axum::extract::rejection::BytesRejection>,
 ) -> ApiResult<Response> {
-    let req: CreateRequest = parse_body(body)?;
-    if req.share.as_deref().is_some_and(|s| !s.trim().is_empty()) && !app.vms.supports_share() {
-        return Err(ApiError::new(
-            "unsupported",
-            "shared folders need a kiln whose `run` has --share",
-        ));
-    }
+    let req = CreateRequest::parse(&read_body(body)?)?;
     let launch_req = validate(&req, &app.catalog)?;
     let table = app.refresh().await?;
-    if let Some(v) = table.iter().find(|v| v.name == launch_req.name) {
+    if let Some(v) = table
+        .iter()
+        .find(|v| Some(&v.name) == launch_req.name.as_ref())
+    {
         if v.state != "failed" {
             return Err(ApiError::new(
                 "name_taken",
@@ -350,15 +342,12 @@ async fn start_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiR
             ))
         }
         (_, Some(l)) => l,
-        _ => Launch {
-            target: v.image.clone().into(),
-            name: name.clone(),
-            cpus: Some(v.cpus).filter(|c| *c > 0),
-            memory: Some(v.memory).filter(|m| *m > 0),
-            ports: v.ports.clone(),
-            share: None,
-            ready_timeout: None,
-        },
+        // Its whole stored spec: everything it was created with.
+        _ => {
+            let vms = app.vms.clone();
+            let n = name.clone();
+            blocking(move || vms.spec(&n)).await?
+        }
     };
     app.pending().remove(&name);
     let info = launch(&app, launch_req).await?;
@@ -609,20 +598,34 @@ mod tests {
     }
 
     fn req(json: &str) -> CreateRequest {
-        serde_json::from_str(json).expect("request")
+        CreateRequest::parse(json.as_bytes()).expect("request")
     }
 
     #[test]
     fn validation() {
         let (_d, c) = catalog();
         let l = validate(
-            &req(r#"{"recipe":"rescue","cpus":2,"memory":64,"ports":["8080:80"]}"#),
+            &req(
+                r#"{"recipe":"rescue","cpus":2,"memory":64,"ports":["8080:80"],
+                     "restart":"on-failure","vports":["data"],"drive":"/srv/d.img:ro"}"#,
+            ),
             &c,
         )
         .expect("valid");
-        assert_eq!(l.name, "rescue");
-        assert_eq!(l.ports, ["127.0.0.1:8080:80/tcp"]);
-        let code = |j: &str| validate(&req(j), &c).err().map(|e| e.code);
+        assert_eq!(l.name.as_deref(), Some("rescue"));
+        assert_eq!(l.ports[0].to_string(), "127.0.0.1:8080:80/tcp");
+        assert_eq!(l.restart, Some(kiln_fleet::Restart::OnFailure));
+        assert!(l.drive.as_ref().is_some_and(|d| d.readonly));
+        assert!(l
+            .image
+            .as_deref()
+            .is_some_and(|i| i.ends_with("recipes/rescue")));
+        let code = |j: &str| {
+            CreateRequest::parse(j.as_bytes())
+                .and_then(|r| validate(&r, &c))
+                .err()
+                .map(|e| e.code)
+        };
         assert_eq!(code(r#"{"recipe":"../etc"}"#), Some("invalid_request"));
         assert_eq!(code(r#"{"recipe":"nope"}"#), Some("recipe_not_found"));
         assert_eq!(code(r#"{"image":"nope"}"#), Some("image_not_found"));
@@ -652,6 +655,25 @@ mod tests {
             code(r#"{"recipe":"rescue","share":"/nonexistent:/mnt"}"#),
             Some("invalid_request")
         );
-        assert!(serde_json::from_str::<CreateRequest>(r#"{"recipe":"a","bogus":1}"#).is_err());
+        assert_eq!(
+            code(r#"{"recipe":"rescue","drive":"rel.img"}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(r#"{"recipe":"rescue","drive":"/a/../b"}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(r#"{"recipe":"rescue","restart":"sometimes"}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(
+            code(r#"{"recipe":"rescue","ready_timeout":0}"#),
+            Some("invalid_request")
+        );
+        assert_eq!(code(r#"{"recipe":"a","bogus":1}"#), Some("bad_body"));
+        assert_eq!(code(r#"{"recipe":"a","cpus":"two"}"#), Some("bad_body"));
+        assert_eq!(code(r#"{"recipe":5}"#), Some("bad_body"));
+        assert_eq!(code(r#"[1]"#), Some("bad_body"));
     }
 }

@@ -96,7 +96,7 @@ impl Catalog {
                 if out.iter().any(|r| r.name == name) {
                     continue;
                 }
-                if let Ok(m) = kiln_build::load_image(&dir) {
+                if let Ok(m) = kiln_bake::load_image(&dir) {
                     out.push(ImageInfo {
                         name,
                         recipe: m.name,
@@ -129,7 +129,7 @@ impl Catalog {
         self.image_roots
             .iter()
             .map(|r| r.join(name))
-            .find(|d| d.join(kiln_build::MANIFEST).is_file())
+            .find(|d| d.join(kiln_bake::MANIFEST).is_file())
     }
 }
 

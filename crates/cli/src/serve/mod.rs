@@ -3,8 +3,8 @@
 //! table (server-sent events) and the VMs' serial consoles over WebSockets (xterm.js,
 //! vendored). Every request needs the token; the server listens on 127.0.0.1 by default.
 //!
-//! VM operations go through the [`vms::Vms`] trait; [`vms::CliVms`] drives the lifecycle
-//! through the `kiln` binary itself.
+//! VM operations go through the [`vms::Vms`] trait; [`vms::FleetVms`] calls the fleet library
+//! in-process (the same calls as the CLI's).
 
 pub mod api;
 pub mod catalog;
@@ -16,6 +16,9 @@ pub mod state;
 pub mod token;
 pub mod vms;
 pub mod web;
+
+#[cfg(test)]
+mod tests;
 
 use anyhow::{Context, Result};
 use axum::routing::{get, post};
@@ -101,8 +104,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| state_root.join("serve.token"));
     let token = token::load_or_create(&token_file)?;
-    let exe = std::env::current_exe().context("finding the kiln binary")?;
-    let vms = Arc::new(vms::CliVms::new(exe, state_root));
+    let vms = Arc::new(vms::FleetVms(crate::dirs::fleet()?));
     let app = Arc::new(state::App::new(
         vms,
         catalog(&a),

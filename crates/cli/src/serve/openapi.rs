@@ -124,7 +124,9 @@ pub fn document() -> Value {
                     "cpu_percent": {"type": ["number", "null"], "description": "of one host core, over the last sample"},
                     "rss_mib": {"type": ["number", "null"]},
                     "error": {"type": ["string", "null"]},
-                    "foreground": {"type": "boolean", "description": "run by a `kiln run` in the foreground: listed and stoppable, no console here"}}},
+                    "foreground": {"type": "boolean", "description": "run by a `kiln run` in the foreground: listed and stoppable, no console here"},
+                    "restarts": {"type": "integer", "description": "times the restart policy restarted it"},
+                    "restart": {"type": "string", "description": "its restart policy"}}},
                 "CreateRequest": {"type": "object", "additionalProperties": false, "properties": {
                     "recipe": {"type": "string", "description": "a name from /api/recipes (exactly one of recipe, image)"},
                     "image": {"type": "string", "description": "a name from /api/images"},
@@ -132,7 +134,17 @@ pub fn document() -> Value {
                     "cpus": {"type": "integer", "minimum": 1, "maximum": 64},
                     "memory": {"type": "integer", "minimum": 16, "maximum": 65536, "description": "MiB"},
                     "ports": {"type": "array", "items": {"type": "string"}, "description": "[HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp]; empty: the recipe's"},
-                    "share": {"type": "string", "description": "HOSTDIR:GUESTDIR (absolute paths)"},
+                    "share": {"type": "string", "description": "HOSTDIR:GUESTPATH[:ro] (an absolute host folder)"},
+                    "share_fs": {"type": "string", "enum": ["9p", "virtiofs"]},
+                    "drive": {"type": "string", "description": "a second drive, PATH[:ro] (an absolute host path)"},
+                    "vports": {"type": ["integer", "array"], "items": {"type": "string"}, "description": "virtio-console ports: a count or names"},
+                    "serial_tcp": {"type": "string", "description": "serial console over TCP too: PORT or ADDR:PORT"},
+                    "network": {"type": "string", "description": "user, none, bridge:BRIDGE, tap:TAPIF (the last two need root)"},
+                    "readonly_root": {"type": "boolean"},
+                    "no_lock": {"type": "boolean"},
+                    "restart": {"type": "string", "enum": ["no", "on-failure", "always"]},
+                    "append": {"type": "string", "description": "extra kernel arguments"},
+                    "accel": {"type": "string", "enum": ["auto", "kvm", "tcg"]},
                     "ready_timeout": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "seconds to wait for readiness (default: the recipe's)"}}},
                 "Recipe": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "dir": {"type": "string"}}},
                 "Image": {"type": "object", "properties": {"name": {"type": "string"}, "recipe": {"type": "string"},
@@ -197,5 +209,25 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_create_request_lists_every_vm_setting() {
+        use clap::Args;
+        let doc = document();
+        let props: std::collections::BTreeSet<String> = doc["components"]["schemas"]
+            ["CreateRequest"]["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
+        let cmd = kiln_fleet::VmConfig::augment_args(clap::Command::new("t"));
+        let mut want: std::collections::BTreeSet<String> = cmd
+            .get_arguments()
+            .map(|a| a.get_id().to_string())
+            .collect();
+        want.extend(["recipe".to_string(), "image".to_string()]);
+        assert_eq!(props, want);
     }
 }

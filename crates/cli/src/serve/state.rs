@@ -4,7 +4,8 @@
 
 use super::catalog::Catalog;
 use super::console::Consoles;
-use super::vms::{Launch, VmRow, Vms};
+use super::vms::Vms;
+use kiln_fleet::{Row, VmConfig, VmState};
 use serde::Serialize;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,13 +45,17 @@ pub struct VmInfo {
     pub error: Option<String>,
     /// Run in the foreground by a `kiln run`: listed and stoppable, its console is not here.
     pub foreground: bool,
+    /// Times the restart policy restarted it.
+    pub restarts: u32,
+    /// Its restart policy.
+    pub restart: String,
 }
 
 /// A VM this server asked the lifecycle to boot that is not ready yet (or failed to be).
 #[derive(Debug, Clone)]
 pub struct Pending {
-    /// What was asked.
-    pub launch: Launch,
+    /// What was asked (the whole spec, image resolved).
+    pub launch: VmConfig,
     /// The failure, once known.
     pub error: Option<String>,
     /// Distinguishes successive creates of the same name.
@@ -122,7 +127,7 @@ impl App {
         let mut table: Vec<VmInfo> = rows
             .into_iter()
             .map(|r| {
-                let (cpu_percent, rss_mib) = match r.pid.filter(|_| r.state == "running") {
+                let (cpu_percent, rss_mib) = match r.pid.filter(|_| r.state == VmState::Running) {
                     Some(pid) => {
                         let usage = proc_usage(pid);
                         let pct = usage.and_then(|(ticks, _)| {
@@ -152,7 +157,9 @@ impl App {
                         if p.error.is_some() {
                             v.state = "failed".into();
                             v.error = p.error.clone();
-                        } else if v.state == "running" {
+                        } else if v.state != "stopping" {
+                            // Until this server's create returns: a VM started again shows
+                            // `starting`, not the state it ended in.
                             v.state = "starting".into();
                         }
                     }
@@ -168,13 +175,15 @@ impl App {
                         uptime_s: 0,
                         cpus: p.launch.cpus.unwrap_or(0),
                         memory: p.launch.memory.unwrap_or(0),
-                        ports: p.launch.ports.clone(),
-                        image: p.launch.target.display().to_string(),
+                        ports: p.launch.ports.iter().map(|f| f.to_string()).collect(),
+                        image: p.launch.image.clone().unwrap_or_default(),
                         accel: String::new(),
                         cpu_percent: None,
                         rss_mib: None,
                         error: p.error.clone(),
                         foreground: false,
+                        restarts: 0,
+                        restart: p.launch.restart_policy().to_string(),
                     }),
                 }
             }
@@ -198,21 +207,23 @@ impl App {
     }
 }
 
-fn info_from_row(r: VmRow, cpu_percent: Option<f64>, rss_mib: Option<f64>) -> VmInfo {
+fn info_from_row(r: Row, cpu_percent: Option<f64>, rss_mib: Option<f64>) -> VmInfo {
     VmInfo {
         name: r.name,
-        state: r.state,
+        state: r.state.to_string(),
         pid: r.pid,
         uptime_s: r.uptime_s,
         cpus: r.cpus,
         memory: r.memory,
-        ports: r.ports,
+        ports: r.ports.iter().map(|f| f.to_string()).collect(),
         image: r.image,
-        accel: r.accel,
+        accel: r.accel.to_string(),
         cpu_percent,
         rss_mib,
-        error: None,
+        error: r.error,
         foreground: r.foreground,
+        restarts: r.restarts,
+        restart: r.restart,
     }
 }
 

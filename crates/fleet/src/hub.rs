@@ -2,10 +2,8 @@
 //! supervisor); the supervisor appends everything to `console.log`, keeps the last few KB, and
 //! serves any number of viewers on its own unix socket (and optionally TCP, startnb.sh's `-t`).
 //! Each new viewer first gets the recent history; what any viewer types goes to the guest.
-//! `kiln console NAME` is such a viewer, with Ctrl-] to detach.
 
-use crate::term;
-use anyhow::{Context, Result};
+use crate::error::{FleetError, Result};
 use std::collections::VecDeque;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
@@ -40,7 +38,7 @@ impl Hub {
             .create(true)
             .append(true)
             .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
+            .map_err(FleetError::io("opening", log))?;
         let hub = Hub::default();
         if let Ok(mut l) = hub.0.log.lock() {
             *l = Some(f);
@@ -114,37 +112,66 @@ impl Hub {
     /// Serve viewers on a unix socket.
     pub fn serve_unix(&self, path: &Path) -> Result<()> {
         let _ = std::fs::remove_file(path);
-        let l = UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))?;
-        let hub = self.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                if let Ok(r) = s.try_clone() {
-                    hub.add_viewer(Box::new(s), Box::new(r));
-                }
-            }
-        });
+        let l = UnixListener::bind(path).map_err(FleetError::io("binding", path))?;
+        self.accept_viewers(move || l.accept().map(|(s, _)| s));
         Ok(())
     }
 
     /// Serve viewers on TCP (startnb.sh's "serial over TCP").
     pub fn serve_tcp(&self, addr: SocketAddr) -> Result<()> {
-        let l = TcpListener::bind(addr).with_context(|| format!("serial over TCP on {addr}"))?;
+        let l = TcpListener::bind(addr)
+            .map_err(|e| FleetError::BadInput(format!("serial_tcp {addr}: {e}")))?;
+        self.accept_viewers(move || l.accept().map(|(s, _)| s));
+        Ok(())
+    }
+
+    /// Take each connection `accept` yields as a viewer, in a thread of its own.
+    fn accept_viewers<S: Stream>(
+        &self,
+        mut accept: impl FnMut() -> std::io::Result<S> + Send + 'static,
+    ) {
         let hub = self.clone();
-        std::thread::spawn(move || {
-            for s in l.incoming().flatten() {
-                let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
-                if let Ok(r) = s.try_clone() {
-                    hub.add_viewer(Box::new(s), Box::new(r));
-                }
+        std::thread::spawn(move || loop {
+            let Ok(s) = accept() else { return };
+            if let Some((w, r)) = s.halves() {
+                hub.add_viewer(w, r);
             }
         });
-        Ok(())
     }
 
     /// A `Write` that feeds [`Hub::output`] (for the console reader thread).
     pub fn sink(&self) -> HubSink {
         HubSink(self.clone())
+    }
+}
+
+/// A viewer's connection: unix or TCP.
+trait Stream: Read + Write + Send + Sized + 'static {
+    fn set_timeout(&self, t: Duration) -> std::io::Result<()>;
+    fn clone_stream(&self) -> std::io::Result<Self>;
+    /// Its writing half (a slow viewer is dropped after a second) and reading half.
+    fn halves(self) -> Option<(Box<dyn Write + Send>, Box<dyn Read + Send>)> {
+        let _ = self.set_timeout(Duration::from_secs(1));
+        let r = self.clone_stream().ok()?;
+        Some((Box::new(self), Box::new(r)))
+    }
+}
+
+impl Stream for UnixStream {
+    fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.set_write_timeout(Some(t))
+    }
+    fn clone_stream(&self) -> std::io::Result<Self> {
+        self.try_clone()
+    }
+}
+
+impl Stream for std::net::TcpStream {
+    fn set_timeout(&self, t: Duration) -> std::io::Result<()> {
+        self.set_write_timeout(Some(t))
+    }
+    fn clone_stream(&self) -> std::io::Result<Self> {
+        self.try_clone()
     }
 }
 
@@ -158,49 +185,6 @@ impl Write for HubSink {
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
-    }
-}
-
-/// `kiln console NAME`: attach the terminal to the VM's console socket until Ctrl-] (detach,
-/// the VM keeps running) or the console closes.
-pub fn attach(name: &str, socket: &Path) -> Result<()> {
-    let s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to the console of `{name}` at {}",
-            socket.display()
-        )
-    })?;
-    let out = s.try_clone().context("cloning the console socket")?;
-    let raw = term::RawMode::enter();
-    let nl = if raw.is_tty() { "\r\n" } else { "\n" };
-    eprint!("kiln: attached to the console of {name}; Ctrl-] detaches{nl}");
-    let mut reader = s;
-    let copier = std::thread::spawn(move || {
-        let mut stdout = std::io::stdout();
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = reader.read(&mut buf) {
-            if n == 0 || stdout.write_all(&buf[..n]).is_err() {
-                break;
-            }
-            let _ = stdout.flush();
-        }
-    });
-    let (tx, rx) = std::sync::mpsc::channel::<()>();
-    // When piped input ends, keep watching until the console closes.
-    term::forward_stdin(out, move || {
-        let _ = tx.send(());
-    });
-    loop {
-        if rx.recv_timeout(Duration::from_millis(50)).is_ok() {
-            drop(raw);
-            eprintln!("\nkiln: detached from {name} (it keeps running)");
-            return Ok(());
-        }
-        if copier.is_finished() {
-            drop(raw);
-            eprintln!("\nkiln: the console of {name} closed");
-            return Ok(());
-        }
     }
 }
 

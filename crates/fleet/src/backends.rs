@@ -3,9 +3,8 @@
 //! nmdm console, virtio-blk/net). `--backend qemu --dry-run` prints QEMU's argv. Neither
 //! Firecracker nor bhyve runs here: these outputs are covered by golden tests only.
 
-use crate::run::Plan;
-use crate::BadInput;
-use anyhow::Result;
+use crate::error::{FleetError, Result};
+use crate::plan::Plan;
 use kiln_vm::{cmdline, Accel, NetSpec};
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -85,8 +84,8 @@ impl BackendVm {
     }
 }
 
-/// Render `plan` for `backend`.
-pub fn render(backend: &str, plan: &Plan) -> Result<String> {
+/// Render `plan` for `backend`: the text, and notes on what the backend does differently.
+pub fn render(backend: &str, plan: &Plan) -> Result<(String, Vec<String>)> {
     let vm = BackendVm::from_plan(plan);
     match backend {
         "qemu" => {
@@ -96,19 +95,13 @@ pub fn render(backend: &str, plan: &Plan) -> Result<String> {
                 out.push_str(&shell_quote(&a));
             }
             out.push('\n');
-            Ok(out)
+            Ok((out, vec![]))
         }
-        "firecracker" => {
-            for n in firecracker_notes(&vm) {
-                eprintln!("kiln: firecracker: {n}");
-            }
-            Ok(firecracker(&vm))
-        }
-        "bhyve" => Ok(bhyve(&vm)),
-        other => Err(BadInput(format!(
+        "firecracker" => Ok((firecracker(&vm), firecracker_notes(&vm))),
+        "bhyve" => Ok((bhyve(&vm), vec![])),
+        other => Err(FleetError::BadInput(format!(
             "--backend {other}: expected qemu, firecracker or bhyve"
-        ))
-        .into()),
+        ))),
     }
 }
 

@@ -113,6 +113,30 @@ pub enum BuildError {
     },
 }
 
+impl BuildError {
+    /// Whether the error is the user's input (a recipe, a file, a kernel or package they named:
+    /// exit code 2) rather than a failure of the machine (1).
+    pub fn is_user_error(&self) -> bool {
+        use kiln_rootfs::RootfsError as R;
+        match self {
+            BuildError::Recipe(_)
+            | BuildError::Binary { .. }
+            | BuildError::File { .. }
+            | BuildError::Modules { .. }
+            | BuildError::BadKernel { .. }
+            | BuildError::BadImage { .. } => true,
+            BuildError::Rootfs(R::Elf(_) | R::Index(_) | R::HookFailed { .. } | R::Set { .. }) => {
+                true
+            }
+            BuildError::Image(kiln_image::ImageError::DiskTooSmall { .. }) => true,
+            BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => true,
+            BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => true,
+            BuildError::Tiny(t) => t.is_user_error(),
+            _ => false,
+        }
+    }
+}
+
 fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.into();
     move |source| BuildError::Io { path, source }
@@ -207,179 +231,229 @@ pub fn build_variant(
         return bsd::build_bsd(recipe, opts, progress);
     }
     let started = Instant::now();
-    let cfg = &recipe.config;
     if !opts.init_binary.is_file() {
         return Err(BuildError::NoInit(opts.init_binary.clone()));
     }
-    let cache = Cache::new(opts.cache_root.clone());
-
-    progress.phase("kernel");
-    let kernel = match &cfg.kernel {
-        KernelChoice::Debian(pkg) => kiln_kernel::provision(
-            &cache,
-            &KernelSource::Debian {
-                package: pkg.clone(),
-            },
-            opts.refresh,
-        )?,
-        KernelChoice::File(p) => kiln_kernel::provision(
-            &cache,
-            &KernelSource::Path {
-                kernel: recipe.resolve(p.get_ref()),
-                modules: None,
-            },
-            opts.refresh,
-        )?,
-        KernelChoice::Tiny => {
-            if let Some(m) = cfg.root.modules.first() {
-                return Err(BuildError::Modules {
-                    location: recipe.locate(m.span()),
-                    message: format!(
-                        "`{}`: the tiny kernel has no loadable modules (everything is built in); turn the option on with kernel_fragments, or set kernel = \"debian\"",
-                        m.get_ref()
-                    ),
-                });
-            }
-            tiny_kernel(recipe, &opts.cache_root, progress)?
-        }
-    };
-
-    let busybox = if cfg.root.busybox {
-        progress.phase("busybox");
-        let deb = cache.fetch(BUSYBOX_PACKAGE, opts.refresh)?;
-        let tree = cache.unpack(&deb)?;
-        Some((
-            tree.join("bin/busybox"),
-            format!("{} {}", deb.package, deb.version),
-        ))
-    } else {
-        None
-    };
-
-    let pkgs = if cfg.packages.is_empty() {
-        None
-    } else {
-        progress.phase("packages");
-        Some(packages::provision(recipe, &cache, opts.refresh)?)
-    };
-    let index = variant.index(recipe);
-    let mut extra = variant.describe(recipe);
-    if let Some(p) = &pkgs {
-        extra.push('\n');
-        extra.push_str(&p.set.identity());
-    }
-    if let Some(i) = &index {
-        // An index outside the recipe folder is not covered by the recipe's hash.
-        let text = std::fs::read(i).map_err(io(i))?;
-        extra.push_str(&format!(
-            "\nindex {}",
-            hex::encode(sha2::Sha256::digest(&text))
-        ));
-    }
-    let fp = fingerprint::compute_with(
+    let b = Build {
         recipe,
-        &kernel.sha256,
-        busybox.as_ref().map(|b| b.1.as_str()),
-        &opts.init_binary,
-        &extra,
-    )?;
+        opts,
+        variant,
+        progress,
+    };
+    let cache = Cache::new(opts.cache_root.clone());
+    let inputs = b.provision(&cache)?;
+    let fp = b.fingerprint(&inputs)?;
     if let Some(r) = reuse_if_fresh(opts, &fp, started) {
         return Ok(r);
     }
 
     let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
-
-    progress.phase("root filesystem");
-    let mut st = Staging::new(&staging_dir)?;
-    skeleton(&mut st)?;
-    if let Some((bb, from)) = &busybox {
-        install_busybox(&mut st, bb, from)?;
-    }
-    st.copy_file(
-        Path::new("/init"),
-        &opts.init_binary,
-        Some(0o755),
-        "kiln-init, the guest's PID 1",
-    )?;
-    if let Some(p) = &pkgs {
-        progress.phase("package files");
-        packages::install(recipe, p, index.as_deref(), &mut st)?;
-    }
-    install_binaries(recipe, &mut st, pkgs.as_ref().map(|p| p.root.dir.as_path()))?;
+    let mut st = b.stage_skeleton(&staging_dir, inputs.busybox.as_ref())?;
+    b.stage_packages(&mut st, &inputs)?;
+    let package_root = inputs.pkgs.as_ref().map(|p| p.root.dir.as_path());
+    install_binaries(recipe, &mut st, package_root)?;
     install_files(recipe, &mut st)?;
-    if variant.traced() {
-        st.write_file(
-            Path::new(TRACE_MARKER),
-            b"",
-            0o644,
-            "kiln trace",
-            "turns kiln-init's file access tracer on",
-        )?;
+    b.stage_trace_marker(&mut st)?;
+    let (modules, module_names) = stage_modules(&mut st, recipe, &inputs.kernel)?;
+    write_init_conf(&mut st, recipe, &modules)?;
+    let rc_reason = "the service's entry script (etc/rc)";
+    let files = recipe_layers(&mut st, recipe, rc_reason, progress)?;
+
+    let root_image = b.pack_root(&staging_dir, &image_dir, &fp)?;
+    let kernel = place_kernel(&inputs.kernel, &opts.cache_root, &image_dir)?;
+    let manifest = b.manifest(&inputs, fp, kernel, root_image, module_names, files);
+    install(work, &image_dir, manifest, opts, started)
+}
+
+/// What every stage of one Linux build shares: recipe, options, variant and progress sink.
+struct Build<'a> {
+    recipe: &'a Recipe,
+    opts: &'a BuildOptions,
+    variant: &'a Variant,
+    progress: &'a dyn Progress,
+}
+
+/// What a build provisioned before it is fingerprinted.
+struct Inputs {
+    /// The kernel to boot.
+    kernel: kiln_kernel::Kernel,
+    /// busybox's binary and its origin (`package version`), when the recipe wants it.
+    busybox: Option<(PathBuf, String)>,
+    /// The recipe's packages, when it has any.
+    pkgs: Option<packages::Provisioned>,
+    /// The index file in effect, if any.
+    index: Option<PathBuf>,
+}
+
+impl Build<'_> {
+    /// Provision the kernel, busybox and the packages, and find the index in effect.
+    fn provision(&self, cache: &Cache) -> Result<Inputs, BuildError> {
+        let kernel = self.provision_kernel(cache)?;
+        let busybox = self.provision_busybox(cache)?;
+        let pkgs = if self.recipe.config.packages.is_empty() {
+            None
+        } else {
+            self.progress.phase("packages");
+            Some(packages::provision(self.recipe, cache, self.opts.refresh)?)
+        };
+        let index = self.variant.index(self.recipe);
+        Ok(Inputs {
+            kernel,
+            busybox,
+            pkgs,
+            index,
+        })
     }
 
-    let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
-    wanted.extend(cfg.root.modules.iter().map(|m| m.get_ref().clone()));
-    let mut with_shares = wanted.clone();
-    with_shares.extend(SHARE_MODULES.iter().map(|s| s.to_string()));
-    // Boot modules load at every boot; the share modules' extra closure only when a share is
-    // mounted (kiln-init's `share_module=` lines).
-    let mut modules = ModuleLines::default();
-    let mut module_names = Vec::new();
-    if let (Some(dir), Some(version)) = (&kernel.modules_dir, &kernel.version) {
-        let boot: Vec<String> = kiln_kernel::module_closure(dir, &wanted)?
-            .into_iter()
-            .map(|m| m.name)
-            .collect();
-        for m in kiln_kernel::module_closure(dir, &with_shares)? {
-            let guest = Path::new("/lib/modules")
-                .join(version)
-                .join(kiln_kernel::guest_rel_path(&m));
-            let data = kiln_kernel::read_module(dir, &m)?;
-            let on_boot = boot.contains(&m.name);
-            let reason = if !on_boot {
-                "kernel module for shared folders (loaded only when one is mounted)".to_string()
-            } else if wanted.iter().any(|w| w.replace('-', "_") == m.name) {
-                "kernel module the VM needs".to_string()
-            } else {
-                "dependency of another kernel module".to_string()
-            };
-            st.write_file(&guest, &data, 0o644, &kernel.description, &reason)?;
-            let line = guest.display().to_string();
-            if on_boot {
-                modules.boot.push(line);
-            } else {
-                modules.share.push(line);
+    /// The recipe's kernel: a Debian package, the user's file, or Kiln's tiny kernel.
+    fn provision_kernel(&self, cache: &Cache) -> Result<kiln_kernel::Kernel, BuildError> {
+        let (recipe, opts, cfg) = (self.recipe, self.opts, &self.recipe.config);
+        self.progress.phase("kernel");
+        let kernel = match &cfg.kernel {
+            KernelChoice::Debian(pkg) => kiln_kernel::provision(
+                cache,
+                &KernelSource::Debian {
+                    package: pkg.clone(),
+                },
+                opts.refresh,
+            )?,
+            KernelChoice::File(p) => kiln_kernel::provision(
+                cache,
+                &KernelSource::Path {
+                    kernel: recipe.resolve(p.get_ref()),
+                    modules: None,
+                },
+                opts.refresh,
+            )?,
+            KernelChoice::Tiny => {
+                if let Some(m) = cfg.root.modules.first() {
+                    return Err(BuildError::Modules {
+                        location: recipe.locate(m.span()),
+                        message: format!(
+                            "`{}`: the tiny kernel has no loadable modules (everything is built in); turn the option on with kernel_fragments, or set kernel = \"debian\"",
+                            m.get_ref()
+                        ),
+                    });
+                }
+                tiny_kernel(recipe, &opts.cache_root, self.progress)?
             }
-            module_names.push(m.name.clone());
+        };
+        Ok(kernel)
+    }
+
+    /// busybox's binary and its origin (`package version`), when the recipe wants busybox.
+    fn provision_busybox(&self, cache: &Cache) -> Result<Option<(PathBuf, String)>, BuildError> {
+        if !self.recipe.config.root.busybox {
+            return Ok(None);
+        }
+        self.progress.phase("busybox");
+        let deb = cache.fetch(BUSYBOX_PACKAGE, self.opts.refresh)?;
+        let tree = cache.unpack(&deb)?;
+        Ok(Some((
+            tree.join("bin/busybox"),
+            format!("{} {}", deb.package, deb.version),
+        )))
+    }
+
+    /// The build's fingerprint: the recipe and its inputs, the package set and the index's hash.
+    fn fingerprint(&self, inputs: &Inputs) -> Result<String, BuildError> {
+        let mut extra = self.variant.describe(self.recipe);
+        if let Some(p) = &inputs.pkgs {
+            extra.push('\n');
+            extra.push_str(&p.set.identity());
+        }
+        if let Some(i) = &inputs.index {
+            // An index outside the recipe folder is not covered by the recipe's hash.
+            let text = std::fs::read(i).map_err(io(i))?;
+            extra.push_str(&format!(
+                "\nindex {}",
+                hex::encode(sha2::Sha256::digest(&text))
+            ));
+        }
+        fingerprint::compute_with(
+            self.recipe,
+            &inputs.kernel.sha256,
+            inputs.busybox.as_ref().map(|b| b.1.as_str()),
+            &self.opts.init_binary,
+            &extra,
+        )
+    }
+
+    /// Start the staging tree: the root skeleton, busybox and its applets, kiln-init as /init.
+    fn stage_skeleton(
+        &self,
+        staging_dir: &Path,
+        busybox: Option<&(PathBuf, String)>,
+    ) -> Result<Staging, BuildError> {
+        self.progress.phase("root filesystem");
+        let mut st = Staging::new(staging_dir)?;
+        skeleton(&mut st)?;
+        if let Some((bb, from)) = busybox {
+            install_busybox(&mut st, bb, from)?;
+        }
+        st.copy_file(
+            Path::new("/init"),
+            &self.opts.init_binary,
+            Some(0o755),
+            "kiln-init, the guest's PID 1",
+        )?;
+        Ok(st)
+    }
+
+    /// Stage the package files the index (or the variant) selects, when there are packages.
+    fn stage_packages(&self, st: &mut Staging, inputs: &Inputs) -> Result<(), BuildError> {
+        if let Some(p) = &inputs.pkgs {
+            self.progress.phase("package files");
+            packages::install(self.recipe, p, inputs.index.as_deref(), st)?;
+        }
+        Ok(())
+    }
+
+    /// Stage the marker that turns kiln-init's file access tracer on, for the traced variant.
+    fn stage_trace_marker(&self, st: &mut Staging) -> Result<(), BuildError> {
+        if self.variant.traced() {
+            st.write_file(
+                Path::new(TRACE_MARKER),
+                b"",
+                0o644,
+                "kiln trace",
+                "turns kiln-init's file access tracer on",
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Pack the staging tree into the image folder as the recipe's root image format.
+    fn pack_root(
+        &self,
+        staging_dir: &Path,
+        image_dir: &Path,
+        fp: &str,
+    ) -> Result<InitramfsInfo, BuildError> {
+        if self.recipe.config.image.format == "disk" {
+            self.pack_disk(staging_dir, image_dir, fp)
+        } else {
+            self.pack_initramfs(staging_dir, image_dir)
         }
     }
 
-    let init_conf = init_conf(recipe, &modules);
-    st.write_file(
-        Path::new("/etc/kiln/init.conf"),
-        init_conf.as_bytes(),
-        0o644,
-        "kiln",
-        "kiln-init's configuration",
-    )?;
-    let files = recipe_layers(
-        &mut st,
-        recipe,
-        "the service's entry script (etc/rc)",
-        progress,
-    )?;
-
-    let root_image = if cfg.image.format == "disk" {
-        progress.phase("disk image");
+    /// Pack the staging tree as an ext4 root disk (its UUID derived from the fingerprint).
+    fn pack_disk(
+        &self,
+        staging_dir: &Path,
+        image_dir: &Path,
+        fp: &str,
+    ) -> Result<InitramfsInfo, BuildError> {
+        self.progress.phase("disk image");
         let name = DISK_FILE.to_string();
         let opts = kiln_image::DiskOptions {
             fs: kiln_image::DiskFs::Ext4,
-            size_mib: cfg.image.size_mib,
+            size_mib: self.recipe.config.image.size_mib,
             mtime: kiln_image::source_date_epoch().unwrap_or(0),
-            uuid: uuid_from(&fp),
+            uuid: uuid_from(fp),
         };
-        let stats = kiln_image::write_disk(&staging_dir, &opts, &image_dir.join(&name))?;
-        InitramfsInfo {
+        let stats = kiln_image::write_disk(staging_dir, &opts, &image_dir.join(&name))?;
+        Ok(InitramfsInfo {
             file: name,
             format: "disk".into(),
             compression: "none".into(),
@@ -387,20 +461,24 @@ pub fn build_variant(
             uncompressed_size: stats.used_bytes,
             entries: stats.entries,
             sha256: stats.sha256,
-        }
-    } else {
-        progress.phase("initramfs");
-        let compression: kiln_image::Compression = cfg.image.compression.as_str().parse()?;
+        })
+    }
+
+    /// Pack the staging tree as a compressed initramfs (with /dev/console).
+    fn pack_initramfs(
+        &self,
+        staging_dir: &Path,
+        image_dir: &Path,
+    ) -> Result<InitramfsInfo, BuildError> {
+        self.progress.phase("initramfs");
+        let compression: kiln_image::Compression =
+            self.recipe.config.image.compression.as_str().parse()?;
         let image_opts = kiln_image::BuildOptions::from_env(compression);
         let name = format!("initramfs.{}", compression.extension());
         let extras = [kiln_image::ExtraEntry::char_dev("dev/console", 0o600, 5, 1)];
-        let stats = kiln_image::write_initramfs(
-            &staging_dir,
-            &extras,
-            &image_opts,
-            &image_dir.join(&name),
-        )?;
-        InitramfsInfo {
+        let stats =
+            kiln_image::write_initramfs(staging_dir, &extras, &image_opts, &image_dir.join(&name))?;
+        Ok(InitramfsInfo {
             file: name,
             format: "initramfs".into(),
             compression: compression.name().into(),
@@ -408,13 +486,143 @@ pub fn build_variant(
             uncompressed_size: stats.uncompressed_bytes,
             entries: stats.entries,
             sha256: stats.sha256,
-        }
-    };
+        })
+    }
 
+    /// The image's manifest, from the build's inputs and what its stages produced.
+    fn manifest(
+        &self,
+        inputs: &Inputs,
+        fingerprint: String,
+        kernel: KernelInfo,
+        root_image: InitramfsInfo,
+        modules: Vec<String>,
+        files: Vec<kiln_rootfs::FileEntry>,
+    ) -> ImageManifest {
+        let cfg = &self.recipe.config;
+        let pkgs = inputs.pkgs.as_ref();
+        ImageManifest {
+            kiln_version: env!("CARGO_PKG_VERSION").into(),
+            name: cfg.name.clone(),
+            description: cfg.description.clone(),
+            fingerprint,
+            recipe: self.recipe.dir.display().to_string(),
+            kernel,
+            initramfs: root_image,
+            boot: BootConfig::from_recipe(cfg),
+            modules,
+            files,
+            packages: pkgs
+                .map(|p| {
+                    p.set
+                        .debs
+                        .iter()
+                        .map(|d| format!("{} {}", d.package, d.version))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            excluded_packages: pkgs
+                .map(|p| {
+                    p.set
+                        .excluded
+                        .iter()
+                        .map(|(n, why)| format!("{n}: {why}"))
+                        .collect()
+                })
+                .unwrap_or_default(),
+            selection: if pkgs.is_some() {
+                self.variant.describe(self.recipe)
+            } else {
+                String::new()
+            },
+        }
+    }
+}
+
+/// Stage the kernel modules kiln-init loads under /lib/modules; returns its lines and the names.
+fn stage_modules(
+    st: &mut Staging,
+    recipe: &Recipe,
+    kernel: &kiln_kernel::Kernel,
+) -> Result<(ModuleLines, Vec<String>), BuildError> {
+    let mut wanted: Vec<String> = BASE_MODULES.iter().map(|s| s.to_string()).collect();
+    wanted.extend(
+        recipe
+            .config
+            .root
+            .modules
+            .iter()
+            .map(|m| m.get_ref().clone()),
+    );
+    let mut with_shares = wanted.clone();
+    with_shares.extend(SHARE_MODULES.iter().map(|s| s.to_string()));
+    // Boot modules load at every boot; the share modules' extra closure only when a share is
+    // mounted (kiln-init's `share_module=` lines).
+    let mut modules = ModuleLines::default();
+    let mut module_names = Vec::new();
+    let (Some(dir), Some(version)) = (&kernel.modules_dir, &kernel.version) else {
+        return Ok((modules, module_names));
+    };
+    let boot: Vec<String> = kiln_kernel::module_closure(dir, &wanted)?
+        .into_iter()
+        .map(|m| m.name)
+        .collect();
+    for m in kiln_kernel::module_closure(dir, &with_shares)? {
+        let guest = Path::new("/lib/modules")
+            .join(version)
+            .join(kiln_kernel::guest_rel_path(&m));
+        let data = kiln_kernel::read_module(dir, &m)?;
+        let on_boot = boot.contains(&m.name);
+        let reason = module_reason(on_boot, &wanted, &m.name);
+        st.write_file(&guest, &data, 0o644, &kernel.description, reason)?;
+        let line = guest.display().to_string();
+        if on_boot {
+            modules.boot.push(line);
+        } else {
+            modules.share.push(line);
+        }
+        module_names.push(m.name.clone());
+    }
+    Ok((modules, module_names))
+}
+
+/// Why a kernel module is in the image, for the file list.
+fn module_reason(on_boot: bool, wanted: &[String], name: &str) -> &'static str {
+    if !on_boot {
+        "kernel module for shared folders (loaded only when one is mounted)"
+    } else if wanted.iter().any(|w| w.replace('-', "_") == name) {
+        "kernel module the VM needs"
+    } else {
+        "dependency of another kernel module"
+    }
+}
+
+/// Stage kiln-init's configuration as /etc/kiln/init.conf.
+fn write_init_conf(
+    st: &mut Staging,
+    recipe: &Recipe,
+    modules: &ModuleLines,
+) -> Result<(), BuildError> {
+    let init_conf = init_conf(recipe, modules);
+    st.write_file(
+        Path::new("/etc/kiln/init.conf"),
+        init_conf.as_bytes(),
+        0o644,
+        "kiln",
+        "kiln-init's configuration",
+    )?;
+    Ok(())
+}
+
+/// Link (else copy) the kernel into the image folder, as a PVH ELF when it can; its manifest entry.
+fn place_kernel(
+    kernel: &kiln_kernel::Kernel,
+    cache_root: &Path,
+    image_dir: &Path,
+) -> Result<KernelInfo, BuildError> {
     // Boot the uncompressed ELF through its PVH entry when the kernel allows: it skips the
     // bzImage's decompression, which is slow under TCG.
-    let pvh = opts
-        .cache_root
+    let pvh = cache_root
         .join("pvh")
         .join(format!("{}.vmlinux", kernel.sha256));
     let (boot_image, kernel_file, protocol) =
@@ -429,53 +637,15 @@ pub fn build_variant(
     let file_size = std::fs::metadata(&kernel_dest)
         .map_err(io(&kernel_dest))?
         .len();
-
-    let manifest = ImageManifest {
-        kiln_version: env!("CARGO_PKG_VERSION").into(),
-        name: cfg.name.clone(),
-        description: cfg.description.clone(),
-        fingerprint: fp,
-        recipe: recipe.dir.display().to_string(),
-        kernel: KernelInfo {
-            file: kernel_file.into(),
-            boot: protocol.into(),
-            file_size,
-            description: kernel.description.clone(),
-            version: kernel.version.clone(),
-            sha256: kernel.sha256.clone(),
-            size: kernel.size,
-        },
-        initramfs: root_image,
-        boot: BootConfig::from_recipe(cfg),
-        modules: module_names,
-        files,
-        packages: pkgs
-            .as_ref()
-            .map(|p| {
-                p.set
-                    .debs
-                    .iter()
-                    .map(|d| format!("{} {}", d.package, d.version))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        excluded_packages: pkgs
-            .as_ref()
-            .map(|p| {
-                p.set
-                    .excluded
-                    .iter()
-                    .map(|(n, why)| format!("{n}: {why}"))
-                    .collect()
-            })
-            .unwrap_or_default(),
-        selection: if pkgs.is_some() {
-            variant.describe(recipe)
-        } else {
-            String::new()
-        },
-    };
-    install(work, &image_dir, manifest, opts, started)
+    Ok(KernelInfo {
+        file: kernel_file.into(),
+        boot: protocol.into(),
+        file_size,
+        description: kernel.description.clone(),
+        version: kernel.version.clone(),
+        sha256: kernel.sha256.clone(),
+        size: kernel.size,
+    })
 }
 
 /// The existing image folder, when its fingerprint says it is up to date (and no `--force`).
