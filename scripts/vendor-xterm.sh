@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Refreshes the xterm.js copy that `kiln serve` embeds (crates/cli/assets/vendor/) from the npm
+# Refreshes the xterm.js copy that `kiln serve` embeds (crates/serve/assets/vendor/) from the npm
 # package pinned in tests/e2e/package.json. The browser never loads anything from elsewhere.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 (cd tests/e2e && npm ci --no-audit --no-fund)
 src=tests/e2e/node_modules/@xterm/xterm
-dst=crates/cli/assets/vendor
+dst=crates/serve/assets/vendor
 mkdir -p "$dst"
 # Drop the source-map comment: the map is not shipped.
 grep -v '^//# sourceMappingURL=' "$src/lib/xterm.js" > "$dst/xterm.js"

@@ -327,36 +327,9 @@ fn time_build(recipe: &Recipe, cache: &Path, out: &Path) -> Result<f64> {
 /// `kiln bench`.
 pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     let recipe = Recipe::load(&a.recipe)?;
-    let guest_port = match recipe.config.ready {
-        kiln_recipe::Ready::Tcp(p) => p,
-        _ => bail!(crate::BadInput(format!(
-            "{}: bench needs ready = \"tcp:PORT\" to measure the first HTTP answer",
-            recipe.config_path().display()
-        ))),
-    };
+    let guest_port = ready_port(&recipe)?;
     let fleet = dirs::fleet()?;
-    let image = match &a.kernel {
-        None => {
-            let spinner = crate::Spinner::new();
-            kiln_fleet::plan::resolve_image(&a.recipe, &dirs::cache_root(), &spinner)?
-        }
-        Some(k) => {
-            let mut r = recipe.clone();
-            r.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
-                .map_err(|e| crate::BadInput(format!("--kernel: {e}")))?;
-            let out = dirs::cache_root().join("images").join(format!(
-                "{}-bench-{}",
-                r.config.name,
-                k.replace('/', "_")
-            ));
-            let report = crate::build_recipe(&r, &out, false, false)?;
-            Image {
-                dir: out,
-                manifest: report.manifest,
-                built: None,
-            }
-        }
-    };
+    let image = resolve_image(&a, &recipe)?;
     let (image_dir, m) = (&image.dir, &image.manifest);
     let deadline = Duration::from_secs(a.deadline);
     let probe = accel::choose(
@@ -373,65 +346,200 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     });
 
     if a.build {
-        let cold_cache = work.path().join("cold-cache");
-        // Cold means an empty cache except for compiled kernels: compiling the tiny kernel
-        // (minutes, once per kernel config) would swamp the image build; its own time is
-        // reported from its cache record instead.
-        std::fs::create_dir_all(&cold_cache)?;
-        let kernels = dirs::cache_root().join("kernels");
-        if kernels.is_dir() {
-            std::os::unix::fs::symlink(&kernels, cold_cache.join("kernels"))?;
-        }
-        let cold = time_build(&recipe, &cold_cache, &work.path().join("cold"))?;
-        let warm = time_build(&recipe, &cold_cache, &work.path().join("warm"))?;
-        let exe = std::env::current_exe()?;
-        let t = Instant::now();
-        let o = Command::new(exe)
-            .env("KILN_CACHE_DIR", &cold_cache)
-            .arg("build")
-            .arg(&recipe.dir)
-            .arg("-o")
-            .arg(work.path().join("warm"))
-            .output()?;
-        let noop = t.elapsed().as_secs_f64() * 1000.0;
-        if !o.status.success() {
-            bail!("no-op build failed");
-        }
-        report["build_ms"] = serde_json::json!({ "cold": cold, "warm": warm, "up_to_date": noop });
-        if m.boot.is_tiny_kernel() {
-            let compile = kiln_kernel::tiny::list_tiny(&dirs::cache_root())
-                .into_iter()
-                .find(|k| m.kernel.description.contains(&k.config_hash[..16]))
-                .map(|k| k.build_seconds);
-            if let Some(secs) = compile {
-                report["kernel_compile_s"] = secs.into();
-            }
-        }
+        measure_builds(&recipe, m, work.path(), &mut report)?;
     }
+    let baseline = if a.baseline {
+        Some(prepare_baseline(work.path(), &mut report)?)
+    } else {
+        None
+    };
+    let target = Target {
+        fleet: &fleet,
+        image: &image,
+        guest_port,
+        accel: probe.accel,
+        deadline,
+    };
+    let samples = boot_interleaved(&target, baseline.as_ref(), &a)?;
+    let (hangs, base_hangs) = samples.hangs();
+    report["hangs"] = hangs.into();
+    report["baseline_hangs"] = base_hangs.into();
+    let rows = metric_rows(&samples);
 
-    let baseline_initrd = work.path().join("baseline.cpio.gz");
-    let mut baseline_kernel = PathBuf::new();
-    if a.baseline {
-        baseline_kernel = baseline_initramfs(&baseline_initrd)?;
-        report["baseline_image_bytes"] = std::fs::metadata(&baseline_initrd)?.len().into();
+    if a.min_memory {
+        if let Some(mib) = min_memory(&target, m.boot.memory)? {
+            report["min_memory_mib"] = mib.into();
+        }
     }
-    let mut kiln_samples = Vec::new();
-    let mut base_samples = Vec::new();
-    for i in 0..a.boots {
-        kiln_samples.push(kiln_boot(
-            &fleet,
-            &image,
-            guest_port,
-            probe.accel,
-            deadline,
-            None,
+    report["metrics"] = metrics_json(&rows).into();
+
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    print_report(&a, m, &probe, &report, &rows, &samples);
+    Ok(if hangs > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+/// The guest port of the recipe's `tcp:PORT` readiness check, which bench needs.
+fn ready_port(recipe: &Recipe) -> Result<u16> {
+    match recipe.config.ready {
+        kiln_recipe::Ready::Tcp(p) => Ok(p),
+        _ => bail!(crate::BadInput(format!(
+            "{}: bench needs ready = \"tcp:PORT\" to measure the first HTTP answer",
+            recipe.config_path().display()
+        ))),
+    }
+}
+
+/// The image to measure: the recipe's (built if needed), or one built with `--kernel`.
+fn resolve_image(a: &BenchArgs, recipe: &Recipe) -> Result<Image> {
+    let Some(k) = &a.kernel else {
+        let spinner = crate::Spinner::new();
+        return Ok(kiln_fleet::plan::resolve_image(
+            &a.recipe,
+            &dirs::cache_root(),
+            &spinner,
         )?);
-        if a.baseline {
-            base_samples.push(baseline_boot(
-                &baseline_kernel,
-                &baseline_initrd,
-                probe.accel,
-                deadline,
+    };
+    let mut r = recipe.clone();
+    r.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
+        .map_err(|e| crate::BadInput(format!("--kernel: {e}")))?;
+    let out = dirs::cache_root().join("images").join(format!(
+        "{}-bench-{}",
+        r.config.name,
+        k.replace('/', "_")
+    ));
+    let report = crate::build_recipe(&r, &out, false, false)?;
+    Ok(Image {
+        dir: out,
+        manifest: report.manifest,
+        built: None,
+    })
+}
+
+/// Time cold, warm and up-to-date builds into `report`, with the tiny kernel's compile time.
+fn measure_builds(
+    recipe: &Recipe,
+    m: &kiln_bake::ImageManifest,
+    work: &Path,
+    report: &mut serde_json::Value,
+) -> Result<()> {
+    let cold_cache = cold_cache(work)?;
+    let cold = time_build(recipe, &cold_cache, &work.join("cold"))?;
+    let warm = time_build(recipe, &cold_cache, &work.join("warm"))?;
+    let noop = time_noop_build(recipe, &cold_cache, &work.join("warm"))?;
+    report["build_ms"] = serde_json::json!({ "cold": cold, "warm": warm, "up_to_date": noop });
+    if m.boot.is_tiny_kernel() {
+        let compile = kiln_kernel::tiny::list_tiny(&dirs::cache_root())
+            .into_iter()
+            .find(|k| m.kernel.description.contains(&k.config_hash[..16]))
+            .map(|k| k.build_seconds);
+        if let Some(secs) = compile {
+            report["kernel_compile_s"] = secs.into();
+        }
+    }
+    Ok(())
+}
+
+/// An empty download cache in `work` but for the compiled kernels (linked from the real one).
+fn cold_cache(work: &Path) -> Result<PathBuf> {
+    let cold_cache = work.join("cold-cache");
+    // Cold means an empty cache except for compiled kernels: compiling the tiny kernel
+    // (minutes, once per kernel config) would swamp the image build; its own time is
+    // reported from its cache record instead.
+    std::fs::create_dir_all(&cold_cache)?;
+    let kernels = dirs::cache_root().join("kernels");
+    if kernels.is_dir() {
+        std::os::unix::fs::symlink(&kernels, cold_cache.join("kernels"))?;
+    }
+    Ok(cold_cache)
+}
+
+/// Time (ms) a `kiln build` into the up-to-date image `out`, which should reuse it.
+fn time_noop_build(recipe: &Recipe, cache: &Path, out: &Path) -> Result<f64> {
+    let exe = std::env::current_exe()?;
+    let t = Instant::now();
+    let o = Command::new(exe)
+        .env("KILN_CACHE_DIR", cache)
+        .arg("build")
+        .arg(&recipe.dir)
+        .arg("-o")
+        .arg(out)
+        .output()?;
+    let noop = t.elapsed().as_secs_f64() * 1000.0;
+    if !o.status.success() {
+        bail!("no-op build failed");
+    }
+    Ok(noop)
+}
+
+/// Write the baseline initramfs into `work`, note its size; returns (kernel, initramfs).
+fn prepare_baseline(work: &Path, report: &mut serde_json::Value) -> Result<(PathBuf, PathBuf)> {
+    let initrd = work.join("baseline.cpio.gz");
+    let kernel = baseline_initramfs(&initrd)?;
+    report["baseline_image_bytes"] = std::fs::metadata(&initrd)?.len().into();
+    Ok((kernel, initrd))
+}
+
+/// What every measured Kiln boot shares: the fleet, the image, its port, accelerator, deadline.
+struct Target<'a> {
+    fleet: &'a Fleet,
+    image: &'a Image,
+    guest_port: u16,
+    accel: Accel,
+    deadline: Duration,
+}
+
+impl Target<'_> {
+    /// One Kiln boot of the image under `deadline`, with `memory` MiB if given.
+    fn boot(&self, deadline: Duration, memory: Option<u32>) -> Result<Sample> {
+        kiln_boot(
+            self.fleet,
+            self.image,
+            self.guest_port,
+            self.accel,
+            deadline,
+            memory,
+        )
+    }
+}
+
+/// The samples of every boot, Kiln's and the baseline's (empty without `--baseline`).
+struct Samples {
+    kiln: Vec<Sample>,
+    base: Vec<Sample>,
+}
+
+impl Samples {
+    /// How many Kiln and baseline boots hung.
+    fn hangs(&self) -> (usize, usize) {
+        let hangs = self.kiln.iter().filter(|s| s.hung).count();
+        let base_hangs = self.base.iter().filter(|s| s.hung).count();
+        (hangs, base_hangs)
+    }
+}
+
+/// Boot Kiln `a.boots` times, each followed by a baseline boot when there is one.
+fn boot_interleaved(
+    target: &Target,
+    baseline: Option<&(PathBuf, PathBuf)>,
+    a: &BenchArgs,
+) -> Result<Samples> {
+    let mut kiln = Vec::new();
+    let mut base = Vec::new();
+    for i in 0..a.boots {
+        kiln.push(target.boot(target.deadline, None)?);
+        if let Some((kernel, initrd)) = baseline {
+            base.push(baseline_boot(
+                kernel,
+                initrd,
+                target.accel,
+                target.deadline,
             )?);
         }
         if !a.json {
@@ -441,12 +549,16 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     if !a.json {
         eprintln!();
     }
-    let hangs = kiln_samples.iter().filter(|s| s.hung).count();
-    let base_hangs = base_samples.iter().filter(|s| s.hung).count();
-    report["hangs"] = hangs.into();
-    report["baseline_hangs"] = base_hangs.into();
+    Ok(Samples { kiln, base })
+}
 
-    let mut rows: Vec<(String, Stats, Stats)> = vec![
+/// A metric's name with its Kiln and baseline figures.
+type Row = (String, Stats, Stats);
+
+/// The metrics table: the fixed metrics, then one row per guest phase of the first boot.
+fn metric_rows(samples: &Samples) -> Vec<Row> {
+    let (kiln_samples, base_samples) = (&samples.kiln, &samples.base);
+    let mut rows: Vec<Row> = vec![
         (
             "run to first HTTP 200 (ms)".into(),
             stats(kiln_samples.iter().map(|s| s.first_200_ms)),
@@ -484,37 +596,36 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
             None,
         ));
     }
+    rows
+}
 
-    if a.min_memory {
-        let mut lo = 16u32;
-        let mut hi = m.boot.memory.max(32);
-        // Invariant: hi works (checked first), lo does not or is the floor.
-        let works = |mem: u32| -> Result<bool> {
-            Ok(!kiln_boot(
-                &fleet,
-                &image,
-                guest_port,
-                probe.accel,
-                deadline.min(Duration::from_secs(40)),
-                Some(mem),
-            )?
+/// The smallest memory (MiB) that still served the page, by bisection from `image_memory`.
+fn min_memory(target: &Target, image_memory: u32) -> Result<Option<u32>> {
+    let mut lo = 16u32;
+    let mut hi = image_memory.max(32);
+    // Invariant: hi works (checked first), lo does not or is the floor.
+    let works = |mem: u32| -> Result<bool> {
+        Ok(!target
+            .boot(target.deadline.min(Duration::from_secs(40)), Some(mem))?
             .hung)
-        };
-        if works(hi)? {
-            while hi - lo > 4 {
-                let mid = (lo + hi) / 2;
-                if works(mid)? {
-                    hi = mid;
-                } else {
-                    lo = mid;
-                }
-            }
-            report["min_memory_mib"] = hi.into();
+    };
+    if !works(hi)? {
+        return Ok(None);
+    }
+    while hi - lo > 4 {
+        let mid = (lo + hi) / 2;
+        if works(mid)? {
+            hi = mid;
+        } else {
+            lo = mid;
         }
     }
+    Ok(Some(hi))
+}
 
-    let table: Vec<serde_json::Value> = rows
-        .iter()
+/// The metrics table as JSON, with the median ratio.
+fn metrics_json(rows: &[Row]) -> Vec<serde_json::Value> {
+    rows.iter()
         .map(|(name, k, b)| {
             serde_json::json!({
                 "metric": name,
@@ -523,13 +634,36 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
                 "ratio_median": match (k, b) { (Some(k), Some(b)) if b.1 > 0.0 => Some(k.1 / b.1), _ => None },
             })
         })
-        .collect();
-    report["metrics"] = table.into();
+        .collect()
+}
 
-    if a.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
-        return Ok(ExitCode::SUCCESS);
-    }
+/// Print the human-readable report: the summary, the hangs and the metrics table.
+fn print_report(
+    a: &BenchArgs,
+    m: &kiln_bake::ImageManifest,
+    probe: &kiln_vm::AccelProbe,
+    report: &serde_json::Value,
+    rows: &[Row],
+    samples: &Samples,
+) {
+    print_summary(a, m, probe, report);
+    let (hangs, base_hangs) = samples.hangs();
+    println!(
+        "hangs (missed the {} s deadline): kiln {hangs}/{}, baseline {base_hangs}/{}",
+        a.deadline,
+        a.boots,
+        samples.base.len()
+    );
+    print_table(rows);
+}
+
+/// Print what was measured and on what, and the build and memory figures when measured.
+fn print_summary(
+    a: &BenchArgs,
+    m: &kiln_bake::ImageManifest,
+    probe: &kiln_vm::AccelProbe,
+    report: &serde_json::Value,
+) {
     println!(
         "kiln bench {} — {} boots, accelerator {} ({})",
         m.name, a.boots, probe.accel, probe.reason
@@ -558,12 +692,10 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
     if let Some(mm) = report.get("min_memory_mib") {
         println!("smallest --memory that served the page: {mm} MiB");
     }
-    println!(
-        "hangs (missed the {} s deadline): kiln {hangs}/{}, baseline {base_hangs}/{}",
-        a.deadline,
-        a.boots,
-        base_samples.len()
-    );
+}
+
+/// Print the metrics table: min / median / p90 of each side and the median ratio.
+fn print_table(rows: &[Row]) {
     println!(
         "{:<32} {:>26} {:>26} {:>7}",
         "metric (min / median / p90)", "kiln", "baseline", "ratio"
@@ -572,18 +704,13 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         s.map(|(a, b, c)| format!("{a:.0} / {b:.0} / {c:.0}"))
             .unwrap_or_else(|| "-".into())
     };
-    for (name, k, b) in &rows {
+    for (name, k, b) in rows {
         let ratio = match (k, b) {
             (Some(k), Some(b)) if b.1 > 0.0 => format!("{:.2}x", k.1 / b.1),
             _ => "-".into(),
         };
         println!("{:<32} {:>26} {:>26} {:>7}", name, fmt(k), fmt(b), ratio);
     }
-    Ok(if hangs > 0 {
-        ExitCode::from(1)
-    } else {
-        ExitCode::SUCCESS
-    })
 }
 
 fn host_line() -> String {

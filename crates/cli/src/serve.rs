@@ -1,36 +1,13 @@
-//! `kiln serve`: the web console and HTTP API. One binary, no framework on the page: axum
-//! serves a JSON API under `/api/` (described at `/api/openapi.json`), a page with a live VM
-//! table (server-sent events) and the VMs' serial consoles over WebSockets (xterm.js,
-//! vendored). Every request needs the token; the server listens on 127.0.0.1 by default.
-//!
-//! VM operations go through the [`vms::Vms`] trait; [`vms::FleetVms`] calls the fleet library
-//! in-process (the same calls as the CLI's).
-
-pub mod api;
-pub mod catalog;
-pub mod console;
-pub mod error;
-pub mod host;
-pub mod openapi;
-pub mod state;
-pub mod token;
-pub mod vms;
-pub mod web;
-
-#[cfg(test)]
-mod tests;
+//! `kiln serve`: flags and start-up of the web console and HTTP API (kiln-serve), on this
+//! host's fleet.
 
 use anyhow::{Context, Result};
-use axum::routing::{get, post};
-use axum::Router;
 use clap::Args;
+use kiln_serve::{catalog, shutdown_signal, state, token, vms};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-
-/// Request bodies larger than this are refused (`body_too_large`).
-pub const BODY_LIMIT: usize = 64 * 1024;
 
 /// Options of `kiln serve`.
 #[derive(Args, Debug)]
@@ -50,27 +27,7 @@ pub struct ServeArgs {
     pub images: Vec<PathBuf>,
 }
 
-/// The router over `app` (exposed for tests and benchmarks).
-pub fn router(app: api::AppState) -> Router {
-    let mut api = Router::new();
-    for (_, path, handler) in api::routes() {
-        api = api.route(path, handler);
-    }
-    api.route("/", get(web::index))
-        .route("/assets/{file}", get(web::asset))
-        .route("/login", get(web::login_form).post(web::login))
-        .route("/login.css", get(web::login_css))
-        .route("/logout", post(web::logout))
-        .fallback(web::fallback)
-        .layer(axum::extract::DefaultBodyLimit::max(BODY_LIMIT))
-        .layer(axum::middleware::from_fn_with_state(
-            app.clone(),
-            web::guard,
-        ))
-        .with_state(app)
-}
-
-fn catalog(a: &ServeArgs) -> catalog::Catalog {
+fn catalog_of(a: &ServeArgs) -> catalog::Catalog {
     let mut recipe_roots = Vec::new();
     let cwd_recipes = PathBuf::from("recipes");
     if cwd_recipes.is_dir() {
@@ -107,7 +64,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     let vms = Arc::new(vms::FleetVms(crate::dirs::fleet()?));
     let app = Arc::new(state::App::new(
         vms,
-        catalog(&a),
+        catalog_of(&a),
         token.secret.clone(),
         crate::dirs::cache_root(),
     ));
@@ -141,7 +98,7 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
             eprintln!("kiln: warning: listing VMs: {e}");
         }
         tokio::spawn(app.clone().sample_forever());
-        let server = axum::serve(listener, router(app));
+        let server = kiln_serve::run(listener, app);
         tokio::select! {
             r = server => r.context("serving"),
             _ = shutdown_signal() => {
@@ -153,18 +110,4 @@ pub fn serve(a: ServeArgs) -> Result<ExitCode> {
     // Open event streams and consoles are cut; blocking calls to `kiln` are not waited for.
     rt.shutdown_timeout(std::time::Duration::from_millis(500));
     result.map(|()| ExitCode::SUCCESS)
-}
-
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
-        return std::future::pending().await;
-    };
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
 }

@@ -1,10 +1,43 @@
 //! The server's access token: 32 random bytes as hex, generated at first start and stored
 //! with mode 0600 (never group- or world-readable), compared in constant time.
 
-use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+/// Why the token could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// The token file is unusable as it is (the user's to fix).
+    #[error("{}: {message}", .path.display())]
+    Unusable {
+        /// The token file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
+    /// An I/O error.
+    #[error("{action} {}: {source}", .path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TokenError {
+    let path = path.to_path_buf();
+    move |source| TokenError::Io {
+        action,
+        path,
+        source,
+    }
+}
+
+type Result<T> = std::result::Result<T, TokenError>;
 
 /// The token and whether it was just generated (then it is printed once).
 pub struct Token {
@@ -18,20 +51,23 @@ pub struct Token {
 pub fn load_or_create(path: &Path) -> Result<Token> {
     match std::fs::read_to_string(path) {
         Ok(s) => {
-            let mode = std::fs::metadata(path)?.permissions().mode();
+            let mode = std::fs::metadata(path)
+                .map_err(io("reading", path))?
+                .permissions()
+                .mode();
+            let unusable = |message: String| TokenError::Unusable {
+                path: path.to_path_buf(),
+                message,
+            };
             if mode & 0o077 != 0 {
-                bail!(
-                    "{}: the token file is readable by others (mode {:o}); chmod 600 it",
-                    path.display(),
+                return Err(unusable(format!(
+                    "the token file is readable by others (mode {:o}); chmod 600 it",
                     mode & 0o777
-                );
+                )));
             }
             let secret = s.trim().to_string();
             if secret.len() < 16 {
-                bail!(
-                    "{}: the token must be at least 16 characters",
-                    path.display()
-                );
+                return Err(unusable("the token must be at least 16 characters".into()));
             }
             Ok(Token {
                 secret,
@@ -40,28 +76,27 @@ pub fn load_or_create(path: &Path) -> Result<Token> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir)
-                    .with_context(|| format!("creating {}", dir.display()))?;
+                std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
             }
             let mut raw = [0u8; 32];
             std::fs::File::open("/dev/urandom")
                 .and_then(|mut f| f.read_exact(&mut raw))
-                .context("reading /dev/urandom")?;
+                .map_err(io("reading", Path::new("/dev/urandom")))?;
             let secret = hex::encode(raw);
             let mut f = std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(0o600)
                 .open(path)
-                .with_context(|| format!("creating {}", path.display()))?;
+                .map_err(io("creating", path))?;
             f.write_all(format!("{secret}\n").as_bytes())
-                .with_context(|| format!("writing {}", path.display()))?;
+                .map_err(io("writing", path))?;
             Ok(Token {
                 secret,
                 created: true,
             })
         }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(io("reading", path)(e)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! The page and the guard in front of everything: token checks (bearer header or the login
 //! cookie), the login form, the embedded assets (xterm.js is vendored from npm into
-//! crates/cli/assets/ and compiled in, so the browser loads nothing from elsewhere), and the
+//! crates/serve/assets/ and compiled in, so the browser loads nothing from elsewhere), and the
 //! security headers.
 
 use super::api::AppState;
@@ -16,11 +16,11 @@ use serde::Deserialize;
 /// The login cookie's name.
 pub const COOKIE: &str = "kiln_token";
 
-const INDEX: &str = include_str!("../../assets/index.html");
-const APP_JS: &str = include_str!("../../assets/app.js");
-const APP_CSS: &str = include_str!("../../assets/app.css");
-const XTERM_JS: &str = include_str!("../../assets/vendor/xterm.js");
-const XTERM_CSS: &str = include_str!("../../assets/vendor/xterm.css");
+const INDEX: &str = include_str!("../assets/index.html");
+const APP_JS: &str = include_str!("../assets/app.js");
+const APP_CSS: &str = include_str!("../assets/app.css");
+const XTERM_JS: &str = include_str!("../assets/vendor/xterm.js");
+const XTERM_CSS: &str = include_str!("../assets/vendor/xterm.css");
 
 const CSP: &str = "default-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; \
 connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'";
