@@ -2,7 +2,8 @@
 //! needs any more. Images built by `kiln run RECIPE` (`images/NAME-HASH`) pile up with every
 //! change to a recipe; prune keeps each recipe's newest image and every image a VM record
 //! points at (running or not: `kiln enable`d VMs boot them later), and drops PVH kernels no
-//! kept image uses. Compiled tiny kernels go only with `--kernels` (recompiling costs minutes),
+//! kept image uses, and saved states (`snapshots/`) no image names as its template and no VM
+//! starts from. Compiled tiny kernels go only with `--kernels` (recompiling costs minutes),
 //! downloaded packages never.
 
 use crate::{dirs, human};
@@ -26,6 +27,9 @@ pub enum CacheCmd {
         /// Also remove compiled tiny kernels no kept image uses (a rebuild compiles again).
         #[arg(long)]
         kernels: bool,
+        /// Also remove snapshots of VMs (`kiln snapshot`) that no VM starts from.
+        #[arg(long)]
+        snapshots: bool,
     },
 }
 
@@ -98,6 +102,66 @@ fn images(cache: &Path, state_root: &Path) -> Vec<CachedImage> {
     out
 }
 
+/// A saved state (template or snapshot) in `CACHE/snapshots/`, and why it is kept, if it is.
+struct CachedSnapshot {
+    dir: PathBuf,
+    kind: String,
+    bytes: u64,
+    keep: Option<String>,
+}
+
+/// The saved states in the cache: one is kept while the image it was made from still names it
+/// as its template (wherever that image is), or a VM record starts from it.
+fn snapshots(cache: &Path, state_root: &Path) -> Vec<CachedSnapshot> {
+    let store = kiln_fleet::Store::new(
+        state_root.to_path_buf(),
+        std::sync::Arc::new(kiln_fleet::RealHost),
+    );
+    let from: Vec<PathBuf> = store
+        .list()
+        .into_iter()
+        .filter_map(|r| r.config.from)
+        .collect();
+    let Ok(rd) = std::fs::read_dir(cache.join("snapshots")) else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for e in rd.flatten() {
+        let dir = e.path();
+        let half_made = e.file_name().to_string_lossy().starts_with('.');
+        let saved = kiln_fleet::template::Saved::load(&dir).ok();
+        let keep = saved.as_ref().and_then(|s| {
+            let image = Path::new(&s.meta.image_dir);
+            let named = kiln_fleet::template::of_image(image)
+                .ok()
+                .flatten()
+                .is_some_and(|t| t.dir == dir);
+            if named {
+                Some(format!("the template of {}", image.display()))
+            } else if from.iter().any(|f| f == &dir) {
+                Some("a VM starts from it".to_string())
+            } else {
+                (s.meta.kind == "snapshot")
+                    .then(|| "a snapshot (prune --snapshots removes it)".to_string())
+            }
+        });
+        out.push(CachedSnapshot {
+            kind: if half_made {
+                "unfinished".into()
+            } else {
+                saved
+                    .map(|s| s.meta.kind)
+                    .unwrap_or_else(|| "unreadable".into())
+            },
+            bytes: size_of(&dir),
+            keep,
+            dir,
+        });
+    }
+    out.sort_by(|a, b| a.dir.cmp(&b.dir));
+    out
+}
+
 /// Which images prune keeps, and why.
 fn keep_reasons(imgs: &[CachedImage]) -> BTreeMap<PathBuf, String> {
     let mut keep = BTreeMap::new();
@@ -159,6 +223,18 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                     age(i.built)
                 );
             }
+            for sn in snapshots(&cache, &dirs::state_root()) {
+                println!(
+                    "{:<7} {:<28} {:>9}  {}",
+                    sn.kind,
+                    sn.dir
+                        .file_name()
+                        .map(|n| n.to_string_lossy().into_owned())
+                        .unwrap_or_default(),
+                    human(sn.bytes),
+                    sn.keep.as_deref().unwrap_or("prunable")
+                );
+            }
             for (what, sub) in [
                 ("kernels (compiled)", "kernels"),
                 ("pvh (extracted)", "pvh"),
@@ -173,7 +249,11 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        CacheCmd::Prune { dry_run, kernels } => {
+        CacheCmd::Prune {
+            dry_run,
+            kernels,
+            snapshots: drop_snapshots,
+        } => {
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut freed = 0u64;
             let mut count = 0usize;
@@ -195,6 +275,17 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                 imgs.iter().filter(|i| keep.contains_key(&i.dir)).collect();
             for i in imgs.iter().filter(|i| !keep.contains_key(&i.dir)) {
                 remove(&i.dir, "image", i.bytes)?;
+            }
+            for sn in snapshots(&cache, &dirs::state_root()) {
+                let mine = drop_snapshots
+                    && sn.kind == "snapshot"
+                    && sn
+                        .keep
+                        .as_deref()
+                        .is_some_and(|k| k.starts_with("a snapshot"));
+                if sn.keep.is_none() || mine {
+                    remove(&sn.dir, &sn.kind, sn.bytes)?;
+                }
             }
             // PVH kernels are named by the shipped kernel's sha256; images hold hard links,
             // so removing one never breaks an image.

@@ -18,7 +18,7 @@ use std::time::Instant;
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// A recipe folder (built first if stale) or an image folder from `kiln build`.
-    #[arg(required_unless_present = "file")]
+    #[arg(required_unless_present_any = ["file", "from"])]
     pub target: Option<PathBuf>,
     /// A VM config file (vm.toml); flags given as well win over its keys.
     #[arg(short = 'f', long = "file", value_name = "VM.TOML")]
@@ -29,6 +29,10 @@ pub struct RunArgs {
     /// Run in the background under a supervisor; return once the guest is ready.
     #[arg(long, short = 'd')]
     pub detach: bool,
+    /// Start this many VMs (detached), named NAME-1…NAME-N, each host port one higher than the
+    /// previous VM's.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub count: u32,
     /// Hypervisor: qemu (default), or firecracker / bhyve with --dry-run (configs on paper).
     #[arg(long, default_value = "qemu")]
     pub backend: String,
@@ -77,6 +81,9 @@ impl RunArgs {
                 "--serial-tcp serves the console of a detached VM: add --detach (a foreground run has the terminal)".into(),
             )
             .into());
+        }
+        if self.count > 1 && !self.detach {
+            return Err(BadInput("--count starts detached VMs: add --detach".into()).into());
         }
         if !self.detach && cfg.restart_policy() != Restart::No {
             return Err(BadInput("--restart applies to detached VMs: add --detach".into()).into());
@@ -137,7 +144,43 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
     }
     let accel = accel(&fleet, &p)?;
     if a.detach {
-        let s = fleet.start_detached(&p, accel, a.verbose)?;
+        for i in 0..a.count {
+            detached(&fleet, &a, &numbered(&p, i, a.count), accel)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    foreground(&fleet, &a, &p, accel)
+}
+
+/// The `i`th of `count` VMs: `NAME-(i+1)`, host ports `i` higher.
+fn numbered(p: &Prepared, i: u32, count: u32) -> Prepared {
+    let mut p = p.clone();
+    if count > 1 {
+        p.config.name = Some(format!("{}-{}", p.name(), i + 1));
+        if p.config.ports.is_empty() {
+            p.config.ports = p
+                .image
+                .manifest
+                .boot
+                .ports
+                .iter()
+                .filter_map(|f| f.parse().ok())
+                .collect();
+        }
+        for f in &mut p.config.ports {
+            f.host_port = f.host_port.saturating_add(i as u16);
+        }
+    }
+    p
+}
+
+/// Start one detached VM and say so.
+fn detached(fleet: &Fleet, a: &RunArgs, p: &Prepared, accel: Accel) -> Result<()> {
+    {
+        let s = fleet.start_detached(p, accel, a.verbose)?;
+        if let Some(why) = &s.cold_reason {
+            eprintln!("kiln: {why}");
+        }
         let (name, r) = (&s.record.name, &s.record);
         eprintln!(
             "kiln: {name} ready: guest {} ms, launch to ready {:.0} ms ({accel}); pid {}; console `kiln console {name}`, log `kiln logs {name}`; stop with `kiln stop {name}`",
@@ -148,15 +191,46 @@ pub fn run(a: RunArgs) -> Result<ExitCode> {
         for (n, sock) in &s.vports {
             eprintln!("kiln: virtio port {n} on {}", sock.display());
         }
-        return Ok(ExitCode::SUCCESS);
     }
-    foreground(&fleet, &a, &p, accel)
+    Ok(())
+}
+
+/// `kiln build --template`: boot the built image once and save its template.
+pub fn make_template(
+    fleet: &Fleet,
+    dir: &std::path::Path,
+    m: &kiln_bake::ImageManifest,
+) -> Result<()> {
+    let image = kiln_fleet::Image {
+        dir: std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()),
+        manifest: m.clone(),
+        built: None,
+    };
+    let p = Prepared {
+        config: VmConfig::default(),
+        image,
+    };
+    let accel = accel(fleet, &p)?;
+    let t = Instant::now();
+    let s = fleet.make_template(&p.image, accel)?;
+    eprintln!(
+        "kiln: template of {} made in {:.1} s (saved in {} ms): {} stored in {}",
+        m.name,
+        t.elapsed().as_secs_f64(),
+        s.meta.save_ms,
+        crate::human(s.meta.stored_bytes),
+        s.dir.display()
+    );
+    Ok(())
 }
 
 /// A foreground run: the console on the terminal, stdin to the guest, Ctrl-] or a signal stops.
 fn foreground(fleet: &Fleet, a: &RunArgs, p: &Prepared, accel: Accel) -> Result<ExitCode> {
     let sink = (!a.no_console).then(|| Box::new(std::io::stdout()) as Box<dyn Write + Send>);
     let mut fg = fleet.launch_foreground(p, accel, a.verbose, sink)?;
+    if let Some(why) = &fg.plan.cold_reason {
+        eprintln!("kiln: {why}");
+    }
     for v in &fg.plan.spec.vports {
         eprintln!("kiln: virtio port {} on {}", v.name, v.socket.display());
     }

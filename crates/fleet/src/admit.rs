@@ -106,6 +106,8 @@ mod tests {
                 shares: vec![],
                 vports: vec![],
                 acpi: false,
+                ram: Default::default(),
+                incoming: false,
                 extra_args: vec![],
             },
             ready_timeout: std::time::Duration::from_secs(30),
@@ -116,6 +118,8 @@ mod tests {
             config,
             guest: "linux".into(),
             ready_at_launch: false,
+            restore: None,
+            cold_reason: None,
         }
     }
 

@@ -119,6 +119,15 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub accel: Option<AccelChoice>,
+    /// Start from a template or snapshot: an image folder with a template, or a folder from
+    /// `kiln snapshot` (a clone: fresh entropy, name and clock before its network comes up).
+    #[arg(long, value_name = "DIR")]
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub from: Option<PathBuf>,
+    /// Boot cold even when the image has a fresh template.
+    #[arg(long)]
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub cold: bool,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -462,6 +471,7 @@ impl VmConfig {
         if let Some(s) = cfg.share.as_mut() {
             s.host = rel(&s.host);
         }
+        cfg.from = cfg.from.as_deref().map(rel);
         Ok(cfg)
     }
 
@@ -484,13 +494,15 @@ impl VmConfig {
             network,
             restart,
             ready_timeout,
-            accel
+            accel,
+            from
         );
         if !over.ports.is_empty() {
             self.ports = over.ports;
         }
         self.readonly_root |= over.readonly_root;
         self.no_lock |= over.no_lock;
+        self.cold |= over.cold;
         self
     }
 

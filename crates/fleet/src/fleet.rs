@@ -96,7 +96,8 @@ impl Fleet {
 
     /// Check `cfg`, resolve its image (building a recipe when stale) and fill in its name and
     /// image.
-    pub fn prepare(&self, mut cfg: VmConfig, progress: &dyn Progress) -> Result<Prepared> {
+    pub fn prepare(&self, cfg: VmConfig, progress: &dyn Progress) -> Result<Prepared> {
+        let mut cfg = self.spec_from_saved(cfg)?;
         cfg.validate()
             .map_err(|(key, msg)| FleetError::BadInput(format!("{}: {msg}", flag(key))))?;
         plan::check_network_privilege(&cfg)?;

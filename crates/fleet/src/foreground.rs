@@ -56,25 +56,12 @@ impl Fleet {
             store: self.store().clone(),
             name: plan.name.clone(),
         };
-        let qemu = kiln_vm::check_qemu()?;
-        let vm = kiln_vm::runner::spawn(
-            &qemu,
-            &plan.spec,
-            &plan::run_paths(&plan.run_dir, false),
-            false,
-        )?;
-        let pid = vm.pid();
+        let session = Session::start(&plan, &plan::run_paths(&plan.run_dir, false), sink)?;
+        let pid = session.vm.pid();
         self.store().update(&plan.name, |r| {
             r.pid = pid;
             r.pid_start = kiln_vm::runner::pid_start_time(pid);
         });
-        let session = Session::attach(
-            vm,
-            sink,
-            plan.ready_timeout,
-            plan.ready_at_launch,
-            &plan.run_dir,
-        )?;
         let fg = Foreground { session, plan, reg };
         if fg.plan.ready_at_launch {
             fg.mark_ready(0);
@@ -101,7 +88,9 @@ impl Foreground {
         let (store, name) = (self.reg.store.clone(), self.reg.name.clone());
         let mut with_record = |seen: Seen<'_>| {
             match &seen {
-                Seen::Console(ConsoleEvent::Ready { guest_ms }) => store.update(&name, |r| {
+                Seen::Console(
+                    ConsoleEvent::Ready { guest_ms } | ConsoleEvent::Thawed { ms: guest_ms },
+                ) => store.update(&name, |r| {
                     r.state = VmState::Running;
                     r.ready_ms = Some(*guest_ms);
                 }),

@@ -21,6 +21,8 @@ pub mod record;
 pub mod restart;
 pub mod store;
 pub mod supervise;
+pub mod template;
+pub mod warm;
 pub mod watch;
 
 pub use config::{Drive, Network, Restart, SerialTcp, Share, ShareFs, VmConfig, Vports};

@@ -5,6 +5,7 @@
 
 use crate::config::{check_name, Network, ShareFs, VmConfig};
 use crate::error::{FleetError, Result};
+use crate::template::{self, Restore, Signature};
 use kiln_bake::{ImageManifest, Progress};
 use kiln_recipe::{PortForward, Ready, Recipe};
 use kiln_vm::runner::RunPaths;
@@ -109,6 +110,10 @@ pub struct Plan {
     /// Count the VM ready as soon as QEMU runs: a BSD guest (no kiln-init) with
     /// `ready = "none"`, whose rc may never print a ready line.
     pub ready_at_launch: bool,
+    /// Start from this saved state (a clone of a template, or a snapshot) instead of booting.
+    pub restore: Option<Restore>,
+    /// Why the image's template is not used (said in one line), when it has one.
+    pub cold_reason: Option<String>,
 }
 
 /// The file layout of a VM's folder: a supervised VM's QEMU console is `qemu-console.sock`
@@ -182,7 +187,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
             "reboot=t"
         });
     }
-    let spec = VmSpec {
+    let mut spec = VmSpec {
         name: name.clone(),
         kernel: image.dir.join(&m.kernel.file),
         initrd: (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file)),
@@ -206,8 +211,11 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         vports,
         // The tiny kernel has no ACPI; NetBSD boots on microvm without it, as smolBSD does.
         acpi: !tiny && !bsd,
+        ram: Default::default(),
+        incoming: false,
         extra_args: vec![],
     };
+    let (restore, cold_reason) = warm_start(cfg, image, &mut spec)?;
     Ok(Plan {
         name,
         spec,
@@ -221,7 +229,69 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         config,
         guest: m.boot.guest.clone(),
         ready_at_launch: bsd && m.boot.ready.parse::<Ready>() == Ok(Ready::None),
+        restore,
+        cold_reason,
     })
+}
+
+/// Where the VM starts from: `from` (refused when it cannot be restored), the image's template
+/// when it is fresh, or a cold boot (with the reason when a template was passed over).
+fn warm_start(
+    cfg: &VmConfig,
+    image: &Image,
+    spec: &mut VmSpec,
+) -> Result<(Option<Restore>, Option<String>)> {
+    let saved = match &cfg.from {
+        Some(dir) => Some(template::find(dir)?),
+        None if cfg.cold => None,
+        None => match template::of_image(&image.dir) {
+            Ok(s) => s,
+            Err(why) => {
+                return Ok((
+                    None,
+                    Some(format!(
+                        "the template of {} is not used: {why}",
+                        image.manifest.name
+                    )),
+                ))
+            }
+        },
+    };
+    let Some(saved) = saved else {
+        return Ok((None, None));
+    };
+    let why = if !spec.shares.is_empty() {
+        Some(
+            "a shared folder (9p or virtiofs) cannot be restored into: its state lives on the host"
+                .to_string(),
+        )
+    } else {
+        saved.meta.signature.differs(&Signature::of(spec, image))
+    };
+    if let Some(why) = why {
+        if let Some(dir) = &cfg.from {
+            return Err(bad(format!(
+                "--from {}: cannot restore: {why}",
+                dir.display()
+            )));
+        }
+        return Ok((
+            None,
+            Some(format!(
+                "the template of {} is not used: {why}; booting cold",
+                image.manifest.name
+            )),
+        ));
+    }
+    let r = saved.restore()?;
+    if let Some(ram) = &r.ram {
+        spec.ram = kiln_vm::RamBacking::File {
+            path: ram.clone(),
+            shared: false,
+        };
+    }
+    spec.incoming = true;
+    Ok((Some(r), None))
 }
 
 /// The kernel arguments being composed.

@@ -31,6 +31,10 @@ pub struct Started {
     pub vports: Vec<(String, std::path::PathBuf)>,
     /// From the call to readiness.
     pub elapsed: Duration,
+    /// Why the image's template was not used, if it has one.
+    pub cold_reason: Option<String>,
+    /// It started from a saved state.
+    pub restored: bool,
 }
 
 fn backoff_start() -> Duration {
@@ -81,6 +85,8 @@ impl Fleet {
             record,
             vports,
             elapsed: t0.elapsed(),
+            cold_reason: plan.cold_reason.clone(),
+            restored: plan.restore.is_some(),
         })
     }
 
@@ -239,21 +245,17 @@ impl Fleet {
                 verbose,
             },
         )?;
-        let qemu = kiln_vm::check_qemu()?;
-        let vm = kiln_vm::runner::spawn(&qemu, &plan.spec, &plan::run_paths(&dir, true), false)?;
+        let mut session = Session::start(
+            &plan,
+            &plan::run_paths(&dir, true),
+            Some(Box::new(hub.sink())),
+        )?;
         rec.state = VmState::Starting;
-        rec.pid = vm.pid();
-        rec.pid_start = kiln_vm::runner::pid_start_time(vm.pid());
+        rec.pid = session.vm.pid();
+        rec.pid_start = kiln_vm::runner::pid_start_time(session.vm.pid());
         rec.started = self.host().now();
         rec.ready_ms = None;
         store.write(rec)?;
-        let mut session = Session::attach(
-            vm,
-            Some(Box::new(hub.sink())),
-            plan.ready_timeout,
-            plan.ready_at_launch,
-            &dir,
-        )?;
         hub.set_guest(session.console_input());
         if plan.ready_at_launch {
             rec.state = VmState::Running;
@@ -264,11 +266,9 @@ impl Fleet {
         let mut on = |seen: Seen<'_>| {
             let change = match seen {
                 Seen::Stopping => Some((VmState::Stopping, None)),
-                Seen::Console(ConsoleEvent::Ready { guest_ms })
-                    if rec.state != VmState::Stopping =>
-                {
-                    Some((VmState::Running, Some(*guest_ms)))
-                }
+                Seen::Console(
+                    ConsoleEvent::Ready { guest_ms } | ConsoleEvent::Thawed { ms: guest_ms },
+                ) if rec.state != VmState::Stopping => Some((VmState::Running, Some(*guest_ms))),
                 _ => None,
             };
             if let Some((state, ready_ms)) = change {

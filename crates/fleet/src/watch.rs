@@ -3,7 +3,10 @@
 //! readiness deadline, carries out a stop request (graceful with a grace time, or a kill), and
 //! on QEMU's end drains what is left of the console.
 
+use crate::error::FleetError;
+use crate::plan::Plan;
 use crate::store::STOP_REQUEST;
+use crate::template::{self, Restore};
 use kiln_vm::runner::{self, ConsoleMsg, Launched};
 use kiln_vm::{ConsoleEvent, LineParser, StopOutcome};
 use std::io::Write;
@@ -115,6 +118,55 @@ pub struct Session {
 }
 
 impl Session {
+    /// Spawn QEMU for `plan` (files in `paths`), attach its console (copied to `sink`), and when
+    /// the plan restores a saved state, restore it and give the guest its identity (thaw).
+    pub fn start(
+        plan: &Plan,
+        paths: &kiln_vm::RunPaths,
+        sink: Option<Box<dyn Write + Send>>,
+    ) -> Result<Session, FleetError> {
+        let qemu = kiln_vm::check_qemu()?;
+        let vm = runner::spawn(&qemu, &plan.spec, paths, false)?;
+        let mut s = Session::attach(
+            vm,
+            sink,
+            plan.ready_timeout,
+            plan.ready_at_launch,
+            &plan.run_dir,
+        )?;
+        if let Some(r) = &plan.restore {
+            s.resume(r, &plan.name)?;
+        }
+        Ok(s)
+    }
+
+    /// Restore the saved state into this paused QEMU, let it run, and thaw the guest: fresh
+    /// entropy, `hostname`, the host's clock; its network comes up after that.
+    fn resume(&mut self, r: &Restore, hostname: &str) -> Result<(), FleetError> {
+        let qmp = self.vm.paths.qmp_socket.clone();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut q = loop {
+            match kiln_vm::qmp::Qmp::connect(&qmp) {
+                Ok(q) => break q,
+                Err(e) if Instant::now() > deadline => return Err(e.into()),
+                Err(_) => {
+                    if let Some(s) = self.vm.try_wait() {
+                        return Err(FleetError::Other(format!(
+                            "QEMU exited before the restore ({s}): {}",
+                            self.vm.qemu_stderr()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+            }
+        };
+        q.restore(&r.uri(), r.ram.is_some(), Duration::from_secs(60))?;
+        template::send_control(
+            &self.vm.paths.control_socket,
+            &template::thaw_line(&template::fresh_seed()?, hostname),
+        )
+    }
+
     /// Attach to `vm`'s console (copied to `sink`), with `ready_timeout` from launch; stop
     /// requests are read from `stop_dir`. `ready_at_launch` counts the guest ready at once.
     pub fn attach(
@@ -209,7 +261,10 @@ impl Session {
             match self.events.recv_timeout(Duration::from_millis(20)) {
                 Ok(ConsoleMsg::Event(ev)) => {
                     match &ev {
-                        ConsoleEvent::Ready { guest_ms } if self.end.ready.is_none() => {
+                        ConsoleEvent::Ready { guest_ms }
+                        | ConsoleEvent::Thawed { ms: guest_ms }
+                            if self.end.ready.is_none() =>
+                        {
                             self.end.ready = Some((Instant::now(), *guest_ms));
                         }
                         ConsoleEvent::RcExited { status } => self.end.rc_status = Some(*status),
@@ -218,7 +273,7 @@ impl Session {
                     on(Seen::Console(&ev));
                     if until == Until::Ready
                         && self.end.ready.is_some()
-                        && matches!(ev, ConsoleEvent::Ready { .. })
+                        && matches!(ev, ConsoleEvent::Ready { .. } | ConsoleEvent::Thawed { .. })
                     {
                         return Watched::Ready;
                     }

@@ -132,7 +132,8 @@ fn valid_iface(s: &str) -> bool {
     !s.is_empty() && s.len() < 16 && !s.contains(['/', ' ', '\0']) && s != "." && s != ".."
 }
 
-fn valid_hostname(s: &str) -> bool {
+/// Whether `s` can be the hostname: 1 to 64 bytes, no whitespace or NUL.
+pub fn valid_hostname(s: &str) -> bool {
     !s.is_empty() && s.len() <= 64 && !s.contains(|c: char| c.is_whitespace() || c == '\0')
 }
 

@@ -3,9 +3,10 @@
 //! It owns everything between the kernel handing over and the VM ending:
 //! mounting the pseudo filesystems, loading the image's kernel modules,
 //! configuring loopback and the static IPv4 network, setting the hostname,
-//! listening on the host control channel, running the rc script as the
-//! service, reporting readiness on the serial console, reaping orphans, and
-//! powering the VM off when the service exits (or on request, or on a panic).
+//! listening on the host control channel (power-off, reboot, and the freeze and
+//! thaw of templates and their clones), running the rc script as the service,
+//! reporting readiness on the serial console, reaping orphans, and powering
+//! the VM off when the service exits (or on request, or on a panic).
 //!
 //! Console protocol (one `write(2)` per line on stdout = `/dev/console`):
 //!
@@ -17,8 +18,15 @@
 //! kiln: rc exited with status N
 //! kiln: shutdown requested | kiln: reboot requested
 //! kiln: powering off | kiln: rebooting
+//! kiln: frozen                                        (after `freeze`)
+//! kiln: rc.resume exited with status N                (during `thaw`)
+//! kiln: thawed in N ms                                (after `thaw`)
+//! kiln: error: freeze: ... | kiln: error: thaw: ...
 //! kiln: init panicked: MESSAGE at FILE:LINE
 //! ```
+//!
+//! The control commands and the lines they produce are described in
+//! [`control`].
 //!
 //! Build (static, size-optimised; output
 //! `target/x86_64-unknown-linux-musl/init/kiln-init`):
@@ -47,6 +55,7 @@ mod modules;
 mod net;
 mod pid1;
 mod report;
+mod snapshot;
 mod sys;
 mod tcp;
 mod trace;
@@ -202,7 +211,8 @@ fn load_config(words: &[&str]) -> (Config, cmdline::Overrides) {
 }
 
 /// Step 4: loopback, the interface, resolver files, and the gateway ARP poke.
-fn network(cfg: &Config) {
+/// Returns the interface's address if it was configured.
+fn network(cfg: &Config) -> Option<std::net::Ipv4Addr> {
     if let Err(e) = net::loopback_up() {
         warn2("network: lo: ", &e);
     }
@@ -213,13 +223,8 @@ fn network(cfg: &Config) {
             msg.push_str(&n.iface);
             warn2(&msg, " did not appear within 2 s");
         } else {
-            match net::configure(n) {
-                Ok(()) => {
-                    if let Some(gw) = n.gateway {
-                        net::poke_gateway(gw);
-                    }
-                    configured = Some(n.addr);
-                }
+            match net::up(n) {
+                Ok(()) => configured = Some(n.addr),
                 Err(e) => {
                     let mut msg = String::from("network: ");
                     msg.push_str(&n.iface);
@@ -231,7 +236,7 @@ fn network(cfg: &Config) {
     }
     let _ = std::fs::create_dir_all("/etc");
     if !sys::writable("/etc") {
-        return;
+        return configured;
     }
     if configured.is_some() && !cfg.dns.is_empty() {
         let _ = std::fs::remove_file("/etc/resolv.conf");
@@ -239,6 +244,23 @@ fn network(cfg: &Config) {
     }
     net::write_if_missing("/etc/hosts", &net::hosts(&cfg.hostname, configured));
     net::write_if_missing("/etc/nsswitch.conf", net::NSSWITCH);
+    configured
+}
+
+/// `/bin/sh SCRIPT` from `/` with rc's environment (HOME, PATH, TERM and the
+/// image's `env=` settings); used for rc and for `/etc/rc.resume`.
+pub(crate) fn shell(script: &str, env: &[(String, String)]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("/bin/sh");
+    cmd.arg(script)
+        .current_dir("/")
+        .env_clear()
+        .env("HOME", "/")
+        .env("PATH", PATH)
+        .env("TERM", "linux");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
 }
 
 /// Step 7: start `/bin/sh RC` in its own session with the console as its
@@ -254,16 +276,7 @@ fn spawn_rc(cfg: &Config) -> Result<i32, String> {
     if let Err(e) = std::fs::metadata(&cfg.rc) {
         return Err(sys::io_error_text(&e));
     }
-    let mut cmd = std::process::Command::new("/bin/sh");
-    cmd.arg(&cfg.rc)
-        .current_dir("/")
-        .env_clear()
-        .env("HOME", "/")
-        .env("PATH", PATH)
-        .env("TERM", "linux");
-    for (k, v) in &cfg.env {
-        cmd.env(k, v);
-    }
+    let mut cmd = shell(&cfg.rc, &cfg.env);
     // SAFETY: the closure only makes async-signal-safe system calls
     // (sigprocmask, setsid, ioctl) and allocates nothing.
     unsafe {
@@ -309,6 +322,9 @@ fn supervise(ready: Ready, rc_pid: i32, mut tl: Timeline) -> ! {
         while let sys::Reaped::Child(pid, status) = sys::reap_one() {
             if pid == rc_pid {
                 rc_status = Some(report::exit_code(status));
+            } else {
+                // A thaw's rc.resume hands over here; other orphans are dropped.
+                pid1::note_reaped(pid, status);
             }
         }
         if let Some(code) = rc_status {
@@ -358,7 +374,7 @@ fn boot() -> ! {
     modules::load_all(&cfg.modules, &words);
     tl.modules = sys::boottime_ms();
 
-    network(&cfg);
+    let addr = network(&cfg);
     tl.net = sys::boottime_ms();
 
     if !extra.shares.is_empty() {
@@ -375,7 +391,11 @@ fn boot() -> ! {
     }
 
     trace::start();
-    control::spawn();
+    control::spawn(snapshot::Guest {
+        net: cfg.net.clone(),
+        addr,
+        env: cfg.env.clone(),
+    });
 
     let rc_pid = match spawn_rc(&cfg) {
         Ok(pid) => pid,

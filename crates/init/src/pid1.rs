@@ -9,6 +9,7 @@
 
 use crate::{report, sys};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Signals handled synchronously by the main loop (blocked in every thread):
 /// `SIGCHLD` for reaping, and busybox's `halt` (`SIGUSR1`), `poweroff`
@@ -96,6 +97,69 @@ pub fn shutdown(action: Action) -> ! {
     halt(action)
 }
 
+/// Children that a thread other than the main loop waits for (`/etc/rc.resume`
+/// during a thaw): `(pid, raw wait status once reaped)`. The main loop reaps
+/// every child with `waitpid(-1)`, so it hands a watched child's status over
+/// through [`note_reaped`] rather than dropping it.
+static WATCHED: Mutex<Vec<(i32, Option<i32>)>> = Mutex::new(Vec::new());
+
+fn watched() -> MutexGuard<'static, Vec<(i32, Option<i32>)>> {
+    WATCHED.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Spawn `cmd` and watch it: its exit status is kept for [`wait_watched`]
+/// whichever thread reaps it. The lock is held across the spawn, so a child
+/// that exits at once is still recognised when the main loop reaps it.
+pub fn spawn_watched(cmd: &mut std::process::Command) -> std::io::Result<i32> {
+    let mut w = watched();
+    let pid = cmd.spawn()?.id() as i32;
+    w.push((pid, None));
+    Ok(pid)
+}
+
+/// Called by the main loop for every child it reaps (other than rc):
+/// whether `pid` is watched (its status is then kept for the waiter).
+pub fn note_reaped(pid: i32, status: i32) -> bool {
+    match watched().iter_mut().find(|(p, _)| *p == pid) {
+        Some(entry) => {
+            entry.1 = Some(status);
+            true
+        }
+        None => false,
+    }
+}
+
+/// The status of a watched child that has been reaped, forgetting it.
+fn take_reaped(pid: i32) -> Option<i32> {
+    let mut w = watched();
+    let i = w.iter().position(|&(p, s)| p == pid && s.is_some())?;
+    w.swap_remove(i).1
+}
+
+/// Wait up to `timeout_ms` for the watched child `pid` to exit: its raw wait
+/// status (and it is forgotten), or `None` if it is still running.
+pub fn wait_watched(pid: i32, timeout_ms: u64) -> Option<i32> {
+    let deadline = sys::boottime_ms() + timeout_ms;
+    loop {
+        // Reap it here if the main loop has not yet.
+        if let Some(status) = sys::try_reap(pid) {
+            note_reaped(pid, status);
+        }
+        if let Some(status) = take_reaped(pid) {
+            return Some(status);
+        }
+        if sys::boottime_ms() >= deadline {
+            return None;
+        }
+        sys::sleep_ms(1);
+    }
+}
+
+/// Stop watching `pid` (given up on); the main loop reaps it as any orphan.
+pub fn forget(pid: i32) {
+    watched().retain(|&(p, _)| p != pid);
+}
+
 /// Install the panic hook: print `kiln: init panicked: MESSAGE` and power off.
 pub fn install_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
@@ -125,5 +189,28 @@ mod tests {
         assert_eq!(action_for_signal(libc::SIGPWR), Some(Action::PowerOff));
         assert_eq!(action_for_signal(libc::SIGTERM), Some(Action::Reboot));
         assert_eq!(action_for_signal(libc::SIGCHLD), None);
+    }
+
+    #[test]
+    fn watched_children_statuses_are_handed_over() {
+        // Fake pids (negative: never real) exercise the hand-over.
+        assert!(!note_reaped(-7, 0));
+        watched().push((-7, None));
+        assert_eq!(take_reaped(-7), None);
+        assert!(note_reaped(-7, 3 << 8));
+        assert_eq!(wait_watched(-7, 0), Some(3 << 8));
+        assert_eq!(take_reaped(-7), None);
+        watched().push((-8, None));
+        forget(-8);
+        assert!(!note_reaped(-8, 0));
+        assert_eq!(wait_watched(-8, 0), None);
+    }
+
+    #[test]
+    fn a_watched_child_is_waited_for() {
+        let pid = spawn_watched(std::process::Command::new("/bin/sh").args(["-c", "exit 5"]))
+            .expect("spawn sh");
+        let status = wait_watched(pid, 5000).expect("sh exits");
+        assert_eq!(report::exit_code(status), 5);
     }
 }

@@ -84,6 +84,24 @@ pub fn ready(ms: u64) -> String {
     Line::new().s("ready in ").n(ms as i64).s(" ms").finish()
 }
 
+/// `kiln: frozen` (a template's network is down and its disks synced).
+pub fn frozen() -> String {
+    Line::new().s("frozen").finish()
+}
+
+/// `kiln: thawed in N ms` (a clone has its identity and its network back).
+pub fn thawed(ms: u64) -> String {
+    Line::new().s("thawed in ").n(ms as i64).s(" ms").finish()
+}
+
+/// `kiln: rc.resume exited with status N`.
+pub fn rc_resume_exited(code: i32) -> String {
+    Line::new()
+        .s("rc.resume exited with status ")
+        .n(i64::from(code))
+        .finish()
+}
+
 /// `CLOCK_BOOTTIME` milliseconds at which each boot phase finished.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Timeline {
@@ -162,6 +180,17 @@ mod tests {
         assert_eq!(
             error("cannot run /etc/rc: No such file or directory"),
             "kiln: error: cannot run /etc/rc: No such file or directory\n"
+        );
+    }
+
+    #[test]
+    fn template_lines() {
+        assert_eq!(frozen(), "kiln: frozen\n");
+        assert_eq!(thawed(0), "kiln: thawed in 0 ms\n");
+        assert_eq!(thawed(37), "kiln: thawed in 37 ms\n");
+        assert_eq!(
+            rc_resume_exited(1),
+            "kiln: rc.resume exited with status 1\n"
         );
     }
 

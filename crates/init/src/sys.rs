@@ -117,6 +117,79 @@ pub fn boottime_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
+/// Nanoseconds since boot, `CLOCK_BOOTTIME` (for measuring short intervals).
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid, writable timespec.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// `clock_settime(CLOCK_REALTIME)` to `unix_nanos` nanoseconds since the epoch.
+pub fn set_realtime_ns(unix_nanos: u64) -> SysResult<()> {
+    let ts = libc::timespec {
+        tv_sec: (unix_nanos / 1_000_000_000) as _,
+        tv_nsec: (unix_nanos % 1_000_000_000) as _,
+    };
+    // SAFETY: ts is a valid timespec for the duration of the call.
+    check(unsafe { libc::clock_settime(libc::CLOCK_REALTIME, &ts) }.into()).map(drop)
+}
+
+/// `RNDADDENTROPY` = `_IOW('R', 0x03, int[2])` (linux/random.h): mix a
+/// `struct rand_pool_info` into the input pool and credit its entropy.
+pub const RNDADDENTROPY: u32 = 0x4008_5203;
+
+/// `RNDRESEEDCRNG` = `_IO('R', 0x07)` (linux/random.h, Linux 4.17+): reseed the
+/// CRNG from the input pool now rather than at its next scheduled reseed.
+pub const RNDRESEEDCRNG: u32 = 0x5207;
+
+/// The bytes of a `struct rand_pool_info { int entropy_count; int buf_size;
+/// __u32 buf[]; }` carrying `seed`: entropy credited in bits (8 per byte),
+/// the buffer size in bytes, then the bytes themselves.
+pub fn rand_pool_info(seed: &[u8]) -> Vec<u8> {
+    let len = i32::try_from(seed.len()).unwrap_or(i32::MAX / 8);
+    let mut b = Vec::with_capacity(8 + seed.len());
+    b.extend_from_slice(&len.saturating_mul(8).to_ne_bytes());
+    b.extend_from_slice(&len.to_ne_bytes());
+    b.extend_from_slice(seed);
+    b
+}
+
+/// An ioctl on a fresh descriptor of `/dev/urandom`; `arg` is null or
+/// points at a complete `struct rand_pool_info`.
+fn urandom_ioctl(req: u32, arg: *const libc::c_void) -> SysResult<()> {
+    let fd = open("/dev/urandom", libc::O_RDONLY)?;
+    // SAFETY: the callers pass either a null argument (RNDRESEEDCRNG) or a
+    // pointer to a complete, live rand_pool_info (RNDADDENTROPY).
+    let rc = unsafe { libc::ioctl(fd, req as _, arg) };
+    let res = check(rc.into()).map(drop);
+    close(fd);
+    res
+}
+
+/// Add `seed` to the kernel's entropy pool, crediting 8 bits per byte
+/// (`RNDADDENTROPY` on `/dev/urandom`; needs `CAP_SYS_ADMIN`).
+pub fn add_entropy(seed: &[u8]) -> SysResult<()> {
+    let bytes = rand_pool_info(seed);
+    // The kernel reads ints and __u32s: give it a 4-byte-aligned copy.
+    let mut words = vec![0u32; bytes.len().div_ceil(4)];
+    // SAFETY: words has room for at least bytes.len() bytes; u32 has no
+    // invalid bit patterns and the regions do not overlap.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), words.as_mut_ptr().cast(), bytes.len())
+    };
+    urandom_ioctl(RNDADDENTROPY, words.as_ptr().cast())
+}
+
+/// Force the CRNG to reseed from the input pool (`RNDRESEEDCRNG`; `EINVAL`
+/// or `ENOTTY` before Linux 4.17).
+pub fn reseed_crng() -> SysResult<()> {
+    urandom_ioctl(RNDRESEEDCRNG, std::ptr::null())
+}
+
 /// Sleep for `ms` milliseconds (restarted on `EINTR`).
 pub fn sleep_ms(ms: u64) {
     let mut req = libc::timespec {
@@ -250,6 +323,25 @@ pub fn reap_one() -> Reaped {
     }
 }
 
+/// One `waitpid(pid, &status, WNOHANG)`: the raw wait status if that child
+/// has exited and we reaped it, `None` if it is running or already reaped
+/// (or `pid` is not positive: no process groups here).
+pub fn try_reap(pid: i32) -> Option<i32> {
+    if pid <= 0 {
+        return None;
+    }
+    loop {
+        let mut status = 0;
+        // SAFETY: status is a valid, writable int.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::WNOHANG) };
+        match r {
+            p if p == pid => return Some(status),
+            -1 if errno() == libc::EINTR => continue,
+            _ => return None,
+        }
+    }
+}
+
 /// A signal set built from a list of signal numbers.
 pub fn sigset(signals: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset fully initialises the set before sigaddset uses it.
@@ -330,5 +422,40 @@ pub fn become_session_leader_with_ctty() {
     unsafe {
         libc::setsid();
         libc::ioctl(0, libc::TIOCSCTTY as _, 1 as libc::c_int);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn random_ioctl_numbers() {
+        // The values from linux/random.h, derived with the _IOC macros.
+        assert_eq!(
+            RNDADDENTROPY as u64,
+            libc::_IOW::<[libc::c_int; 2]>(u32::from(b'R'), 0x03) as u64
+        );
+        assert_eq!(
+            RNDRESEEDCRNG as u64,
+            libc::_IO(u32::from(b'R'), 0x07) as u64
+        );
+    }
+
+    #[test]
+    fn rand_pool_info_layout() {
+        let seed: Vec<u8> = (1..=64).collect();
+        let b = rand_pool_info(&seed);
+        assert_eq!(b.len(), 8 + 64);
+        assert_eq!(b[0..4], 512i32.to_ne_bytes());
+        assert_eq!(b[4..8], 64i32.to_ne_bytes());
+        assert_eq!(b[8..], seed[..]);
+        assert_eq!(rand_pool_info(&[0xab]), {
+            let mut v = 8i32.to_ne_bytes().to_vec();
+            v.extend_from_slice(&1i32.to_ne_bytes());
+            v.push(0xab);
+            v
+        });
+        assert_eq!(rand_pool_info(&[]), vec![0; 8]);
     }
 }

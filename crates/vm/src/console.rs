@@ -2,7 +2,9 @@
 //!
 //! kiln-init prints, each on a line of its own: `kiln: ready in N ms`,
 //! `kiln: timeline init=A modules=B net=C rc=D ready=E`, `kiln: rc exited with status N`,
-//! `kiln: powering off`, `kiln: init panicked: …`, `kiln: error: …`.
+//! `kiln: powering off`, `kiln: init panicked: …`, `kiln: error: …`, and for templates and
+//! clones `kiln: frozen` (network down, ready to be saved) and `kiln: thawed in N ms` (a clone
+//! has its own entropy, name and clock, and its network is up again).
 
 use std::collections::VecDeque;
 
@@ -25,6 +27,13 @@ pub enum ConsoleEvent {
     PoweringOff,
     /// init hit an error or panicked.
     InitError(String),
+    /// The guest is ready to be saved as a template (its network is down).
+    Frozen,
+    /// A restored guest took its new identity in this many ms; its network is up.
+    Thawed {
+        /// ms from the thaw command to done.
+        ms: u64,
+    },
 }
 
 /// Splits console bytes into lines, keeps the last few, and recognises `kiln:` lines.
@@ -105,6 +114,13 @@ pub fn parse_line(line: &str) -> Option<ConsoleEvent> {
             status: v.trim().parse().ok()?,
         });
     }
+    if rest.trim() == "frozen" {
+        return Some(ConsoleEvent::Frozen);
+    }
+    if let Some(v) = rest.strip_prefix("thawed in ") {
+        let ms = v.strip_suffix(" ms")?.trim().parse().ok()?;
+        return Some(ConsoleEvent::Thawed { ms });
+    }
     if rest.starts_with("powering off") {
         return Some(ConsoleEvent::PoweringOff);
     }
@@ -120,6 +136,16 @@ pub fn parse_line(line: &str) -> Option<ConsoleEvent> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_template_lines() {
+        assert_eq!(parse_line("kiln: frozen"), Some(ConsoleEvent::Frozen));
+        assert_eq!(
+            parse_line("kiln: thawed in 7 ms"),
+            Some(ConsoleEvent::Thawed { ms: 7 })
+        );
+        assert_eq!(parse_line("kiln: thawed in x ms"), None);
+    }
 
     #[test]
     fn parses_kiln_lines() {

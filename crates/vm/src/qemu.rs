@@ -120,8 +120,28 @@ pub struct VmSpec {
     /// power-off come from ACPI); the tiny kernel has none and gets the devices on its command
     /// line instead (`acpi=off` makes QEMU add `virtio_mmio.device=` arguments).
     pub acpi: bool,
+    /// Where guest RAM lives.
+    pub ram: RamBacking,
+    /// Start paused, waiting for an incoming migration (`-S -incoming defer`): a restore.
+    pub incoming: bool,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
+}
+
+/// Where guest RAM lives.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum RamBacking {
+    /// Anonymous memory (a plain VM).
+    #[default]
+    Anonymous,
+    /// A file mapped as guest RAM: `shared` for a template being made (the guest's pages land
+    /// in the file), private (copy-on-write) for a clone of it.
+    File {
+        /// The RAM file.
+        path: PathBuf,
+        /// Map it shared (writes reach the file) or private.
+        shared: bool,
+    },
 }
 
 impl VmSpec {
@@ -161,7 +181,18 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     } else {
         "microvm,x-option-roms=off,isa-serial=on,acpi=off"
     };
-    if shared_mem {
+    if let RamBacking::File { path, shared } = &spec.ram {
+        push(&["-M", &format!("{machine},memory-backend=ram0")]);
+        push(&[
+            "-object",
+            &format!(
+                "memory-backend-file,id=ram0,size={}M,mem-path={},share={}",
+                spec.memory_mib,
+                opt_escape(&path.to_string_lossy()),
+                if *shared { "on" } else { "off" }
+            ),
+        ]);
+    } else if shared_mem {
         push(&["-M", &format!("{machine},memory-backend=mem")]);
         push(&[
             "-object",
@@ -198,6 +229,9 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
     push(&["-append", &spec.cmdline]);
+    if spec.incoming {
+        push(&["-S", "-incoming", "defer"]);
+    }
 
     let mut con = format!(
         "socket,id=con0,path={},server=on,wait={}",
@@ -356,6 +390,8 @@ mod tests {
             shares: vec![],
             vports: vec![],
             acpi: true,
+            ram: Default::default(),
+            incoming: false,
             extra_args: vec![],
         }
     }

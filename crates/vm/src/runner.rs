@@ -521,6 +521,8 @@ mod tests {
             shares: vec![],
             vports: vec![],
             acpi: true,
+            ram: Default::default(),
+            incoming: false,
             extra_args: vec![],
         };
         let e = spawn(

@@ -15,45 +15,45 @@ use std::time::Duration;
 const BOOT: Duration = Duration::from_secs(180);
 
 /// VMs started by one test in its own state folder; removed (and their QEMU killed) on drop.
-struct Fleet {
+pub(crate) struct Fleet {
     state: tempfile::TempDir,
     names: Vec<String>,
 }
 
 impl Fleet {
-    fn new() -> Fleet {
+    pub(crate) fn new() -> Fleet {
         Fleet {
             state: tempfile::tempdir().expect("tmp"),
             names: vec![],
         }
     }
 
-    fn kiln(&self) -> std::process::Command {
+    pub(crate) fn kiln(&self) -> std::process::Command {
         let mut c = kiln(self.state.path());
         c.env("KILN_RESTART_BACKOFF_MS", "300");
         c
     }
 
-    fn name(&mut self, prefix: &str) -> String {
+    pub(crate) fn name(&mut self, prefix: &str) -> String {
         let n = format!("{prefix}{}", free_port());
         self.names.push(n.clone());
         n
     }
 
-    fn run(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.kiln();
         c.args(args);
         run(c)
     }
 
     /// [`Fleet::run`], which must succeed.
-    fn ok(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) fn ok(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.kiln();
         c.args(args);
         run_ok(c)
     }
 
-    fn ps(&self) -> Vec<Value> {
+    pub(crate) fn ps(&self) -> Vec<Value> {
         let o = self.ok(&["ps", "--json"]);
         serde_json::from_slice::<Value>(&o.stdout)
             .expect("ps --json")
@@ -62,11 +62,11 @@ impl Fleet {
             .unwrap_or_default()
     }
 
-    fn row(&self, name: &str) -> Option<Value> {
+    pub(crate) fn row(&self, name: &str) -> Option<Value> {
         self.ps().into_iter().find(|r| r["name"] == name)
     }
 
-    fn console_log(&self, name: &str) -> String {
+    pub(crate) fn console_log(&self, name: &str) -> String {
         std::fs::read_to_string(self.state.path().join("vms").join(name).join("console.log"))
             .unwrap_or_default()
     }
@@ -107,7 +107,7 @@ impl Drop for Fleet {
     }
 }
 
-fn http_ok(port: u16) {
+pub(crate) fn http_ok(port: u16) {
     let url = format!("http://127.0.0.1:{port}/");
     wait_until(
         "HTTP 200",

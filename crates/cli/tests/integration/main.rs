@@ -7,6 +7,7 @@ mod build;
 mod lifecycle;
 mod refusals;
 mod services;
+mod templates;
 mod web;
 
 use kiln_test_support::workspace_root;
