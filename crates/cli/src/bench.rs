@@ -50,6 +50,13 @@ pub struct BenchArgs {
     /// Use this kernel instead of the recipe's ("tiny", "debian", …), as `kiln build --kernel`.
     #[arg(long)]
     pub kernel: Option<String>,
+    /// Measure starts from a template: make one, then time clone boots interleaved with cold
+    /// boots of the same image (and the baseline), N clones at once, and the memory each adds.
+    #[arg(long)]
+    pub template: bool,
+    /// With --template: how many clones to start at once.
+    #[arg(long, default_value_t = 20)]
+    pub clones: usize,
 }
 
 /// One boot's figures (ms, bytes).
@@ -82,11 +89,20 @@ fn http_get_ok(port: u16) -> bool {
     }
 }
 
-/// Poll GET / with short attempts from `start` until a 200 or `deadline`.
+/// Poll GET / from `start` until a 200 or `deadline`, with a new short attempt every 10 ms
+/// (overlapping: a forwarded connection made before the guest's network is up hangs, and must
+/// not hold the measurement back).
 fn wait_first_200(port: u16, start: Instant, deadline: Instant) -> Option<f64> {
+    let (tx, rx) = std::sync::mpsc::channel();
     while Instant::now() < deadline {
-        if http_get_ok(port) {
-            return Some(start.elapsed().as_secs_f64() * 1000.0);
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            if http_get_ok(port) {
+                let _ = tx.send(Instant::now());
+            }
+        });
+        if let Ok(t) = rx.recv_timeout(Duration::from_millis(10)) {
+            return Some((t - start).as_secs_f64() * 1000.0);
         }
     }
     None
@@ -112,6 +128,7 @@ fn kiln_boot(
     accel: Accel,
     deadline: Duration,
     memory: Option<u32>,
+    warm: bool,
 ) -> Result<Sample> {
     let port = free_port()?;
     let p = Prepared {
@@ -126,11 +143,18 @@ fn kiln_boot(
             }],
             memory,
             ready_timeout: Some(deadline.as_secs().max(1)),
+            cold: !warm,
             ..VmConfig::default()
         },
         image: image.clone(),
     };
     let mut fg = fleet.launch_foreground(&p, accel, false, None)?;
+    if warm && fg.plan.restore.is_none() {
+        anyhow::bail!(
+            "bench: no usable template: {}",
+            fg.plan.cold_reason.clone().unwrap_or_default()
+        );
+    }
     let start = fg.session.launched();
     let end = start + deadline;
     // Poll HTTP in parallel with the console so neither delays the other.
@@ -339,11 +363,7 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         &dirs::cache_root(),
     );
     let work = tempfile::Builder::new().prefix("kiln-bench-").tempdir()?;
-    let mut report = serde_json::json!({
-        "recipe": m.name, "accel": probe.accel.to_string(), "accel_reason": probe.reason, "boots": a.boots,
-        "host": host_line(),
-        "image_bytes": m.initramfs.size, "kernel_bytes": m.kernel.size,
-    });
+    let mut report = report_header(m, &probe, a.boots);
 
     if a.build {
         measure_builds(&recipe, m, work.path(), &mut report)?;
@@ -360,6 +380,9 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         accel: probe.accel,
         deadline,
     };
+    if a.template {
+        return bench_template(&a, &target, baseline.as_ref(), report);
+    }
     let samples = boot_interleaved(&target, baseline.as_ref(), &a)?;
     let (hangs, base_hangs) = samples.hangs();
     report["hangs"] = hangs.into();
@@ -382,6 +405,19 @@ pub fn bench(a: BenchArgs) -> Result<ExitCode> {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
+    })
+}
+
+/// The report's first fields: the image, the accelerator, the boot count and the host.
+fn report_header(
+    m: &kiln_bake::ImageManifest,
+    probe: &kiln_vm::AccelProbe,
+    boots: usize,
+) -> serde_json::Value {
+    serde_json::json!({
+        "recipe": m.name, "accel": probe.accel.to_string(), "accel_reason": probe.reason, "boots": boots,
+        "host": host_line(),
+        "image_bytes": m.initramfs.size, "kernel_bytes": m.kernel.size,
     })
 }
 
@@ -496,7 +532,7 @@ struct Target<'a> {
 }
 
 impl Target<'_> {
-    /// One Kiln boot of the image under `deadline`, with `memory` MiB if given.
+    /// One cold Kiln boot of the image under `deadline`, with `memory` MiB if given.
     fn boot(&self, deadline: Duration, memory: Option<u32>) -> Result<Sample> {
         kiln_boot(
             self.fleet,
@@ -505,6 +541,20 @@ impl Target<'_> {
             self.accel,
             deadline,
             memory,
+            false,
+        )
+    }
+
+    /// One start from the image's template (a clone).
+    fn clone_boot(&self) -> Result<Sample> {
+        kiln_boot(
+            self.fleet,
+            self.image,
+            self.guest_port,
+            self.accel,
+            self.deadline,
+            None,
+            true,
         )
     }
 }
@@ -740,4 +790,172 @@ fn host_line() -> String {
             .map(|n| n.get())
             .unwrap_or(1)
     )
+}
+
+/// `kiln bench --template`: make the template, then clone boots interleaved with cold boots of
+/// the same image and the baseline; then `--clones` clones at once, and the host memory each
+/// idle clone takes (MemAvailable drop, not RSS: the template's pages are shared).
+fn bench_template(
+    a: &BenchArgs,
+    target: &Target,
+    baseline: Option<&(PathBuf, PathBuf)>,
+    mut report: serde_json::Value,
+) -> Result<ExitCode> {
+    let t = Instant::now();
+    let saved = target.fleet.make_template(target.image, target.accel)?;
+    let make_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let (mut clones, mut colds, mut bases) = (vec![], vec![], vec![]);
+    for i in 0..a.boots {
+        clones.push(target.clone_boot()?);
+        colds.push(target.boot(target.deadline, None)?);
+        if let Some((kernel, initrd)) = baseline {
+            bases.push(baseline_boot(
+                kernel,
+                initrd,
+                target.accel,
+                target.deadline,
+            )?);
+        }
+        if !a.json {
+            eprint!("\rbench: round {}/{}", i + 1, a.boots);
+        }
+    }
+    if !a.json {
+        eprintln!();
+    }
+    let first = |v: &[Sample]| stats(v.iter().map(|s| s.first_200_ms));
+    let (c, k, b) = (first(&clones), first(&colds), first(&bases));
+    let fleet_run = many_clones(target, a.clones)?;
+    let median = |s: Stats| s.map(|x| x.1);
+    report["template"] = serde_json::json!({
+        "make_ms": make_ms,
+        "save_ms": saved.meta.save_ms,
+        "stored_bytes": saved.meta.stored_bytes,
+        "clone_first_200_ms": c.map(|(a, b, c)| [a, b, c]),
+        "cold_first_200_ms": k.map(|(a, b, c)| [a, b, c]),
+        "baseline_first_200_ms": b.map(|(a, b, c)| [a, b, c]),
+        "clone_vs_cold": median(c).zip(median(k)).map(|(c, k)| c / k),
+        "clone_vs_baseline": median(c).zip(median(b)).map(|(c, b)| c / b),
+        "clone_hangs": clones.iter().filter(|s| s.hung).count(),
+        "clones_at_once": fleet_run,
+    });
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    let t = &report["template"];
+    let fmt = |s: Stats| {
+        s.map(|(a, b, c)| format!("{a:.0} / {b:.0} / {c:.0} ms"))
+            .unwrap_or_else(|| "-".into())
+    };
+    println!(
+        "kiln bench {} --template — {} rounds, accelerator {}",
+        target.image.manifest.name, a.boots, target.accel
+    );
+    println!("host: {}", report["host"].as_str().unwrap_or(""));
+    println!(
+        "template: made in {make_ms:.0} ms (saved in {} ms), {} stored",
+        saved.meta.save_ms,
+        human(saved.meta.stored_bytes)
+    );
+    println!("first HTTP 200 (min / median / p90):");
+    println!("  clone     {}", fmt(c));
+    println!("  cold      {}", fmt(k));
+    println!("  baseline  {}", fmt(b));
+    println!(
+        "  clone/cold {:.2}x, clone/baseline {}",
+        t["clone_vs_cold"].as_f64().unwrap_or(f64::NAN),
+        t["clone_vs_baseline"]
+            .as_f64()
+            .map(|r| format!("{r:.2}x"))
+            .unwrap_or_else(|| "-".into())
+    );
+    let f = &t["clones_at_once"];
+    println!(
+        "{} clones at once: {} answered, all within {:.0} ms of the first launch; host memory per idle clone {:.1} MB (MemAvailable drop)",
+        f["clones"], f["answered"], f["all_answered_ms"].as_f64().unwrap_or(f64::NAN),
+        f["mem_per_clone_mb"].as_f64().unwrap_or(f64::NAN)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// MemAvailable, kB.
+fn mem_available_kb() -> Option<f64> {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// Start `n` clones at once (each kept by a thread of its own: QEMU dies with the thread that
+/// spawned it), time until all answer, then the MemAvailable drop per idle clone.
+fn many_clones(target: &Target, n: usize) -> Result<serde_json::Value> {
+    let before = mem_available_kb().unwrap_or(0.0);
+    let t0 = Instant::now();
+    let done = AtomicBool::new(false);
+    let (tx, rx) = std::sync::mpsc::channel::<Option<f64>>();
+    let result = std::thread::scope(|scope| -> Result<serde_json::Value> {
+        for _ in 0..n {
+            let tx = tx.clone();
+            let done = &done;
+            scope.spawn(move || {
+                let answered = (|| -> Result<(kiln_fleet::Foreground, Option<f64>)> {
+                    let port = free_port()?;
+                    let p = Prepared {
+                        config: VmConfig {
+                            image: Some(target.image.dir.display().to_string()),
+                            name: Some(format!("clone{port}")),
+                            ports: vec![PortForward {
+                                host_addr: std::net::Ipv4Addr::LOCALHOST,
+                                host_port: port,
+                                guest_port: target.guest_port,
+                                protocol: kiln_recipe::Protocol::Tcp,
+                            }],
+                            ..VmConfig::default()
+                        },
+                        image: target.image.clone(),
+                    };
+                    let fg = target
+                        .fleet
+                        .launch_foreground(&p, target.accel, false, None)?;
+                    let at = wait_first_200(port, t0, t0 + target.deadline);
+                    Ok((fg, at))
+                })();
+                match answered {
+                    Ok((fg, at)) => {
+                        let _ = tx.send(at);
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        drop(fg);
+                    }
+                    Err(e) => {
+                        eprintln!("bench: a clone did not start: {e:#}");
+                        let _ = tx.send(None);
+                    }
+                }
+            });
+        }
+        drop(tx);
+        let times: Vec<Option<f64>> = rx.iter().take(n).collect();
+        // Let the clones go idle, then read what they cost the host.
+        let settle = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < settle {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let after = mem_available_kb().unwrap_or(0.0);
+        done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let answered: Vec<f64> = times.iter().flatten().copied().collect();
+        Ok(serde_json::json!({
+            "clones": n,
+            "answered": answered.len(),
+            "all_answered_ms": (answered.len() == n).then(|| answered.iter().cloned().fold(0.0, f64::max)),
+            "mem_per_clone_mb": (before - after) / 1024.0 / n as f64,
+        }))
+    });
+    result
 }

@@ -107,7 +107,7 @@ mod tests {
                 vports: vec![],
                 acpi: false,
                 ram: Default::default(),
-                incoming: false,
+                incoming: None,
                 extra_args: vec![],
             },
             ready_timeout: std::time::Duration::from_secs(30),

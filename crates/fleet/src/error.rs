@@ -46,14 +46,14 @@ pub enum FleetError {
     #[error(transparent)]
     Vm(#[from] kiln_vm::VmError),
     /// An I/O error on a named path.
-    #[error("{action} {}: {source}", .path.display())]
+    #[error("{action} {}: {error}", .path.display())]
     Io {
         /// What was being done ("writing", "creating", ...).
         action: &'static str,
         /// The path.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error (said in the message, not chained again after it).
+        error: std::io::Error,
     },
     /// Anything else, said in a sentence.
     #[error("{0}")]
@@ -86,10 +86,10 @@ impl FleetError {
         path: impl Into<PathBuf>,
     ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| FleetError::Io {
+        move |error| FleetError::Io {
             action,
             path,
-            source,
+            error,
         }
     }
 }

@@ -212,7 +212,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         // The tiny kernel has no ACPI; NetBSD boots on microvm without it, as smolBSD does.
         acpi: !tiny && !bsd,
         ram: Default::default(),
-        incoming: false,
+        incoming: None,
         extra_args: vec![],
     };
     let (restore, cold_reason) = warm_start(cfg, image, &mut spec)?;
@@ -290,7 +290,7 @@ fn warm_start(
             shared: false,
         };
     }
-    spec.incoming = true;
+    spec.incoming = Some(r.uri());
     Ok((Some(r), None))
 }
 

@@ -353,11 +353,19 @@ pub fn thaw_line(seed: &str, hostname: &str) -> String {
 
 /// Send one line on a guest's control channel.
 pub fn send_control(socket: &Path, line: &str) -> Result<()> {
+    send_control_kept(socket, line).map(drop)
+}
+
+/// Send one line on a guest's control channel and keep the connection: saved while the host
+/// side is connected, a restored guest waits in `read` on the port and takes the thaw at once
+/// (with the host gone it would only look again every 100 ms).
+pub fn send_control_kept(socket: &Path, line: &str) -> Result<std::os::unix::net::UnixStream> {
     let mut s = std::os::unix::net::UnixStream::connect(socket)
         .map_err(FleetError::io("connecting to", socket))?;
     s.write_all(line.as_bytes())
         .and_then(|_| s.flush())
-        .map_err(FleetError::io("writing to", socket))
+        .map_err(FleetError::io("writing to", socket))?;
+    Ok(s)
 }
 
 #[cfg(test)]

@@ -9,8 +9,8 @@ use crate::error::{FleetError, Result};
 use crate::fleet::Fleet;
 use crate::plan::{self, Image, PlanOptions};
 use crate::template::{
-    self, compress, content_hash, send_control, Saved, SavedMeta, Signature, TemplateRef,
-    META_FILE, TEMPLATE_FILE,
+    self, compress, content_hash, send_control, send_control_kept, Saved, SavedMeta, Signature,
+    TemplateRef, META_FILE, TEMPLATE_FILE,
 };
 use crate::watch::{Session, Until, Watched};
 use kiln_vm::{Accel, ConsoleEvent, RamBacking};
@@ -138,7 +138,7 @@ impl Fleet {
                 tail: end.tail,
             });
         }
-        send_control(&paths.control_socket, "freeze\n")?;
+        let control = send_control_kept(&paths.control_socket, "freeze\n")?;
         wait_frozen(&mut session)?;
         let t = Instant::now();
         let mut q = kiln_vm::qmp::Qmp::connect(&paths.qmp_socket)?;
@@ -150,7 +150,7 @@ impl Fleet {
         let save_ms = t.elapsed().as_millis() as u64;
         let _ = q.quit();
         session.vm.wait_exit(Duration::from_secs(5));
-        drop(session);
+        drop((session, control));
         compress(&ram, &tmp.path().join("ram.zst"))?;
         let meta = SavedMeta {
             signature,
@@ -220,7 +220,7 @@ impl Fleet {
             .map_err(FleetError::io("creating a folder in", &work_in))?;
         let log = dir.join("console.log");
         let from = size(&log);
-        send_control(&paths.control_socket, "freeze\n")?;
+        let control = send_control_kept(&paths.control_socket, "freeze\n")?;
         wait_frozen_in_log(&log, from)?;
         let t = Instant::now();
         let mut q = kiln_vm::qmp::Qmp::connect(&paths.qmp_socket)?;
@@ -233,6 +233,7 @@ impl Fleet {
             SAVE_TIMEOUT,
         )?;
         let save_ms = t.elapsed().as_millis() as u64;
+        drop(control);
         if stop {
             drop(q);
             self.stop(name, None)?;

@@ -140,13 +140,13 @@ impl Session {
         Ok(s)
     }
 
-    /// Restore the saved state into this paused QEMU, let it run, and thaw the guest: fresh
-    /// entropy, `hostname`, the host's clock; its network comes up after that.
+    /// Restore the saved state into this waiting QEMU and give the guest its identity (thaw):
+    /// fresh entropy, `hostname`, the host's clock; its network comes up after that.
     fn resume(&mut self, r: &Restore, hostname: &str) -> Result<(), FleetError> {
-        let qmp = self.vm.paths.qmp_socket.clone();
+        let paths = self.vm.paths.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut q = loop {
-            match kiln_vm::qmp::Qmp::connect(&qmp) {
+            match kiln_vm::qmp::Qmp::connect(&paths.qmp_socket) {
                 Ok(q) => break q,
                 Err(e) if Instant::now() > deadline => return Err(e.into()),
                 Err(_) => {
@@ -162,7 +162,7 @@ impl Session {
         };
         q.restore(&r.uri(), r.ram.is_some(), Duration::from_secs(60))?;
         template::send_control(
-            &self.vm.paths.control_socket,
+            &paths.control_socket,
             &template::thaw_line(&template::fresh_seed()?, hostname),
         )
     }

@@ -17,23 +17,23 @@ pub enum TokenError {
         message: String,
     },
     /// An I/O error.
-    #[error("{action} {}: {source}", .path.display())]
+    #[error("{action} {}: {error}", .path.display())]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error (said in the message, not chained again after it).
+        error: std::io::Error,
     },
 }
 
 fn io(action: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TokenError {
     let path = path.to_path_buf();
-    move |source| TokenError::Io {
+    move |error| TokenError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 

@@ -122,8 +122,9 @@ pub struct VmSpec {
     pub acpi: bool,
     /// Where guest RAM lives.
     pub ram: RamBacking,
-    /// Start paused, waiting for an incoming migration (`-S -incoming defer`): a restore.
-    pub incoming: bool,
+    /// Restore from this migration URI at start: QEMU waits (`-S -incoming defer`) for the
+    /// keeper to set the migration capabilities over QMP, restore, and `cont`.
+    pub incoming: Option<String>,
     /// Extra arguments appended verbatim.
     pub extra_args: Vec<String>,
 }
@@ -229,7 +230,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         push(&["-initrd", &initrd.to_string_lossy()]);
     }
     push(&["-append", &spec.cmdline]);
-    if spec.incoming {
+    if spec.incoming.is_some() {
         push(&["-S", "-incoming", "defer"]);
     }
 
@@ -391,7 +392,7 @@ mod tests {
             vports: vec![],
             acpi: true,
             ram: Default::default(),
-            incoming: false,
+            incoming: None,
             extra_args: vec![],
         }
     }

@@ -130,7 +130,8 @@ impl Qmp {
         }
     }
 
-    /// Restore a guest started with `-S -incoming defer` from `uri`, and let it run.
+    /// Restore a guest started with `-S -incoming defer` from `uri` and let it run (a `cont`
+    /// sent while the state is still coming in is ignored: wait for it to land first).
     pub fn restore(
         &mut self,
         uri: &str,
@@ -140,12 +141,11 @@ impl Qmp {
         self.prepare_migration(ignore_shared)?;
         self.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
         let deadline = std::time::Instant::now() + timeout;
-        // A `cont` sent while the state is still coming in is ignored: wait for it to land.
         loop {
             match self.status()?.as_str() {
-                "inmigrate" => {}
-                "paused" | "prelaunch" | "postmigrate" => break,
                 "running" => return Ok(()),
+                "inmigrate" => {}
+                "paused" | "prelaunch" | "postmigrate" => return self.cont(),
                 other => return Err(self.err(format!("restoring the VM: status {other}"))),
             }
             if std::time::Instant::now() > deadline {
@@ -153,8 +153,6 @@ impl Qmp {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
-        self.execute("cont", None)?;
-        Ok(())
     }
 
     /// Let a paused guest run again.

@@ -522,7 +522,7 @@ mod tests {
             vports: vec![],
             acpi: true,
             ram: Default::default(),
-            incoming: false,
+            incoming: None,
             extra_args: vec![],
         };
         let e = spawn(

@@ -91,7 +91,7 @@ fn clones_of_a_template_serve_and_each_has_its_own_entropy() {
     }
     // Each clone was thawed (its own identity) rather than booted.
     for n in &clones {
-        let log = f.console_log(&n);
+        let log = f.console_log(n);
         assert!(
             log.contains("kiln: thawed in"),
             "{n} was not thawed:\n{log}"
