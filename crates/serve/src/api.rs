@@ -213,6 +213,7 @@ pub fn validate(req: &CreateRequest, catalog: &Catalog) -> ApiResult<VmConfig> {
     let host_paths = [
         ("drive", spec.drive.as_ref().map(|d| d.path.as_path())),
         ("share", spec.share.as_ref().map(|s| s.host.as_path())),
+        ("from", spec.from.as_deref()),
     ];
     for (key, path) in host_paths {
         if let Some(p) = path {

@@ -145,6 +145,8 @@ pub fn document() -> Value {
                     "restart": {"type": "string", "enum": ["no", "on-failure", "always"]},
                     "append": {"type": "string", "description": "extra kernel arguments"},
                     "accel": {"type": "string", "enum": ["auto", "kvm", "tcg"]},
+                    "from": {"type": "string", "description": "start from a template or snapshot folder (an absolute host path)"},
+                    "cold": {"type": "boolean", "description": "boot cold even when the image has a fresh template"},
                     "ready_timeout": {"type": "integer", "minimum": 1, "maximum": 3600, "description": "seconds to wait for readiness (default: the recipe's)"}}},
                 "Recipe": {"type": "object", "properties": {"name": {"type": "string"}, "description": {"type": "string"}, "dir": {"type": "string"}}},
                 "Image": {"type": "object", "properties": {"name": {"type": "string"}, "recipe": {"type": "string"},

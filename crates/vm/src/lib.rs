@@ -69,19 +69,19 @@ pub enum VmError {
         message: String,
     },
     /// An I/O error on a named path.
-    #[error("{}: {source}", .path.display())]
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The path involved.
         path: PathBuf,
-        /// The error.
-        source: std::io::Error,
+        /// The error (said in the message, not chained again after it).
+        error: std::io::Error,
     },
 }
 
 impl VmError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> VmError {
         let path = path.into();
-        move |source| VmError::Io { path, source }
+        move |error| VmError::Io { path, error }
     }
 }
 

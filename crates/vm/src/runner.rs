@@ -98,7 +98,7 @@ fn spawn_virtiofsd(
     set_lifetime(&mut cmd, detach);
     let mut child = cmd.spawn().map_err(|e| VmError::Io {
         path: bin.clone(),
-        source: e,
+        error: e,
     })?;
     let deadline = Instant::now() + Duration::from_secs(5);
     while !socket.exists() {
@@ -199,7 +199,7 @@ pub fn spawn(
         } else {
             VmError::Io {
                 path: qemu_bin.to_path_buf(),
-                source: e,
+                error: e,
             }
         }
     })?;
@@ -252,7 +252,7 @@ impl Launched {
                     if Instant::now() > deadline {
                         return Err(VmError::Io {
                             path: self.paths.console_socket.clone(),
-                            source: e,
+                            error: e,
                         });
                     }
                     std::thread::sleep(Duration::from_millis(2));
