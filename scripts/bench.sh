@@ -2,6 +2,8 @@
 # make bench: boot timings, sizes, build times and memory of recipes/httpd beside the plain
 # baseline (Debian's kernel + a busybox initramfs started by a hand-written QEMU command), in
 # one run, interleaved: first on the default (tiny) kernel, then on Debian's cloud kernel.
+# Last, starts from a template: clone boots beside cold boots and the baseline, CLONES clones
+# at once (default 20) and the host memory each idle clone takes.
 # BOOTS=N changes the number of boots (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,3 +14,5 @@ echo "== recipes/httpd, default (tiny) kernel"
 "$KILN" bench recipes/httpd --boots "$BOOTS" --baseline --build --min-memory "$@"
 echo "== recipes/httpd, Debian's cloud kernel"
 "$KILN" bench recipes/httpd --kernel debian --boots "$BOOTS" --baseline --min-memory "$@"
+echo "== recipes/httpd from a template (clones), beside cold boots and the baseline"
+"$KILN" bench recipes/httpd --template --boots "$BOOTS" --baseline --clones "${CLONES:-20}" "$@"

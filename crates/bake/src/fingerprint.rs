@@ -48,7 +48,7 @@ pub fn compute_with(
     for entry in walkdir::WalkDir::new(&recipe.dir).sort_by_file_name() {
         let entry = entry.map_err(|e| BuildError::Io {
             path: e.path().unwrap_or(&recipe.dir).to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         })?;
         let rel = entry
             .path()

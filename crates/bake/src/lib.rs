@@ -8,14 +8,17 @@
 
 mod bsd;
 mod fingerprint;
+mod hidden;
 pub mod manifest;
 mod packages;
+mod workdir;
 
 pub use packages::{Variant, TRACE_MARKER};
 
 pub use manifest::{BootConfig, ImageManifest, InitramfsInfo, KernelInfo};
 
 use kiln_debpkg::Cache;
+use kiln_image::WorkDir;
 use kiln_kernel::{KernelSource, BASE_MODULES, SHARE_MODULES};
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::elf::{NodeKind, Resolver};
@@ -104,12 +107,13 @@ pub enum BuildError {
         message: String,
     },
     /// An I/O error on a named path.
-    #[error("{}: {source}", .path.display())]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -125,10 +129,19 @@ impl BuildError {
             | BuildError::Modules { .. }
             | BuildError::BadKernel { .. }
             | BuildError::BadImage { .. } => true,
-            BuildError::Rootfs(R::Elf(_) | R::Index(_) | R::HookFailed { .. } | R::Set { .. }) => {
-                true
-            }
-            BuildError::Image(kiln_image::ImageError::DiskTooSmall { .. }) => true,
+            BuildError::Rootfs(
+                R::Elf(_)
+                | R::Index(_)
+                | R::HookFailed { .. }
+                | R::HookTimedOut { .. }
+                | R::Set { .. }
+                | R::Staging { .. },
+            ) => true,
+            BuildError::Image(
+                kiln_image::ImageError::DiskTooSmall { .. }
+                | kiln_image::ImageError::UnsupportedFileType { .. }
+                | kiln_image::ImageError::PathTooLong { .. },
+            ) => true,
             BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => true,
             BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => true,
             BuildError::Tiny(t) => t.is_user_error(),
@@ -139,7 +152,7 @@ impl BuildError {
 
 fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.into();
-    move |source| BuildError::Io { path, source }
+    move |error| BuildError::Io { path, error }
 }
 
 /// Progress reporting for long steps (the CLI shows a spinner).
@@ -667,9 +680,8 @@ pub(crate) fn reuse_if_fresh(
 
 /// A temporary folder beside `out_dir` to assemble a build in (removed when dropped), with its
 /// staging folder (`root`, not yet created) and the image folder (`image`, created).
-pub(crate) fn workspace(
-    out_dir: &Path,
-) -> Result<(tempfile::TempDir, PathBuf, PathBuf), BuildError> {
+pub(crate) fn workspace(out_dir: &Path) -> Result<(WorkDir, PathBuf, PathBuf), BuildError> {
+    workdir::check_replaceable(out_dir)?;
     let work = work_dir(out_dir)?;
     let staging = work.path().join("root");
     let image = work.path().join("image");
@@ -679,7 +691,7 @@ pub(crate) fn workspace(
 
 /// Write `manifest` into the finished `image_dir` and swap that folder into `opts.out_dir`.
 pub(crate) fn install(
-    work: tempfile::TempDir,
+    work: WorkDir,
     image_dir: &Path,
     manifest: ImageManifest,
     opts: &BuildOptions,
@@ -728,34 +740,24 @@ fn recipe_layers(
     let hooks = recipe.hooks()?;
     if !hooks.is_empty() {
         progress.phase("postinst hooks");
-        kiln_rootfs::hooks::run_hooks(&hooks, &staging, &recipe.dir, &mut |l| progress.log(l))?;
+        let limit = Duration::from_secs(recipe.config.hook_timeout.into());
+        kiln_rootfs::hooks::run_hooks(&hooks, &staging, &recipe.dir, limit, &mut |l| {
+            progress.log(l)
+        })?;
     }
     Ok(kiln_rootfs::manifest::describe(&staging, st.origins())?)
 }
 
-/// A temporary folder beside `out_dir` to assemble a build in (removed when dropped).
-fn work_dir(out_dir: &Path) -> Result<tempfile::TempDir, BuildError> {
+/// A temporary folder beside `out_dir` to assemble a build in (removed when dropped), locked
+/// while this build lives; stale ones of interrupted builds of `out_dir` are swept first.
+fn work_dir(out_dir: &Path) -> Result<WorkDir, BuildError> {
     let parent = out_dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    tempfile::Builder::new()
-        .prefix(&format!(
-            ".{}.tmp-",
-            out_dir
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ))
-        .tempdir_in(parent)
-        .map_err(io(parent))
+    WorkDir::beside(out_dir).map_err(io(parent))
 }
 
 /// Swap the finished `image_dir` (inside `work`) into `out_dir`, putting any old one back if
 /// the swap fails.
-fn swap_into_place(
-    work: tempfile::TempDir,
-    image_dir: &Path,
-    out_dir: &Path,
-) -> Result<(), BuildError> {
+fn swap_into_place(work: WorkDir, image_dir: &Path, out_dir: &Path) -> Result<(), BuildError> {
     let old = work.path().join("old");
     let had_old = out_dir.exists();
     if had_old {
@@ -767,7 +769,7 @@ fn swap_into_place(
         }
         return Err(BuildError::Io {
             path: out_dir.to_path_buf(),
-            source: e,
+            error: e,
         });
     }
     drop(work);
@@ -977,12 +979,17 @@ fn install_binaries(
     // Check each binary on its own first so an error can name its kiln.toml line.
     for b in binaries {
         let path = PathBuf::from(b.get_ref());
-        if let Err(e) = resolver.closure(std::slice::from_ref(&path)) {
-            return Err(BuildError::Binary {
-                location: recipe.locate(b.span()),
-                message: e.to_string(),
-            });
-        }
+        let message = match resolver.closure(std::slice::from_ref(&path)) {
+            Err(e) => e.to_string(),
+            Ok(c) => match hidden::in_closure(&c) {
+                Some(m) => format!("`{}`: {m}", b.get_ref()),
+                None => continue,
+            },
+        };
+        return Err(BuildError::Binary {
+            location: recipe.locate(b.span()),
+            message,
+        });
     }
     let roots: Vec<PathBuf> = binaries
         .iter()

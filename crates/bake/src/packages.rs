@@ -135,7 +135,7 @@ pub fn install(
                     EntryKind::Symlink => {
                         let target = std::fs::read_link(&host).map_err(|e| BuildError::Io {
                             path: host.clone(),
-                            source: e,
+                            error: e,
                         })?;
                         st.symlink(
                             guest,
@@ -193,7 +193,7 @@ pub fn install(
                 };
                 let meta = std::fs::metadata(source).map_err(|e| BuildError::Io {
                     path: source.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 if meta.is_dir() {
                     st.mkdir(&last.path, meta.permissions().mode() & 0o7777, &sel.reason)?;

@@ -66,3 +66,81 @@ fn missing_init_binary_is_refused_before_any_work() {
     assert!(e.to_string().contains("make init"), "{e}");
     assert!(!opts.out_dir.exists());
 }
+
+/// The error and its causes, as `kiln` prints them (`{:#}` of anyhow: joined with ": ").
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(&format!(": {c}"));
+        cur = c.source();
+    }
+    s
+}
+
+#[test]
+fn io_errors_say_the_os_error_once() {
+    let gone = || std::io::Error::from(std::io::ErrorKind::NotFound);
+    let errors: Vec<BuildError> = vec![
+        BuildError::Io {
+            path: "/x".into(),
+            error: gone(),
+        },
+        kiln_rootfs::RootfsError::Io {
+            path: "/x".into(),
+            error: gone(),
+        }
+        .into(),
+        kiln_rootfs::RootfsError::Elf(kiln_rootfs::elf::ElfError::Io {
+            path: "/x".into(),
+            error: gone(),
+        })
+        .into(),
+        kiln_image::ImageError::Write {
+            path: "/x".into(),
+            error: gone(),
+        }
+        .into(),
+        kiln_recipe::RecipeError::Io {
+            path: "/x".into(),
+            error: gone(),
+        }
+        .into(),
+        kiln_kernel::tiny::TinyError::Io {
+            action: "read",
+            path: "/x".into(),
+            error: gone(),
+        }
+        .into(),
+        kiln_debpkg::DebError::Io {
+            action: "read",
+            path: "/x".into(),
+            error: gone(),
+        }
+        .into(),
+    ];
+    for e in errors {
+        let s = with_causes(&e);
+        assert_eq!(s.matches("entity not found").count(), 1, "{s}");
+    }
+}
+
+#[test]
+fn recipe_content_errors_are_the_users() {
+    let staging = BuildError::from(kiln_rootfs::RootfsError::Staging {
+        path: "/etc/passwd".into(),
+        message: "/etc/passwd is a file where a folder is needed".into(),
+    });
+    assert!(staging.is_user_error());
+    let timeout = BuildError::from(kiln_rootfs::RootfsError::HookTimedOut {
+        hook: "postinst/a.sh".into(),
+        limit: 2,
+        output: String::new(),
+    });
+    assert!(timeout.is_user_error());
+    let io = BuildError::Io {
+        path: "/x".into(),
+        error: std::io::Error::from(std::io::ErrorKind::StorageFull),
+    };
+    assert!(!io.is_user_error());
+}

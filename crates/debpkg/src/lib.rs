@@ -116,24 +116,24 @@ pub enum DebError {
     #[error("`{0}` is not a valid Debian package name (expected lowercase letters, digits, `+`, `-`, `.`)")]
     InvalidName(String),
     /// A filesystem operation failed.
-    #[error("cannot {action} {path}: {source}")]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("cannot {action} {path}: {error}")]
     Io {
         /// What was being done ("read", "create", ...).
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> DebError {
     let path = path.to_path_buf();
-    move |source| DebError::Io {
+    move |error| DebError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 
@@ -338,7 +338,7 @@ impl Cache {
                 DebError::Io {
                     action: "run",
                     path: program.to_path_buf(),
-                    source: e,
+                    error: e,
                 }
             }
         })?;

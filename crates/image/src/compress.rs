@@ -157,7 +157,7 @@ impl<W: Write> Encoder<W> {
         let level = compression.effective_level(level)?;
         let setup_err = |source: io::Error| ImageError::Compressor {
             compression,
-            source,
+            error: source,
         };
         Ok(match (compression, level) {
             (Compression::None, _) | (_, None) => Encoder::None(inner),
@@ -228,7 +228,7 @@ pub fn compress(
         .and_then(|()| enc.finish())
         .map_err(|source| ImageError::Compressor {
             compression,
-            source,
+            error: source,
         })
 }
 
@@ -262,7 +262,7 @@ pub fn decompress(data: &[u8]) -> Result<Vec<u8>, ImageError> {
     };
     result.map_err(|source| ImageError::Decompress {
         compression,
-        source,
+        error: source,
     })?;
     Ok(out)
 }

@@ -178,7 +178,7 @@ impl<W: Write> Writer<W> {
                 Err(source) => {
                     break Err(ImageError::ReadEntryData {
                         path: lossy(path),
-                        source,
+                        error: source,
                     })
                 }
             }
@@ -240,7 +240,7 @@ impl<W: Write> Writer<W> {
         }
         self.inner
             .flush()
-            .map_err(|source| ImageError::WriteArchive { source })?;
+            .map_err(|source| ImageError::WriteArchive { error: source })?;
         Ok(self.inner)
     }
 
@@ -253,7 +253,7 @@ impl<W: Write> Writer<W> {
     fn write_raw(&mut self, data: &[u8]) -> Result<(), ImageError> {
         self.inner
             .write_all(data)
-            .map_err(|source| ImageError::WriteArchive { source })?;
+            .map_err(|source| ImageError::WriteArchive { error: source })?;
         self.written += data.len() as u64;
         Ok(())
     }

@@ -99,7 +99,7 @@ pub fn write_disk(
     let dir = dest.parent().unwrap_or(Path::new("."));
     let write_err = |source: io::Error| ImageError::Write {
         path: dest.to_path_buf(),
-        source,
+        error: source,
     };
     let tmp = tempfile::Builder::new()
         .prefix(".tmp-disk-")
@@ -125,7 +125,7 @@ pub fn write_disk(
     let out = cmd.output().map_err(|source| ImageError::Tool {
         tool: "mke2fs",
         package: "e2fsprogs",
-        source,
+        error: source,
     })?;
     if !out.status.success() {
         let detail = String::from_utf8_lossy(&out.stderr).trim().to_string();
@@ -157,7 +157,7 @@ pub fn write_disk(
         .map_err(|source| ImageError::Tool {
             tool: "debugfs",
             package: "e2fsprogs",
-            source,
+            error: source,
         })?;
     let complaints: Vec<&str> = std::str::from_utf8(&out.stderr)
         .unwrap_or("")
@@ -206,7 +206,7 @@ fn make_ffs(
         .map_err(|source| ImageError::Tool {
             tool: "makefs",
             package: "makefs",
-            source,
+            error: source,
         })?;
     if out.status.success() {
         return Ok(());
@@ -233,7 +233,7 @@ fn finish(
 ) -> Result<DiskStats, ImageError> {
     let write_err = |source: io::Error| ImageError::Write {
         path: dest.to_path_buf(),
-        source,
+        error: source,
     };
     tmp.as_file().sync_all().map_err(write_err)?;
     let mut hasher = Sha256::new();
@@ -264,12 +264,12 @@ fn d_script(dir: &Path, text: &str) -> io::Result<tempfile::NamedTempFile> {
 fn normalise_tree(staging: &Path, mtime: u64) -> Result<(Vec<String>, u64), ImageError> {
     let meta = std::fs::symlink_metadata(staging).map_err(|source| ImageError::StagingDir {
         path: staging.to_path_buf(),
-        source,
+        error: source,
     })?;
     if !meta.is_dir() {
         return Err(ImageError::StagingDir {
             path: staging.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
+            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
         });
     }
     let mut paths = Vec::new();
@@ -282,13 +282,13 @@ fn normalise_tree(staging: &Path, mtime: u64) -> Result<(Vec<String>, u64), Imag
                 .path()
                 .map(Path::to_path_buf)
                 .unwrap_or_else(|| staging.to_path_buf()),
-            source: err
+            error: err
                 .into_io_error()
                 .unwrap_or_else(|| io::Error::other("walk failed")),
         })?;
         let m = e.metadata().map_err(|err| ImageError::Walk {
             path: e.path().to_path_buf(),
-            source: err
+            error: err
                 .into_io_error()
                 .unwrap_or_else(|| io::Error::other("stat failed")),
         })?;
@@ -339,7 +339,7 @@ fn set_times(path: &Path, mtime: u64) -> Result<(), ImageError> {
     if rc != 0 {
         return Err(ImageError::ReadStaging {
             path: PathBuf::from(path),
-            source: io::Error::last_os_error(),
+            error: io::Error::last_os_error(),
         });
     }
     Ok(())

@@ -8,34 +8,37 @@ use crate::Compression;
 
 /// Everything that can go wrong while building, compressing, decompressing or
 /// reading an initramfs image.
+///
+/// An underlying I/O error is part of the message (the `error` fields), not a
+/// `source`: printed with its causes, the error would otherwise say it twice.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImageError {
     /// The staging directory does not exist, is not a directory or cannot be accessed.
-    #[error("staging directory {path} is not usable: {source}; create it (or fix the path) before building the image")]
+    #[error("staging directory {path} is not usable: {error}; create it (or fix the path) before building the image")]
     StagingDir {
         /// The staging directory.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// Listing a directory of the staging tree failed.
-    #[error("cannot walk staging directory at {path}: {source}; check its permissions")]
+    #[error("cannot walk staging directory at {path}: {error}; check its permissions")]
     Walk {
         /// The path that could not be listed or inspected.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A file (or symlink) of the staging tree could not be read.
-    #[error("cannot read staging file {path}: {source}")]
+    #[error("cannot read staging file {path}: {error}")]
     ReadStaging {
         /// The staged file.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A staged file changed size between the walk and the moment it was archived.
@@ -121,21 +124,21 @@ pub enum ImageError {
     UnknownCompression(String),
 
     /// The compressor could not be initialised.
-    #[error("cannot set up {compression} compression: {source}")]
+    #[error("cannot set up {compression} compression: {error}")]
     Compressor {
         /// The compression that failed.
         compression: Compression,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The reader given to [`cpio::Writer::add_file_reader`](crate::cpio::Writer::add_file_reader) failed.
-    #[error("cannot read data for archive entry {path}: {source}")]
+    #[error("cannot read data for archive entry {path}: {error}")]
     ReadEntryData {
         /// The archive path.
         path: String,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The reader given to [`cpio::Writer::add_file_reader`](crate::cpio::Writer::add_file_reader) ended early.
@@ -150,19 +153,21 @@ pub enum ImageError {
     },
 
     /// Writing to the archive's output failed (generic writer, path unknown).
-    #[error("cannot write the archive: {source}; check free space and permissions of the output")]
+    #[error("cannot write the archive: {error}; check free space and permissions of the output")]
     WriteArchive {
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// Writing the image file failed.
-    #[error("cannot write initramfs {path}: {source}; check free space and permissions of its directory")]
+    #[error(
+        "cannot write initramfs {path}: {error}; check free space and permissions of its directory"
+    )]
     Write {
         /// The destination image.
         path: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A cpio archive being read is not valid newc.
@@ -175,12 +180,12 @@ pub enum ImageError {
     },
 
     /// Decompressing an image failed.
-    #[error("cannot decompress {compression} image: {source}; the file is corrupt or truncated, rebuild it")]
+    #[error("cannot decompress {compression} image: {error}; the file is corrupt or truncated, rebuild it")]
     Decompress {
         /// The detected compression.
         compression: Compression,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The data is neither gzip, xz, zstd nor a newc archive.
@@ -191,14 +196,14 @@ pub enum ImageError {
     },
 
     /// A program the build needs is not installed.
-    #[error("cannot run {tool}: {source}; install Debian's {package} (scripts/setup.sh does)")]
+    #[error("cannot run {tool}: {error}; install Debian's {package} (scripts/setup.sh does)")]
     Tool {
         /// The program.
         tool: &'static str,
         /// The Debian package that has it.
         package: &'static str,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
 
     /// mke2fs failed.

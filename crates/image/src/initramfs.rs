@@ -265,7 +265,7 @@ pub fn write_initramfs(
 
     let write_err = |source: io::Error| ImageError::Write {
         path: dest.to_path_buf(),
-        source,
+        error: source,
     };
     let tmp = atomic::temp_beside(dest).map_err(write_err)?;
 
@@ -282,7 +282,7 @@ fn encode(
     opts: &BuildOptions,
     file: &File,
 ) -> Result<ImageStats, ImageError> {
-    let write_err = |source: io::Error| ImageError::WriteArchive { source };
+    let write_err = |source: io::Error| ImageError::WriteArchive { error: source };
 
     let file_out = Tally::new(BufWriter::with_capacity(BUF_LEN, file), true);
     let encoder = Encoder::new(file_out, opts.compression, opts.level)?;
@@ -319,9 +319,9 @@ fn encode(
 /// Attribute a generic archive-write failure to the image file.
 fn at_dest(err: ImageError, dest: &Path) -> ImageError {
     match err {
-        ImageError::WriteArchive { source } => ImageError::Write {
+        ImageError::WriteArchive { error: source } => ImageError::Write {
             path: dest.to_path_buf(),
-            source,
+            error: source,
         },
         other => other,
     }
@@ -330,7 +330,7 @@ fn at_dest(err: ImageError, dest: &Path) -> ImageError {
 fn collect_staging(staging: &Path, tree: &mut Tree<'_>) -> Result<(), ImageError> {
     let staging_err = |source: io::Error| ImageError::StagingDir {
         path: staging.to_path_buf(),
-        source,
+        error: source,
     };
     let meta = fs::metadata(staging).map_err(staging_err)?;
     if !meta.is_dir() {
@@ -342,12 +342,15 @@ fn collect_staging(staging: &Path, tree: &mut Tree<'_>) -> Result<(), ImageError
             let path = e.path().unwrap_or(staging).to_path_buf();
             let msg = e.to_string();
             let source = e.into_io_error().unwrap_or_else(|| io::Error::other(msg));
-            ImageError::Walk { path, source }
+            ImageError::Walk {
+                path,
+                error: source,
+            }
         })?;
         let path = entry.path();
         let rel = path.strip_prefix(staging).map_err(|_| ImageError::Walk {
             path: path.to_path_buf(),
-            source: io::Error::other("entry is outside the staging directory"),
+            error: io::Error::other("entry is outside the staging directory"),
         })?;
         let key = rel.as_os_str().as_bytes().to_vec();
         cpio::check_path(&key)?;
@@ -356,7 +359,7 @@ fn collect_staging(staging: &Path, tree: &mut Tree<'_>) -> Result<(), ImageError
             let msg = e.to_string();
             ImageError::Walk {
                 path: path.to_path_buf(),
-                source: e.into_io_error().unwrap_or_else(|| io::Error::other(msg)),
+                error: e.into_io_error().unwrap_or_else(|| io::Error::other(msg)),
             }
         })?;
         let perm = meta.mode() & PERM_MASK;
@@ -377,7 +380,7 @@ fn collect_staging(staging: &Path, tree: &mut Tree<'_>) -> Result<(), ImageError
         } else if ft.is_symlink() {
             let target = fs::read_link(path).map_err(|source| ImageError::ReadStaging {
                 path: path.to_path_buf(),
-                source,
+                error: source,
             })?;
             let target = target.into_os_string().into_vec();
             cpio::check_symlink_target(&target)?;
@@ -565,7 +568,7 @@ fn add_staged<W: Write>(
 ) -> Result<(), ImageError> {
     let read_err = |e: io::Error| ImageError::ReadStaging {
         path: source.to_path_buf(),
-        source: e,
+        error: e,
     };
     let mut file = File::open(source).map_err(read_err)?;
     let meta = file.metadata().map_err(read_err)?;
@@ -577,7 +580,7 @@ fn add_staged<W: Write>(
     let len = meta.len();
     w.add_file_reader(path, perm, len, &mut file)
         .map_err(|e| match e {
-            ImageError::ReadEntryData { source: e, .. } => read_err(e),
+            ImageError::ReadEntryData { error: e, .. } => read_err(e),
             ImageError::ShortEntryData {
                 expected, actual, ..
             } => ImageError::StagingChanged {

@@ -11,6 +11,8 @@
 //!   LZMA2 only) and zstd in the forms the kernel can unpack.
 //! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too.
 //! * [`write_disk`] makes an ext4 disk image of the tree instead (`format = "disk"`).
+//! * [`WorkDir`] is a build's temporary folder beside its output, locked while its builder
+//!   lives, so later builds sweep only the folders of builders that are gone.
 
 mod atomic;
 mod compress;
@@ -18,6 +20,7 @@ pub mod cpio;
 mod disk;
 mod error;
 mod initramfs;
+mod workdir;
 
 pub use atomic::atomic_write;
 pub use compress::{compress, decompress, Compression};
@@ -27,3 +30,4 @@ pub use initramfs::{
     source_date_epoch, write_initramfs, BuildOptions, ExtraEntry, ExtraKind, ImageStats,
     DEFAULT_DIR_MODE, SOURCE_DATE_EPOCH,
 };
+pub use workdir::{sweep_stale, WorkDir};

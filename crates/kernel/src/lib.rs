@@ -132,24 +132,24 @@ pub enum KernelError {
         reason: String,
     },
     /// A filesystem operation failed.
-    #[error("cannot {action} {path}: {source}")]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("cannot {action} {path}: {error}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> KernelError {
     let path = path.to_path_buf();
-    move |source| KernelError::Io {
+    move |error| KernelError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 

@@ -200,15 +200,15 @@ pub enum TinyError {
         reason: String,
     },
     /// A filesystem or process operation failed.
-    #[error("cannot {action} {path}: {source}")]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("cannot {action} {path}: {error}")]
     Io {
         /// What was being done.
         action: &'static str,
         /// The path involved.
         path: PathBuf,
         /// The underlying error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -234,10 +234,10 @@ fn list(m: &[Mismatch]) -> String {
 
 pub(crate) fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> TinyError {
     let path = path.to_path_buf();
-    move |source| TinyError::Io {
+    move |error| TinyError::Io {
         action,
         path,
-        source,
+        error,
     }
 }
 

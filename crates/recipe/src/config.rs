@@ -9,6 +9,65 @@ use std::collections::BTreeMap;
 use std::ops::Range;
 use toml::Spanned;
 
+/// The kernel's command-line buffer on x86-64 (`COMMAND_LINE_SIZE`), in bytes.
+pub const KERNEL_CMDLINE_MAX: usize = 2048;
+/// The part of the kernel command line kept for Kiln's own arguments (console, panic and timer
+/// settings, the root disk, `kiln.*` settings for shares, ports and the network): a recipe's
+/// `cmdline` may use the rest.
+pub const KILN_CMDLINE_RESERVE: usize = 512;
+/// The longest `[env]` value, in bytes.
+pub const ENV_VALUE_MAX: usize = 32 * 1024;
+/// The most bytes the whole `[env]` may take (`NAME=value` and a terminator for each).
+pub const ENV_TOTAL_MAX: usize = 64 * 1024;
+/// `hook_timeout` when kiln.toml does not say (seconds).
+pub const DEFAULT_HOOK_TIMEOUT: u32 = 300;
+/// The largest `hook_timeout` (seconds): a day.
+pub const MAX_HOOK_TIMEOUT: u32 = 86_400;
+
+/// The folders kiln-init mounts a fresh filesystem on at boot (its `MOUNTS`, crates/init), with
+/// that filesystem: whatever an image has below them is hidden in the guest.
+pub const GUEST_MOUNTS: &[(&str, &str)] = &[
+    ("/dev", "devtmpfs"),
+    ("/proc", "proc"),
+    ("/sys", "sysfs"),
+    ("/tmp", "tmpfs"),
+    ("/run", "tmpfs"),
+];
+
+/// The mount (folder, filesystem) of [`GUEST_MOUNTS`] that hides guest path `guest` from the
+/// guest, if any. Lexical (`.` and `..` resolved), with Kiln's `/var/run -> ../run` link.
+pub fn hidden_by_mount(guest: &str) -> Option<(&'static str, &'static str)> {
+    let mut comps: Vec<&str> = Vec::new();
+    for c in guest.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                comps.pop();
+            }
+            c => comps.push(c),
+        }
+    }
+    if comps.len() >= 2 && comps[0] == "var" && comps[1] == "run" {
+        comps.remove(0);
+    }
+    if comps.len() < 2 {
+        return None;
+    }
+    GUEST_MOUNTS
+        .iter()
+        .find(|(m, _)| m[1..] == *comps[0])
+        .copied()
+}
+
+/// Why a file at guest path `guest` under `mount` (a [`GUEST_MOUNTS`] entry) is refused.
+pub fn hidden_message(guest: &str, (mount, fs): (&str, &str)) -> String {
+    format!(
+        "{guest} would be hidden in the guest: kiln-init mounts a fresh {fs} on {mount} at boot, \
+         over whatever the image has there; install it elsewhere (for example under /etc or \
+         /usr/share) and copy it into {mount} from etc/rc if the service needs it there"
+    )
+}
+
 /// The whole of kiln.toml.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -52,6 +111,9 @@ pub struct Config {
     /// Seconds the host waits for readiness before stopping the VM and reporting failure.
     #[serde(default = "default_ready_timeout", deserialize_with = "de_timeout")]
     pub ready_timeout: u32,
+    /// Seconds each `postinst` hook may run before it is killed and the build fails (1–86400).
+    #[serde(default = "default_hook_timeout", deserialize_with = "de_hook_timeout")]
+    pub hook_timeout: u32,
     /// How the image is packed.
     #[serde(default)]
     pub image: ImageFormat,
@@ -393,6 +455,14 @@ impl Default for Network {
 impl Config {
     /// Parse kiln.toml text; on error, the span (if known) and the message.
     pub fn parse(text: &str) -> Result<Config, (Option<Range<usize>>, String)> {
+        if text.starts_with('\u{feff}') {
+            return Err((
+                Some(0..3),
+                "kiln.toml starts with a UTF-8 byte-order mark (bytes EF BB BF); remove the \
+                 byte-order mark (save the file as UTF-8 without BOM)"
+                    .into(),
+            ));
+        }
         let mut cfg: Config =
             toml::from_str(text).map_err(|e| (e.span(), e.message().to_string()))?;
         cfg.validate(text)?;
@@ -487,6 +557,83 @@ impl Config {
                 ));
             }
         }
+        self.validate_sizes(text)?;
+        if !self.guest.is_bsd() {
+            self.validate_hidden()?;
+        }
+        Ok(())
+    }
+
+    /// The unbounded values: `cmdline` against the kernel's buffer, `[env]` against a limit.
+    fn validate_sizes(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
+        let cmdline_max = KERNEL_CMDLINE_MAX - KILN_CMDLINE_RESERVE;
+        if self.cmdline.len() > cmdline_max {
+            return Err((
+                find_key(text, "cmdline"),
+                format!(
+                    "cmdline: {} bytes is too long: the kernel takes a command line of at most \
+                     {KERNEL_CMDLINE_MAX} bytes, and Kiln keeps {KILN_CMDLINE_RESERVE} of them for \
+                     its own arguments, so a recipe's cmdline may have at most {cmdline_max} bytes",
+                    self.cmdline.len()
+                ),
+            ));
+        }
+        if self.cmdline.chars().any(|c| c.is_control()) {
+            return Err((
+                find_key(text, "cmdline"),
+                "cmdline: contains a control character (a newline?); kernel arguments are one \
+                 line, separated by spaces"
+                    .into(),
+            ));
+        }
+        let mut total = 0;
+        for (k, v) in &self.env {
+            if v.len() > ENV_VALUE_MAX {
+                return Err((
+                    find_key(text, k),
+                    format!(
+                        "env.{k}: the value is {} bytes; at most {ENV_VALUE_MAX} bytes (32 KiB) \
+                         per variable: put bigger data in a file under files/",
+                        v.len()
+                    ),
+                ));
+            }
+            if v.contains(['\n', '\0']) {
+                return Err((
+                    find_key(text, k),
+                    format!(
+                        "env.{k}: the value contains a newline or NUL byte; kiln-init's \
+                         configuration holds one variable per line (put multi-line data in a \
+                         file under files/)"
+                    ),
+                ));
+            }
+            total += k.len() + 1 + v.len() + 1;
+        }
+        if total > ENV_TOTAL_MAX {
+            return Err((
+                find_table(text, "env").or_else(|| find_key(text, "env")),
+                format!(
+                    "env: {total} bytes in all (NAME=value and a terminator for each variable); \
+                     at most {ENV_TOTAL_MAX} bytes (64 KiB): put bigger data in files under files/"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// `root.files` the recipe puts where kiln-init mounts a fresh filesystem at boot (for
+    /// `root.binaries`, the build checks the paths they are staged at).
+    fn validate_hidden(&self) -> Result<(), (Option<Range<usize>>, String)> {
+        for f in &self.root.files {
+            let (_, dst) = split_file_spec(f.get_ref());
+            if let Some(m) = hidden_by_mount(dst) {
+                return Err((
+                    Some(f.span()),
+                    format!("root.files: `{}`: {}", f.get_ref(), hidden_message(dst, m)),
+                ));
+            }
+        }
         Ok(())
     }
 }
@@ -511,6 +658,21 @@ fn find_key(text: &str, key: &str) -> Option<Range<usize>> {
                 let start = offset + (line.len() - line.trim_start().len());
                 return Some(start..start + key.len());
             }
+        }
+        offset += line.len();
+    }
+    None
+}
+
+/// The span of a `[table]` header line (for errors about a whole table).
+fn find_table(text: &str, table: &str) -> Option<Range<usize>> {
+    let header = format!("[{table}]");
+    let mut offset = 0;
+    for line in text.split_inclusive('\n') {
+        let t = line.trim_start();
+        if t.split('#').next().unwrap_or("").trim() == header {
+            let start = offset + (line.len() - t.len());
+            return Some(start..start + header.len());
         }
         offset += line.len();
     }
@@ -545,6 +707,9 @@ fn default_memory() -> u32 {
 }
 fn default_ready_timeout() -> u32 {
     30
+}
+fn default_hook_timeout() -> u32 {
+    DEFAULT_HOOK_TIMEOUT
 }
 fn default_format() -> String {
     "initramfs".into()
@@ -596,6 +761,9 @@ fn de_memory<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 }
 fn de_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
     de_range(d, "ready_timeout (seconds)", 1, 3600)
+}
+fn de_hook_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    de_range(d, "hook_timeout (seconds)", 1, MAX_HOOK_TIMEOUT.into())
 }
 
 fn de_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {

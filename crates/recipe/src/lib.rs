@@ -8,7 +8,9 @@ mod config;
 mod port;
 
 pub use config::{
-    split_file_spec, Compression, Config, Guest, ImageFormat, KernelChoice, Network, Ready, Root,
+    hidden_by_mount, hidden_message, split_file_spec, Compression, Config, Guest, ImageFormat,
+    KernelChoice, Network, Ready, Root, DEFAULT_HOOK_TIMEOUT, ENV_TOTAL_MAX, ENV_VALUE_MAX,
+    GUEST_MOUNTS, KERNEL_CMDLINE_MAX, KILN_CMDLINE_RESERVE, MAX_HOOK_TIMEOUT,
 };
 pub use port::{PortForward, Protocol};
 
@@ -43,13 +45,23 @@ pub enum RecipeError {
         /// What it is for and what to do.
         what: String,
     },
+    /// A file of the recipe folder is not usable as it is.
+    #[error("{}: {message}", .path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// The recipe folder could not be read.
-    #[error("{}: {source}", .path.display())]
+    // The OS error is part of the message, not a `source`: printed with its causes, the error
+    // would otherwise say it twice.
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The path that failed.
         path: PathBuf,
         /// The underlying error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
@@ -76,7 +88,7 @@ impl Recipe {
             } else {
                 RecipeError::Io {
                     path: dir.to_path_buf(),
-                    source: e,
+                    error: e,
                 }
             }
         })?;
@@ -85,7 +97,7 @@ impl Recipe {
         }
         let dir = std::fs::canonicalize(dir).map_err(|e| RecipeError::Io {
             path: dir.to_path_buf(),
-            source: e,
+            error: e,
         })?;
         let toml_path = dir.join("kiln.toml");
         let text = match std::fs::read_to_string(&toml_path) {
@@ -96,7 +108,7 @@ impl Recipe {
             Err(e) => {
                 return Err(RecipeError::Io {
                     path: toml_path,
-                    source: e,
+                    error: e,
                 })
             }
         };
@@ -170,14 +182,14 @@ impl Recipe {
             Err(e) => {
                 return Err(RecipeError::Io {
                     path: dir,
-                    source: e,
+                    error: e,
                 })
             }
         };
         for entry in entries {
             let entry = entry.map_err(|e| RecipeError::Io {
                 path: dir.clone(),
-                source: e,
+                error: e,
             })?;
             let p = entry.path();
             if p.extension().is_some_and(|x| x == "sh") && p.is_file() {
@@ -189,15 +201,7 @@ impl Recipe {
     }
 
     fn check_files(&self) -> Result<(), RecipeError> {
-        let rc = self.rc_path();
-        if !rc.is_file() {
-            return Err(RecipeError::MissingFile {
-                path: rc,
-                what: "every recipe needs an entry script etc/rc, run by kiln-init after basic \
-                       setup (for example `exec httpd -f -p 80 -h /var/www`)"
-                    .into(),
-            });
-        }
+        self.check_rc()?;
         if let KernelChoice::File(p) = &self.config.kernel {
             let path = self.resolve(p.get_ref());
             if !path.is_file() {
@@ -245,12 +249,165 @@ impl Recipe {
                 });
             }
         }
-        for dir in [self.files_dir(), self.common_dir()] {
-            if dir.exists() && !dir.is_dir() {
+        for f in &self.config.kernel_fragments {
+            let path = self.resolve(f.get_ref());
+            if !path.is_file() {
                 return Err(RecipeError::MissingFile {
-                    path: dir,
-                    what: "expected a folder".into(),
+                    path,
+                    what: format!(
+                        "the kernel config fragment named in `kernel_fragments` at {}; create it \
+                         (lines like CONFIG_UFS_FS=y) or remove it from the list",
+                        self.locate(f.span())
+                    ),
                 });
+            }
+        }
+        for dir in [self.files_dir(), self.common_dir()] {
+            let Some(meta) = self.in_recipe(&dir)? else {
+                continue;
+            };
+            if !meta.is_dir() {
+                return Err(RecipeError::Refused {
+                    path: dir,
+                    message: "not a folder; expected a folder (or leave it out)".into(),
+                });
+            }
+            self.check_tree(&dir, dir == self.files_dir())?;
+        }
+        Ok(())
+    }
+
+    /// `etc/rc`: a file of the recipe (a symlink only within the recipe folder).
+    fn check_rc(&self) -> Result<(), RecipeError> {
+        let rc = self.rc_path();
+        let missing = || RecipeError::MissingFile {
+            path: rc.clone(),
+            what: "every recipe needs an entry script etc/rc, run by kiln-init after basic \
+                   setup (for example `exec httpd -f -p 80 -h /var/www`)"
+                .into(),
+        };
+        let Some(meta) = self.in_recipe(&rc)? else {
+            return Err(missing());
+        };
+        if meta.is_dir() {
+            return Err(RecipeError::Refused {
+                path: rc,
+                message: "is a folder; etc/rc must be the entry script (a file), for example \
+                          `exec httpd -f -p 80 -h /var/www`"
+                    .into(),
+            });
+        }
+        if !meta.is_file() {
+            return Err(RecipeError::Refused {
+                path: rc,
+                message: format!(
+                    "is a {}, not a file; etc/rc must be the entry script (a file)",
+                    special_kind(&meta)
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The metadata of `path` (followed), `None` when nothing is there; refused when it (or a
+    /// folder on the way) is a symlink leading out of the recipe folder, nowhere, or in a loop.
+    /// Kiln takes the recipe's own files only: a link out would put a host file's bytes in the
+    /// image (and out of the fingerprint). Symlinks *inside* files/ and common/ are copied as
+    /// links, never followed.
+    fn in_recipe(&self, path: &Path) -> Result<Option<std::fs::Metadata>, RecipeError> {
+        let link = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_symlink());
+        match std::fs::canonicalize(path) {
+            Ok(real) if !real.starts_with(&self.dir) => Err(RecipeError::Refused {
+                path: path.to_path_buf(),
+                message: format!(
+                    "leads out of the recipe folder (to {}); Kiln takes a recipe's files from its \
+                     folder only (symlinks inside files/ are copied as links, never followed): \
+                     copy it into the recipe",
+                    real.display()
+                ),
+            }),
+            Ok(real) => std::fs::metadata(&real)
+                .map(Some)
+                .map_err(|e| RecipeError::Io {
+                    path: path.to_path_buf(),
+                    error: e,
+                }),
+            Err(e) if e.raw_os_error() == Some(ELOOP) => Err(RecipeError::Refused {
+                path: path.to_path_buf(),
+                message: "is a symlink loop (too many levels of symbolic links); fix or remove it"
+                    .into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && link => {
+                let target = std::fs::read_link(path)
+                    .map(|t| t.display().to_string())
+                    .unwrap_or_default();
+                Err(RecipeError::Refused {
+                    path: path.to_path_buf(),
+                    message: format!(
+                        "is a symlink to {target}, which does not exist; fix or remove it"
+                    ),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => Err(RecipeError::Refused {
+                path: path.to_path_buf(),
+                message: "a folder on its way is a file; fix the recipe's layout".into(),
+            }),
+            Err(e) => Err(RecipeError::Io {
+                path: path.to_path_buf(),
+                error: e,
+            }),
+        }
+    }
+
+    /// Every entry of `files/` or `common/` (symlinks not followed): no FIFO, socket or device
+    /// node; and for `files/` of a Linux guest, nothing where kiln-init mounts a fresh
+    /// filesystem at boot.
+    fn check_tree(&self, dir: &Path, overlay: bool) -> Result<(), RecipeError> {
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            let entries = std::fs::read_dir(&d).map_err(|e| RecipeError::Io {
+                path: d.clone(),
+                error: e,
+            })?;
+            let mut entries: Vec<_> =
+                entries
+                    .collect::<Result<_, _>>()
+                    .map_err(|e| RecipeError::Io {
+                        path: d.clone(),
+                        error: e,
+                    })?;
+            entries.sort_by_key(|e| e.file_name());
+            for entry in entries {
+                let path = entry.path();
+                let meta = std::fs::symlink_metadata(&path).map_err(|e| RecipeError::Io {
+                    path: path.clone(),
+                    error: e,
+                })?;
+                let ft = meta.file_type();
+                if !(ft.is_file() || ft.is_dir() || ft.is_symlink()) {
+                    return Err(RecipeError::Refused {
+                        path,
+                        message: format!(
+                            "is a {}; a recipe's files must be regular files, folders or \
+                             symlinks: remove it (make device nodes and FIFOs at boot, in etc/rc)",
+                            special_kind(&meta)
+                        ),
+                    });
+                }
+                if overlay && !self.config.guest.is_bsd() {
+                    let rel = path.strip_prefix(dir).unwrap_or(&path);
+                    let guest = Path::new("/").join(rel).display().to_string();
+                    if let Some(m) = hidden_by_mount(&guest) {
+                        return Err(RecipeError::Refused {
+                            path,
+                            message: hidden_message(&guest, m),
+                        });
+                    }
+                }
+                if ft.is_dir() {
+                    todo.push(path);
+                }
             }
         }
         Ok(())
@@ -264,6 +421,28 @@ impl Recipe {
         } else {
             self.dir.join(p)
         }
+    }
+}
+
+/// ELOOP on Linux: "too many levels of symbolic links".
+const ELOOP: i32 = 40;
+
+/// What a file that is neither a regular file, a folder nor a symlink is.
+fn special_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let ft = meta.file_type();
+    if ft.is_fifo() {
+        "FIFO (named pipe)"
+    } else if ft.is_socket() {
+        "socket"
+    } else if ft.is_block_device() {
+        "block device node"
+    } else if ft.is_char_device() {
+        "character device node"
+    } else if ft.is_dir() {
+        "folder"
+    } else {
+        "special file"
     }
 }
 

@@ -272,9 +272,25 @@ fn kernel_fragments_need_the_tiny_kernel() {
         "name = \"x\"\nkernel = \"tiny\"\nkernel_fragments = [\"ufs.config\"]\n",
     ] {
         let d = recipe_dir(text);
+        fs::write(d.path().join("ufs.config"), "CONFIG_UFS_FS=y\n").expect("fragment");
         let r = Recipe::load(d.path()).expect("load");
         assert_eq!(r.config.kernel, KernelChoice::Tiny);
         assert_eq!(r.config.kernel_fragments.len(), 1);
+    }
+}
+
+#[test]
+fn missing_kernel_fragment_is_refused_with_its_line() {
+    let d = recipe_dir("name = \"x\"\nkernel_fragments = [\"nope.config\"]\n");
+    match Recipe::load(d.path()) {
+        Err(e @ RecipeError::MissingFile { .. }) => {
+            let s = e.to_string();
+            assert!(
+                s.contains("nope.config") && s.contains("kiln.toml:2") && !s.contains("os error"),
+                "{s}"
+            );
+        }
+        other => panic!("expected a refusal, got {other:?}"),
     }
 }
 
@@ -342,4 +358,216 @@ fn bsd_guests_come_from_sets_and_a_kernel_file() {
         assert_eq!(l, line, "{text}: {msg}");
         assert!(msg.contains(needle), "{text}: {msg}");
     }
+}
+
+#[test]
+fn a_byte_order_mark_is_refused() {
+    let (line, msg) = parse_err("\u{feff}name = \"x\"\n");
+    assert_eq!(line, 1);
+    assert!(msg.contains("remove the byte-order mark"), "{msg}");
+}
+
+#[test]
+fn a_cmdline_too_long_for_the_kernel_is_refused_with_its_line() {
+    let max = KERNEL_CMDLINE_MAX - KILN_CMDLINE_RESERVE;
+    let ok = "a".repeat(max);
+    let d = recipe_dir(&format!("name = \"x\"\ncmdline = \"{ok}\"\n"));
+    Recipe::load(d.path()).expect("the longest cmdline allowed");
+    let (line, msg) = parse_err(&format!("name = \"x\"\ncmdline = \"{ok}b\"\n"));
+    assert_eq!(line, 2);
+    assert!(
+        msg.starts_with("cmdline: 1537 bytes is too long")
+            && msg.contains("2048")
+            && msg.contains("Kiln keeps 512")
+            && msg.contains("at most 1536 bytes"),
+        "{msg}"
+    );
+    let (line, msg) = parse_err("name = \"x\"\ncmdline = \"\"\"\nquiet\nloglevel=7\"\"\"\n");
+    assert_eq!(line, 2);
+    assert!(msg.contains("control character"), "{msg}");
+}
+
+#[test]
+fn env_values_and_the_whole_env_are_bounded() {
+    let big = "v".repeat(ENV_VALUE_MAX + 1);
+    let (line, msg) = parse_err(&format!(
+        "name = \"x\"\n[env]\nA = \"1\"\nBIG = \"{big}\"\n"
+    ));
+    assert_eq!(line, 4);
+    assert!(
+        msg.contains("env.BIG") && msg.contains("32768 bytes (32 KiB) per variable"),
+        "{msg}"
+    );
+    let part = "v".repeat(ENV_VALUE_MAX - 10);
+    let (line, msg) = parse_err(&format!(
+        "name = \"x\"\n\n[env]\nA = \"{part}\"\nB = \"{part}\"\nC = \"{part}\"\n"
+    ));
+    assert_eq!(line, 3, "the [env] header");
+    assert!(msg.contains("at most 65536 bytes (64 KiB)"), "{msg}");
+    let (line, msg) = parse_err("name = \"x\"\n[env]\nA = \"a\\nrc=/bin/evil\"\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("env.A") && msg.contains("newline"), "{msg}");
+    let d = recipe_dir(&format!(
+        "name = \"x\"\n[env]\nA = \"{part}\"\nB = \"{part}\"\n"
+    ));
+    Recipe::load(d.path()).expect("two large values within the limits");
+}
+
+#[test]
+fn hook_timeout_has_a_default_and_a_range() {
+    let d = recipe_dir("name = \"x\"\n");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.hook_timeout, 300);
+    let d = recipe_dir("name = \"x\"\nhook_timeout = 2\n");
+    assert_eq!(Recipe::load(d.path()).expect("load").config.hook_timeout, 2);
+    for bad in ["0", "86401", "-1"] {
+        let (line, msg) = parse_err(&format!("name = \"x\"\nhook_timeout = {bad}\n"));
+        assert_eq!(line, 2, "{bad}");
+        assert!(
+            msg.contains("hook_timeout (seconds)") && msg.contains("1–86400"),
+            "{msg}"
+        );
+    }
+}
+
+#[test]
+fn hidden_by_mount_knows_init_mounts_and_var_run() {
+    assert_eq!(hidden_by_mount("/run/x.pid"), Some(("/run", "tmpfs")));
+    assert_eq!(hidden_by_mount("/var/run/x.pid"), Some(("/run", "tmpfs")));
+    assert_eq!(hidden_by_mount("/tmp/./a/b"), Some(("/tmp", "tmpfs")));
+    assert_eq!(hidden_by_mount("/etc/../dev/x"), Some(("/dev", "devtmpfs")));
+    assert_eq!(
+        hidden_by_mount("/tmp"),
+        None,
+        "the mount point itself is fine"
+    );
+    assert_eq!(hidden_by_mount("/etc/tmp/x"), None);
+    assert_eq!(hidden_by_mount("/runner/x"), None);
+}
+
+#[test]
+fn root_files_under_init_mounts_are_refused_with_their_line() {
+    let (line, msg) =
+        parse_err("name = \"x\"\n[root]\nfiles = [\"/etc/hostname:/run/app/host\"]\n");
+    assert_eq!(line, 3);
+    assert!(
+        msg.contains("/run/app/host would be hidden in the guest")
+            && msg.contains("fresh tmpfs on /run"),
+        "{msg}"
+    );
+    let (line, msg) = parse_err("name = \"x\"\n[root]\nfiles = [\"/tmp/x\"]\n");
+    assert_eq!(line, 3);
+    assert!(msg.contains("root.files: `/tmp/x`"), "{msg}");
+    let d = recipe_dir("name = \"x\"\n[root]\nfiles = [\"/etc/hostname:/etc/h\"]\n");
+    Recipe::load(d.path()).expect("elsewhere is fine");
+}
+
+fn refused(d: &tempfile::TempDir) -> String {
+    match Recipe::load(d.path()) {
+        Err(e @ RecipeError::Refused { .. }) => e.to_string(),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn files_overlay_under_init_mounts_is_refused() {
+    for (rel, guest) in [
+        ("files/run/app/app.conf", "/run/app"),
+        ("files/var/run/app.pid", "/var/run/app.pid"),
+        ("files/tmp/seed", "/tmp/seed"),
+    ] {
+        let d = recipe_dir("name = \"x\"\n");
+        let p = d.path().join(rel);
+        fs::create_dir_all(p.parent().expect("parent")).expect("mkdir");
+        fs::write(&p, "x").expect("w");
+        let s = refused(&d);
+        assert!(
+            s.contains(&format!("{guest} would be hidden in the guest")),
+            "{rel}: {s}"
+        );
+    }
+    // The same under common/ (installed as /etc/include) is fine.
+    let d = recipe_dir("name = \"x\"\n");
+    fs::create_dir_all(d.path().join("common/tmp")).expect("mkdir");
+    fs::write(d.path().join("common/tmp/x"), "x").expect("w");
+    fs::create_dir_all(d.path().join("files/tmp")).expect("mkdir");
+    Recipe::load(d.path()).expect("an empty files/tmp and common/tmp are fine");
+}
+
+#[test]
+fn special_files_in_the_recipe_are_refused() {
+    let d = recipe_dir("name = \"x\"\n");
+    fs::create_dir_all(d.path().join("files/etc")).expect("mkdir");
+    let fifo = d.path().join("files/etc/pipe");
+    let st = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(st.success());
+    let s = refused(&d);
+    assert!(s.contains("files/etc/pipe: is a FIFO"), "{s}");
+}
+
+#[test]
+fn rc_and_overlays_may_not_lead_out_of_the_recipe() {
+    use std::os::unix::fs::symlink;
+    // etc/rc linked to a host file: its bytes would be in the image.
+    let d = recipe_dir("name = \"x\"\n");
+    let host = tempfile::NamedTempFile::new().expect("tmp");
+    fs::remove_file(d.path().join("etc/rc")).expect("rm");
+    symlink(host.path(), d.path().join("etc/rc")).expect("ln");
+    let s = refused(&d);
+    assert!(
+        s.contains("etc/rc: leads out of the recipe folder")
+            && s.contains("copy it into the recipe"),
+        "{s}"
+    );
+    // ... also through a linked folder.
+    let d = recipe_dir("name = \"x\"\n");
+    let hostdir = tempfile::tempdir().expect("tmp");
+    fs::write(hostdir.path().join("rc"), "exec sh\n").expect("w");
+    fs::remove_dir_all(d.path().join("etc")).expect("rm");
+    symlink(hostdir.path(), d.path().join("etc")).expect("ln");
+    assert!(refused(&d).contains("leads out of the recipe folder"));
+    // A link within the recipe is fine.
+    let d = recipe_dir("name = \"x\"\n");
+    fs::rename(d.path().join("etc/rc"), d.path().join("rc.sh")).expect("mv");
+    symlink("../rc.sh", d.path().join("etc/rc")).expect("ln");
+    Recipe::load(d.path()).expect("a link inside the recipe");
+    // Dangling, looping, a folder.
+    let d = recipe_dir("name = \"x\"\n");
+    fs::remove_file(d.path().join("etc/rc")).expect("rm");
+    symlink("nowhere", d.path().join("etc/rc")).expect("ln");
+    assert!(refused(&d).contains("etc/rc: is a symlink to nowhere, which does not exist"));
+    fs::remove_file(d.path().join("etc/rc")).expect("rm");
+    symlink("rc", d.path().join("etc/rc")).expect("ln");
+    assert!(refused(&d).contains("etc/rc: is a symlink loop"));
+    fs::remove_file(d.path().join("etc/rc")).expect("rm");
+    fs::create_dir(d.path().join("etc/rc")).expect("mkdir");
+    assert!(refused(&d).contains("etc/rc: is a folder"));
+    // files/ linked to a host folder would copy it into the image; a loop would be skipped.
+    let d = recipe_dir("name = \"x\"\n");
+    symlink(hostdir.path(), d.path().join("files")).expect("ln");
+    assert!(refused(&d).contains("files: leads out of the recipe folder"));
+    fs::remove_file(d.path().join("files")).expect("rm");
+    symlink("files", d.path().join("files")).expect("ln");
+    assert!(refused(&d).contains("files: is a symlink loop"));
+    fs::remove_file(d.path().join("files")).expect("rm");
+    fs::write(d.path().join("files"), "").expect("w");
+    assert!(refused(&d).contains("files: not a folder"));
+}
+
+#[test]
+fn io_errors_say_the_os_error_once() {
+    use std::error::Error;
+    let d = recipe_dir("name = \"x\"\n");
+    fs::write(d.path().join("postinst"), "").expect("w");
+    let r = Recipe::load(d.path()).expect("load");
+    let e = r.hooks().expect_err("postinst is a file");
+    let s = e.to_string();
+    assert!(s.contains("postinst: Not a directory"), "{s}");
+    assert!(
+        e.source().is_none(),
+        "the OS error is in the message already"
+    );
 }

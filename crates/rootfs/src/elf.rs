@@ -63,6 +63,14 @@ pub enum ElfError {
         /// What it looks like instead.
         looks_like: String,
     },
+    /// A listed binary is an ELF for another machine than the guest's.
+    #[error("{}: is an ELF for {arch}; the guest is x86-64: list a binary built for x86-64 (amd64)", .path.display())]
+    WrongMachine {
+        /// The guest path.
+        path: PathBuf,
+        /// The machine it was built for (`aarch64`, `i386 (32-bit x86)`, ...).
+        arch: String,
+    },
     /// An ELF file could not be parsed.
     #[error("{} is a malformed ELF file ({reason}); is it truncated?", .path.display())]
     Malformed {
@@ -98,13 +106,13 @@ pub enum ElfError {
         path: PathBuf,
     },
     /// A file could not be read.
-    #[error("cannot read {}: {source}", .path.display())]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("cannot read {}: {error}", .path.display())]
     Io {
         /// The host path.
         path: PathBuf,
         /// The error.
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 }
 
@@ -296,7 +304,7 @@ impl Resolver {
             Err(e) => {
                 return Err(ElfError::Io {
                     path: host,
-                    source: e,
+                    error: e,
                 })
             }
         };
@@ -386,7 +394,7 @@ impl Resolver {
                 Err(e) => {
                     return Err(ElfError::Io {
                         path: host,
-                        source: e,
+                        error: e,
                     })
                 }
             };
@@ -398,7 +406,7 @@ impl Resolver {
                 }
                 let target = fs::read_link(&host).map_err(|e| ElfError::Io {
                     path: host,
-                    source: e,
+                    error: e,
                 })?;
                 let mut rest: VecDeque<std::ffi::OsString> = target
                     .components()
@@ -430,21 +438,28 @@ impl Resolver {
     /// The closure of `roots` (absolute guest paths): each binary, its
     /// interpreter, and its libraries, recursively, with every symlink on
     /// the way. Deterministic: nodes sorted by path.
+    /// Each root must be an ELF for the guest (x86-64): another machine's is refused.
     pub fn closure(&self, roots: &[PathBuf]) -> Result<Closure, ElfError> {
         let listed: Vec<(PathBuf, String)> = roots
             .iter()
             .map(|r| (r.clone(), "listed in kiln.toml".to_string()))
             .collect();
-        self.closure_with_reasons(&listed)
+        self.walk(&listed, true)
     }
 
     /// Like [`Resolver::closure`], with the reason recorded for each root (for example
-    /// `listed in files.txt:3`).
+    /// `listed in files.txt:3`); roots of any machine are taken (a package may ship firmware
+    /// or another machine's objects as data).
     pub fn closure_with_reasons(&self, roots: &[(PathBuf, String)]) -> Result<Closure, ElfError> {
+        self.walk(roots, false)
+    }
+
+    fn walk(&self, roots: &[(PathBuf, String)], guest_only: bool) -> Result<Closure, ElfError> {
         let mut walk = Walk {
             r: self,
             nodes: BTreeMap::new(),
             infos: HashMap::new(),
+            guest_only,
         };
         for (root, reason) in roots {
             walk.root(root, reason)?;
@@ -518,6 +533,26 @@ struct Walk<'a> {
     nodes: BTreeMap<PathBuf, Node>,
     /// Parsed ELF files by real guest path.
     infos: HashMap<PathBuf, Rc<ElfInfo>>,
+    /// Refuse roots that are not x86-64 ELF objects.
+    guest_only: bool,
+}
+
+/// The machine an ELF object was built for, when it is not the guest's (x86-64, 64-bit,
+/// little-endian).
+fn foreign_machine(info: &ElfInfo) -> Option<String> {
+    let name = match (info.machine, info.class) {
+        (header::EM_X86_64, header::ELFCLASS64) if info.data == header::ELFDATA2LSB => return None,
+        (header::EM_X86_64, header::ELFCLASS32) => "x32 (the 32-bit x86-64 ABI)".to_string(),
+        (header::EM_386, _) => "i386 (32-bit x86)".to_string(),
+        (header::EM_AARCH64, _) => "aarch64".to_string(),
+        (header::EM_ARM, _) => "32-bit ARM".to_string(),
+        (header::EM_RISCV, _) => "RISC-V".to_string(),
+        (m, _) => format!(
+            "another machine ({}, e_machine {m})",
+            header::machine_to_str(m).to_lowercase()
+        ),
+    };
+    Some(name)
 }
 
 fn looks_like(bytes: &[u8]) -> String {
@@ -623,7 +658,7 @@ impl Walk<'_> {
             let size = fs::metadata(&source)
                 .map_err(|e| ElfError::Io {
                     path: source.clone(),
-                    source: e,
+                    error: e,
                 })?
                 .len();
             self.nodes.insert(
@@ -647,7 +682,7 @@ impl Walk<'_> {
         let host = self.r.host(real);
         let bytes = fs::read(&host).map_err(|e| ElfError::Io {
             path: host,
-            source: e,
+            error: e,
         })?;
         if !bytes.starts_with(b"\x7fELF") {
             return Ok(None);
@@ -685,7 +720,7 @@ impl Walk<'_> {
         let host = self.r.host(&resolved.real);
         let meta = fs::metadata(&host).map_err(|e| ElfError::Io {
             path: host.clone(),
-            source: e,
+            error: e,
         })?;
         if !meta.is_file() {
             return Err(ElfError::NotElf {
@@ -699,13 +734,21 @@ impl Walk<'_> {
                 .and_then(|f| f.take(4096).read_to_end(&mut head))
                 .map_err(|e| ElfError::Io {
                     path: host,
-                    source: e,
+                    error: e,
                 })?;
             return Err(ElfError::NotElf {
                 path: root.to_path_buf(),
                 looks_like: looks_like(&head),
             });
         };
+        if self.guest_only {
+            if let Some(arch) = foreign_machine(&info) {
+                return Err(ElfError::WrongMachine {
+                    path: root.to_path_buf(),
+                    arch,
+                });
+            }
+        }
         self.add_resolved(root, &resolved, root_reason)?;
 
         // One process: libraries are shared by name (soname) once loaded.
@@ -871,6 +914,82 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use std::process::Command;
+
+    /// A minimal 64-bit little-endian ELF executable for `machine` (e.g. EM_AARCH64 = 183): the
+    /// header and, when `interp` is given, one PT_INTERP program header naming it.
+    fn tiny_elf(machine: u16, interp: Option<&str>) -> Vec<u8> {
+        let mut b = vec![0x7f, b'E', b'L', b'F', 2, 1, 1, 0];
+        b.resize(16, 0);
+        b.extend(2u16.to_le_bytes()); // e_type: EXEC
+        b.extend(machine.to_le_bytes());
+        b.extend(1u32.to_le_bytes()); // e_version
+        b.extend(0x40_0000u64.to_le_bytes()); // e_entry
+        let phnum: u16 = interp.map_or(0, |_| 1);
+        b.extend((if phnum > 0 { 64u64 } else { 0 }).to_le_bytes()); // e_phoff
+        b.extend(0u64.to_le_bytes()); // e_shoff
+        b.extend(0u32.to_le_bytes()); // e_flags
+        b.extend(64u16.to_le_bytes()); // e_ehsize
+        b.extend(56u16.to_le_bytes()); // e_phentsize
+        b.extend(phnum.to_le_bytes());
+        b.extend(64u16.to_le_bytes()); // e_shentsize
+        b.extend([0u8; 4]); // e_shnum, e_shstrndx
+        if let Some(i) = interp {
+            let len = i.len() as u64 + 1;
+            b.extend(3u32.to_le_bytes()); // PT_INTERP
+            b.extend(4u32.to_le_bytes()); // PF_R
+            for v in [120u64, 0x40_0078, 0x40_0078, len, len, 1] {
+                b.extend(v.to_le_bytes());
+            }
+            b.extend(i.as_bytes());
+            b.push(0);
+        }
+        b
+    }
+
+    #[test]
+    fn another_machines_binary_is_refused_naming_it() {
+        let d = tempfile::tempdir().unwrap();
+        let r = Resolver::new(d.path()).unwrap();
+        fs::create_dir_all(d.path().join("usr/bin")).unwrap();
+        for (name, machine, interp, arch) in [
+            ("static-arm", header::EM_AARCH64, None, "aarch64"),
+            (
+                "dynamic-arm",
+                header::EM_AARCH64,
+                Some("/lib/ld-linux-aarch64.so.1"),
+                "aarch64",
+            ),
+            ("riscv", header::EM_RISCV, None, "RISC-V"),
+            ("i386", header::EM_386, None, "i386 (32-bit x86)"),
+        ] {
+            fs::write(
+                d.path().join("usr/bin").join(name),
+                tiny_elf(machine, interp),
+            )
+            .unwrap();
+            let path = PathBuf::from("/usr/bin").join(name);
+            let e = r.closure(std::slice::from_ref(&path)).unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "/usr/bin/{name}: is an ELF for {arch}; the guest is x86-64: list a binary \
+                     built for x86-64 (amd64)"
+                )
+            );
+        }
+        // An x86-64 one passes; packages' objects (the index) may be of any machine.
+        fs::write(
+            d.path().join("usr/bin/x86"),
+            tiny_elf(header::EM_X86_64, None),
+        )
+        .unwrap();
+        let c = r.closure(&[PathBuf::from("/usr/bin/x86")]).unwrap();
+        assert!(c.get(Path::new("/usr/bin/x86")).is_some());
+        let c = r
+            .closure_with_reasons(&[(PathBuf::from("/usr/bin/static-arm"), "index".into())])
+            .unwrap();
+        assert!(c.get(Path::new("/usr/bin/static-arm")).is_some());
+    }
 
     fn host() -> Resolver {
         Resolver::new(Path::new("/")).unwrap()

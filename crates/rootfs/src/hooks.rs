@@ -7,8 +7,11 @@
 
 use crate::RootfsError;
 use std::io::Read;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 /// The bubblewrap binary (`$KILN_BWRAP` or `bwrap` on PATH).
 pub fn bwrap_binary() -> Option<PathBuf> {
@@ -99,11 +102,13 @@ pub fn check_sandbox(bwrap: &Path, staging: &Path, recipe_dir: &Path) -> Result<
     Ok(())
 }
 
-/// Run every hook in order; stop at the first failure. `log` receives each hook's output.
+/// Run every hook in order; stop at the first failure. `log` receives each hook's output. A hook
+/// still running after `timeout` is killed with its whole sandbox and the build fails.
 pub fn run_hooks(
     hooks: &[PathBuf],
     staging: &Path,
     recipe_dir: &Path,
+    timeout: Duration,
     log: &mut dyn FnMut(&str),
 ) -> Result<(), RootfsError> {
     if hooks.is_empty() {
@@ -112,43 +117,103 @@ pub fn run_hooks(
     let bwrap = find_sandbox()?;
     check_sandbox(&bwrap, staging, recipe_dir)?;
     for hook in hooks {
-        let mut child = sandbox_command(&bwrap, staging, recipe_dir, hook)
-            .stdin(Stdio::null())
+        let mut cmd = sandbox_command(&bwrap, staging, recipe_dir, hook);
+        // Its own process group, so a hook past its time can be killed with all it started
+        // (bubblewrap's PID namespace ends with it too).
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            .process_group(0);
+        let mut child = cmd
             .spawn()
             .map_err(|e| RootfsError::NoSandbox(format!("{}: {e}", bwrap.display())))?;
-        let mut out = String::new();
-        let mut err = String::new();
-        // Read stderr in a thread so neither pipe can fill up and block the hook.
-        let stderr = child.stderr.take();
-        let t = std::thread::spawn(move || {
-            let mut s = String::new();
-            if let Some(mut e) = stderr {
-                let _ = e.read_to_string(&mut s);
-            }
-            s
-        });
-        if let Some(mut o) = child.stdout.take() {
-            let _ = o.read_to_string(&mut out);
+        // Read both pipes in threads so neither can fill up and block the hook, and so a hook
+        // that never ends cannot block the build.
+        let (tx, rx) = mpsc::channel();
+        let readers = [
+            child
+                .stdout
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+            child
+                .stderr
+                .take()
+                .map(|r| Box::new(r) as Box<dyn Read + Send>),
+        ];
+        for (i, r) in readers.into_iter().enumerate() {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                let mut bytes = Vec::new();
+                if let Some(mut r) = r {
+                    let _ = r.read_to_end(&mut bytes);
+                }
+                let _ = tx.send((i, String::from_utf8_lossy(&bytes).into_owned()));
+            });
         }
-        err.push_str(&t.join().unwrap_or_default());
-        let status = child.wait().map_err(RootfsError::io(hook))?;
-        let combined = format!("{out}{err}");
+        drop(tx);
+        let status =
+            wait_until(&mut child, Instant::now() + timeout).map_err(RootfsError::io(hook))?;
+        let mut parts = [String::new(), String::new()];
+        // The sandbox is gone (ended or killed): its pipes close at once; never wait long.
+        let until = Instant::now() + Duration::from_secs(5);
+        for _ in 0..2 {
+            let left = until.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((i, text)) => parts[i] = text,
+                Err(_) => break,
+            }
+        }
+        let combined = format!("{}{}", parts[0], parts[1]);
         for line in combined.lines() {
             log(line);
         }
-        if !status.success() {
-            let lines: Vec<&str> = combined.lines().collect();
-            let tail = lines[lines.len().saturating_sub(20)..].join("\n");
-            return Err(RootfsError::HookFailed {
-                hook: hook.clone(),
-                status: status.to_string(),
-                output: tail,
-            });
+        let lines: Vec<&str> = combined.lines().collect();
+        let tail = lines[lines.len().saturating_sub(20)..].join("\n");
+        match status {
+            None => {
+                return Err(RootfsError::HookTimedOut {
+                    hook: hook.clone(),
+                    limit: timeout.as_secs(),
+                    output: tail,
+                })
+            }
+            Some(status) if !status.success() => {
+                return Err(RootfsError::HookFailed {
+                    hook: hook.clone(),
+                    status: status.to_string(),
+                    output: tail,
+                });
+            }
+            Some(_) => {}
         }
     }
     Ok(())
+}
+
+/// Wait for `child` until `deadline`; past it, kill its process group and return `None`.
+fn wait_until(child: &mut Child, deadline: Instant) -> std::io::Result<Option<ExitStatus>> {
+    let mut pause = Duration::from_millis(1);
+    loop {
+        if let Some(status) = child.try_wait()? {
+            return Ok(Some(status));
+        }
+        let now = Instant::now();
+        if now >= deadline {
+            // The child is not reaped yet, so its pid (the group's id) is still ours.
+            if let Ok(pgid) = i32::try_from(child.id()) {
+                // SAFETY: kill(2) with a negative pid signals that process group; no memory
+                // is involved.
+                unsafe {
+                    libc::kill(-pgid, libc::SIGKILL);
+                }
+            }
+            let _ = child.kill();
+            child.wait()?;
+            return Ok(None);
+        }
+        std::thread::sleep(pause.min(deadline - now));
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
 }
 
 #[cfg(test)]
@@ -190,6 +255,7 @@ mod tests {
             std::slice::from_ref(&hook),
             staging.path(),
             recipe.path(),
+            Duration::from_secs(60),
             &mut |l| lines.push(l.to_string()),
         )
         .expect_err("writing outside staging must fail");
@@ -211,8 +277,14 @@ mod tests {
         let staging = tempfile::tempdir().expect("tmp");
         let hook = recipe.path().join("a.sh");
         fs::write(&hook, "touch \"$KILN_RECIPE/x\"\n").expect("w");
-        let e =
-            run_hooks(&[hook], staging.path(), recipe.path(), &mut |_| {}).expect_err("must fail");
+        let e = run_hooks(
+            &[hook],
+            staging.path(),
+            recipe.path(),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .expect_err("must fail");
         assert!(e.to_string().contains("Read-only file system"), "{e}");
         assert!(!recipe.path().join("x").exists());
     }
@@ -223,13 +295,70 @@ mod tests {
         let staging = tempfile::tempdir().expect("tmp");
         let hook = recipe.path().join("b.sh");
         fs::write(&hook, "echo about to fail\nfalse\necho not reached\n").expect("w");
-        let e =
-            run_hooks(&[hook], staging.path(), recipe.path(), &mut |_| {}).expect_err("must fail");
+        let e = run_hooks(
+            &[hook],
+            staging.path(),
+            recipe.path(),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .expect_err("must fail");
         let s = e.to_string();
         assert!(
             s.contains("about to fail") && !s.contains("not reached"),
             "{s}"
         );
+    }
+
+    /// Processes whose command line contains `needle`.
+    fn processes_with(needle: &str) -> Vec<String> {
+        fs::read_dir("/proc")
+            .expect("/proc")
+            .flatten()
+            .filter_map(|e| fs::read(e.path().join("cmdline")).ok())
+            .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+            .filter(|c| c.contains(needle))
+            .collect()
+    }
+
+    #[test]
+    fn hook_past_its_time_limit_is_killed_with_its_sandbox() {
+        let recipe = tempfile::tempdir().expect("tmp");
+        let staging = tempfile::tempdir().expect("tmp");
+        let hook = recipe.path().join("20-forever.sh");
+        // A marker only this test's sleeps carry; one in the background holds the output pipe.
+        let marker = format!("7{}.25", std::process::id());
+        fs::write(
+            &hook,
+            format!("echo started\nsleep {marker} &\nsleep {marker}\n"),
+        )
+        .expect("w");
+        let started = Instant::now();
+        let e = run_hooks(
+            std::slice::from_ref(&hook),
+            staging.path(),
+            recipe.path(),
+            Duration::from_secs(2),
+            &mut |_| {},
+        )
+        .expect_err("must time out");
+        let took = started.elapsed();
+        assert!(
+            matches!(e, RootfsError::HookTimedOut { limit: 2, .. }),
+            "{e}"
+        );
+        let s = e.to_string();
+        assert!(
+            s.contains("20-forever.sh") && s.contains("time limit of 2 s") && s.contains("started"),
+            "{s}"
+        );
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        // Killed with everything it started.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !processes_with(&marker).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert_eq!(processes_with(&marker), Vec::<String>::new());
     }
 
     #[test]

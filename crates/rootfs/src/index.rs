@@ -16,12 +16,12 @@ pub use glob::Pattern as Glob;
 #[derive(Debug, thiserror::Error)]
 pub enum IndexError {
     /// The index file could not be read.
-    #[error("cannot read the index {}: {source}", .file.display())]
+    #[error("cannot read the index {}: {error}", .file.display())]
     Read {
         /// The index file.
         file: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
     /// A line is not an absolute path or pattern.
     #[error("{}:{line}: `{text}` is not an absolute path; index lines look like /usr/sbin/nginx or /etc/nginx/**", .file.display())]
@@ -119,7 +119,7 @@ fn has_glob(s: &str) -> bool {
 pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, IndexError> {
     let text = std::fs::read_to_string(file).map_err(|source| IndexError::Read {
         file: file.to_path_buf(),
-        source,
+        error: source,
     })?;
     let name = file
         .file_name()

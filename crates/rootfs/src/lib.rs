@@ -53,6 +53,16 @@ pub enum RootfsError {
         /// The last lines it printed.
         output: String,
     },
+    /// A hook ran past its time limit and was killed.
+    #[error("build hook {} was still running after its time limit of {limit} s and was killed with everything it started (raise hook_timeout in kiln.toml if it needs longer); its last output:\n{output}", .hook.display())]
+    HookTimedOut {
+        /// The hook script.
+        hook: PathBuf,
+        /// The limit, in seconds (`hook_timeout`).
+        limit: u64,
+        /// The last lines it printed.
+        output: String,
+    },
     /// A BSD set could not be unpacked.
     #[error("set {}: {detail}; check that it is a tarball (.tgz, .txz, .tar) of the release's sets", .path.display())]
     Set {
@@ -62,18 +72,19 @@ pub enum RootfsError {
         detail: String,
     },
     /// An I/O error on a named path.
-    #[error("{}: {source}", .path.display())]
+    // The OS error is in the message, not a `source` (it would be printed twice with causes).
+    #[error("{}: {error}", .path.display())]
     Io {
         /// The path.
         path: PathBuf,
         /// The error.
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 impl RootfsError {
     pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> RootfsError {
         let path = path.into();
-        move |source| RootfsError::Io { path, source }
+        move |error| RootfsError::Io { path, error }
     }
 }

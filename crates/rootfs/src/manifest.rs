@@ -52,7 +52,7 @@ pub fn describe(
     {
         let entry = entry.map_err(|e| RootfsError::Io {
             path: e.path().unwrap_or(staging).to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         })?;
         let rel = entry.path().strip_prefix(staging).unwrap_or(entry.path());
         let guest = Path::new("/").join(rel);

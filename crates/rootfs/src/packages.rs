@@ -114,7 +114,7 @@ pub fn merge(trees: &[PackageTree], dest: &Path) -> Result<PackageRoot, RootfsEr
         {
             let e = e.map_err(|err| RootfsError::Io {
                 path: err.path().unwrap_or(&tree.dir).to_path_buf(),
-                source: err.into(),
+                error: err.into(),
             })?;
             let rel = e.path().strip_prefix(&tree.dir).unwrap_or(e.path());
             if rel.as_os_str() == MARKER || rel.as_os_str() == ".kiln-unpacked" {
@@ -207,7 +207,7 @@ fn build_tree(
         Err(_) if dest.join(MARKER).is_file() => Ok(()), // another build finished first
         Err(e) => Err(RootfsError::Io {
             path: dest.to_path_buf(),
-            source: e,
+            error: e,
         }),
     }
 }

@@ -150,7 +150,7 @@ impl Staging {
                 Err(e) => {
                     return Err(RootfsError::Io {
                         path: host,
-                        source: e,
+                        error: e,
                     })
                 }
             }
@@ -283,7 +283,7 @@ impl Staging {
         {
             let entry = entry.map_err(|e| RootfsError::Io {
                 path: e.path().unwrap_or(host_dir).to_path_buf(),
-                source: e.into(),
+                error: e.into(),
             })?;
             let rel = entry.path().strip_prefix(host_dir).unwrap_or(entry.path());
             let guest = guest_prefix.join(rel);

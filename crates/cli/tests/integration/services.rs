@@ -148,6 +148,52 @@ fn openssh_client_logs_into_sshd_with_a_key() {
     };
     let out = wait_until("ssh uname -a", BOOT, Duration::from_millis(500), ssh);
     assert!(out.starts_with("Linux sshd "), "{out}");
+    // Files go both ways with scp: SFTP (OpenSSH's default) and the legacy protocol (-O).
+    let payload: Vec<u8> = (0..200_000u32).map(|i| (i * 7 + i / 251) as u8).collect();
+    let local = keys.path().join("payload.bin");
+    std::fs::write(&local, &payload).expect("write payload");
+    let scp = |legacy: bool, from: &str, to: &str| {
+        let mut c = Command::new("scp");
+        c.args([
+            "-q",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "StrictHostKeyChecking=no",
+        ])
+        .args([
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "ConnectTimeout=10",
+        ])
+        .args(["-P", &port.to_string(), "-i"])
+        .arg(&key);
+        if legacy {
+            c.arg("-O");
+        }
+        let o = c
+            .args([from, to])
+            .stdin(Stdio::null())
+            .output()
+            .expect("scp");
+        assert!(
+            o.status.success(),
+            "scp {}{from} {to}: {}",
+            if legacy { "-O " } else { "" },
+            text(&o)
+        );
+    };
+    for (legacy, name) in [(false, "sftp"), (true, "legacy")] {
+        let remote = format!("root@127.0.0.1:/root/{name}.bin");
+        scp(legacy, &local.display().to_string(), &remote);
+        let back = keys.path().join(format!("{name}-back.bin"));
+        scp(legacy, &remote, &back.display().to_string());
+        assert!(
+            std::fs::read(&back).expect("copied back") == payload,
+            "{name}: the bytes copied back differ from those copied in"
+        );
+    }
     // A key that is not authorized is refused.
     let other = keys.path().join("other");
     let o = Command::new("ssh-keygen")

@@ -144,7 +144,7 @@ pub fn fragment_options(path: &Path) -> Result<Vec<FragmentOption>, TinyError> {
     let text = std::fs::read_to_string(path).map_err(|source| TinyError::Io {
         action: "read the kernel config fragment",
         path: path.to_path_buf(),
-        source,
+        error: source,
     })?;
     parse_fragment(&path.display().to_string(), &text)
 }
@@ -314,7 +314,7 @@ pub fn kconfig_symbols(tree: &Path) -> Result<HashSet<String>, TinyError> {
         let entry = entry.map_err(|e| TinyError::Io {
             action: "scan the Kconfig files of",
             path: tree.to_path_buf(),
-            source: e.into(),
+            error: e.into(),
         })?;
         if !entry.file_type().is_file()
             || !entry.file_name().to_string_lossy().starts_with("Kconfig")
@@ -324,7 +324,7 @@ pub fn kconfig_symbols(tree: &Path) -> Result<HashSet<String>, TinyError> {
         let bytes = std::fs::read(entry.path()).map_err(|source| TinyError::Io {
             action: "read",
             path: entry.path().to_path_buf(),
-            source,
+            error: source,
         })?;
         out.extend(kconfig_symbols_in(&String::from_utf8_lossy(&bytes)).map(String::from));
     }
