@@ -115,6 +115,10 @@ pub struct BootConfig {
     /// The guest OS: "linux" (kiln-init), "netbsd" or "freebsd" (their own init and rc).
     #[serde(default = "linux")]
     pub guest: String,
+    /// The recipe asks for a template (`[template] at = "ready"`): `kiln build` and `kiln run`
+    /// make one when the image has none.
+    #[serde(default)]
+    pub template: bool,
 }
 
 fn linux() -> String {
@@ -143,6 +147,7 @@ impl BootConfig {
             ready_timeout: cfg.ready_timeout,
             network: cfg.network.mode.clone(),
             guest: cfg.guest.name().into(),
+            template: cfg.template.is_some(),
             kernel_kind: match cfg.kernel {
                 kiln_recipe::KernelChoice::Debian(_) => "debian",
                 kiln_recipe::KernelChoice::Tiny => "tiny",

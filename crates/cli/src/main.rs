@@ -225,7 +225,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 .unwrap_or_else(|| PathBuf::from("out").join(&recipe.config.name));
             let report = build_recipe(&recipe, &out, a.refresh, a.force)?;
             print_build_summary(&report);
-            if a.template {
+            let has_one = matches!(kiln_fleet::template::of_image(&report.out_dir), Ok(Some(_)));
+            if a.template || (report.manifest.boot.template && !has_one) {
                 run::make_template(&dirs::fleet()?, &report.out_dir, &report.manifest)?;
             }
             Ok(ExitCode::SUCCESS)

@@ -107,9 +107,33 @@ impl Fleet {
             ));
         };
         let image = plan::resolve_image(Path::new(&target), &self.cache_root, progress)?;
+        self.ensure_template(&cfg, &image, progress)?;
         cfg.image = Some(image.dir.display().to_string());
         cfg.name.get_or_insert_with(|| image.manifest.name.clone());
         Ok(Prepared { config: cfg, image })
+    }
+
+    /// Make the image's template when its recipe asks for one (`[template]`) and it has none
+    /// (a new build has none), unless this VM does not start from it anyway.
+    fn ensure_template(
+        &self,
+        cfg: &VmConfig,
+        image: &Image,
+        progress: &dyn Progress,
+    ) -> Result<()> {
+        if !image.manifest.boot.template || cfg.cold || cfg.from.is_some() {
+            return Ok(());
+        }
+        if !matches!(crate::template::of_image(&image.dir), Ok(None)) {
+            return Ok(());
+        }
+        progress.phase("making the template");
+        let p = Prepared {
+            config: cfg.clone(),
+            image: image.clone(),
+        };
+        let accel = self.probe_accel(&p)?.accel;
+        self.make_template(image, accel).map(drop)
     }
 
     /// The accelerator for `p`: KVM when a probe boot of its kernel works, else TCG (cached).

@@ -121,6 +121,11 @@ impl Fleet {
                 verbose: false,
             },
         )?;
+        // No host ports: forwards are host-side state each clone gets its own of, and the
+        // recipe's default ports may be in use.
+        if let kiln_vm::NetSpec::User { forwards } = &mut plan.spec.net {
+            forwards.clear();
+        }
         let ram = tmp.path().join("ram");
         plan.spec.ram = RamBacking::File {
             path: ram.clone(),
@@ -134,7 +139,11 @@ impl Fleet {
             return Err(FleetError::NotStarted {
                 name: image.manifest.name.clone(),
                 status: "failed".into(),
-                reason: "the template boot ended before it was ready".into(),
+                reason: format!(
+                    "the template boot ended before it was ready ({}) {}",
+                    end.status.map(|s| s.to_string()).unwrap_or_default(),
+                    session.vm.qemu_stderr().trim()
+                ),
                 tail: end.tail,
             });
         }

@@ -117,6 +117,10 @@ pub struct Config {
     /// How the image is packed.
     #[serde(default)]
     pub image: ImageFormat,
+    /// `[template] at = "ready"`: keep a template of the image, saved at its ready point, so
+    /// `kiln run` starts clones of it (docs/templates.md).
+    #[serde(default)]
+    pub template: Option<Template>,
     /// What goes in the root filesystem.
     #[serde(default)]
     pub root: Root,
@@ -336,6 +340,26 @@ impl<'de> Deserialize<'de> for Ready {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
         s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[template]`: when the image's template is saved.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Template {
+    /// The point it is saved at: `"ready"` (the only one: once the readiness check passed).
+    #[serde(deserialize_with = "de_template_at")]
+    pub at: String,
+}
+
+fn de_template_at<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    let s = String::deserialize(d)?;
+    if s == "ready" {
+        Ok(s)
+    } else {
+        Err(serde::de::Error::custom(format!(
+            "at = \"{s}\": a template is saved when the guest is ready: use at = \"ready\""
+        )))
     }
 }
 

@@ -571,3 +571,20 @@ fn io_errors_say_the_os_error_once() {
         "the OS error is in the message already"
     );
 }
+
+#[test]
+fn a_template_is_saved_at_the_ready_point_only() {
+    let d = recipe_dir("name = \"web\"\n[template]\nat = \"ready\"\n");
+    let r = Recipe::load(d.path()).expect("load");
+    assert_eq!(r.config.template.map(|t| t.at), Some("ready".to_string()));
+    assert!(Recipe::load(recipe_dir("name = \"web\"\n").path())
+        .expect("load")
+        .config
+        .template
+        .is_none());
+    let (line, msg) = parse_err("name = \"web\"\n[template]\nat = \"boot\"\n");
+    assert_eq!(line, 3, "{msg}");
+    assert!(msg.contains("use at = \"ready\""), "{msg}");
+    let (line, msg) = parse_err("name = \"web\"\n[template]\nwhen = \"ready\"\n");
+    assert_eq!(line, 3, "{msg}");
+}

@@ -249,3 +249,40 @@ fn a_snapshot_of_a_running_vm_restores_and_a_share_refuses_one() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("shared folder"), "{}", text(&o));
 }
+
+#[test]
+fn a_recipe_with_a_template_key_starts_clones_and_a_bad_key_is_refused() {
+    let mut f = Fleet::new();
+    let r = scratch_recipe("httpd");
+    let toml = r.path().join("kiln.toml");
+    let original = std::fs::read_to_string(&toml).expect("read");
+    std::fs::write(&toml, format!("{original}\n[template]\nat = \"ready\"\n")).expect("write");
+    // `kiln run RECIPE` builds it, makes the template, and starts a clone of it.
+    let name = f.name("keyed");
+    let port = free_port();
+    let o = f.ok(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "-p",
+        &format!("{port}:80"),
+        &r.path().display().to_string(),
+    ]);
+    assert!(!text(&o).contains("booting cold"), "{}", text(&o));
+    http_ok(port);
+    assert!(
+        f.console_log(&name).contains("kiln: thawed in"),
+        "not a clone:\n{}",
+        f.console_log(&name)
+    );
+    std::fs::write(&toml, format!("{original}\n[template]\nat = \"boot\"\n")).expect("write");
+    let o = f.run(&[
+        "build",
+        &r.path().display().to_string(),
+        "-o",
+        &r.path().join("out").display().to_string(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("use at = \"ready\""), "{}", text(&o));
+}
