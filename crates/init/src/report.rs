@@ -94,6 +94,16 @@ pub fn thawed(ms: u64) -> String {
     Line::new().s("thawed in ").n(ms as i64).s(" ms").finish()
 }
 
+/// `kiln: timeline entropy=A clock=B …`: when each thaw step was done, ms after the command
+/// came (the host parses it like the boot timeline).
+pub fn thaw_timeline(steps: &[(&str, u64)]) -> String {
+    let mut l = Line::new().s("timeline");
+    for (k, v) in steps {
+        l = l.s(" ").s(k).s("=").n(*v as i64);
+    }
+    l.finish()
+}
+
 /// `kiln: rc.resume exited with status N`.
 pub fn rc_resume_exited(code: i32) -> String {
     Line::new()
@@ -157,6 +167,14 @@ pub fn exit_code(wait_status: i32) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn thaw_timeline_reads_as_a_timeline() {
+        assert_eq!(
+            thaw_timeline(&[("entropy", 1), ("net", 30)]),
+            "kiln: timeline entropy=1 net=30\n"
+        );
+    }
 
     #[test]
     fn numbers() {

@@ -79,6 +79,8 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
     if let Err(e) = sys::reseed_crng() {
         error(&["thaw: RNDRESEEDCRNG: ", &sys::strerror(e)]);
     }
+    let at = || sys::boottime_ns().saturating_sub(received_ns) / 1_000_000;
+    let entropy = at();
 
     // 2. The wall clock, as the host's plus the time since the command came.
     let since = sys::boottime_ns().saturating_sub(received_ns);
@@ -86,11 +88,23 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
         error(&["thaw: clock_settime: ", &sys::strerror(e)]);
     }
 
-    // 3. The name.
-    set_identity(guest, &t.hostname);
+    let clock = at();
+
+    // 3. The name: the kernel's at once; its files before rc.resume (which may read them),
+    // else after the network is up (they are no secret, and the clone answers sooner).
+    let old = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    if let Err(e) = sys::sethostname(&t.hostname) {
+        error(&["thaw: sethostname: ", &sys::strerror(e)]);
+    }
+    let name = at();
+    let resume_present = std::path::Path::new(RC_RESUME).exists();
+    if resume_present {
+        write_identity(guest, old.trim_end(), &t.hostname);
+    }
 
     // 4. The image's own renewal.
     run_rc_resume(&guest.env);
+    let resume = at();
 
     // 5. The network, exactly as at boot.
     if let Some(n) = &guest.net {
@@ -98,9 +112,21 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
             error(&["thaw: ", &n.iface, ": ", &e]);
         }
     }
+    let net = at();
+    if !resume_present {
+        write_identity(guest, old.trim_end(), &t.hostname);
+    }
 
-    let ms = sys::boottime_ns().saturating_sub(received_ns) / 1_000_000;
+    let ms = at();
     sys::emit(&report::thawed(ms));
+    sys::emit(&report::thaw_timeline(&[
+        ("entropy", entropy),
+        ("clock", clock),
+        ("name", name),
+        ("resume", resume),
+        ("net", net),
+        ("files", ms),
+    ]));
 }
 
 /// The `/etc/hosts` to write when the hostname changes from `old` to `new`:
@@ -114,12 +140,8 @@ pub fn renamed_hosts(
     (old != new && current == net::hosts(old, addr)).then(|| net::hosts(new, addr))
 }
 
-/// sethostname, `/etc/hostname`, and init's own `/etc/hosts`.
-fn set_identity(guest: &Guest, hostname: &str) {
-    let old = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    if let Err(e) = sys::sethostname(hostname) {
-        error(&["thaw: sethostname: ", &sys::strerror(e)]);
-    }
+/// `/etc/hostname`, and init's own `/etc/hosts` (renamed from `old`).
+fn write_identity(guest: &Guest, old: &str, hostname: &str) {
     let mut content = String::from(hostname);
     content.push('\n');
     if let Err(e) = std::fs::write("/etc/hostname", content) {
@@ -129,7 +151,7 @@ fn set_identity(guest: &Guest, hostname: &str) {
     let Ok(current) = std::fs::read_to_string("/etc/hosts") else {
         return;
     };
-    if let Some(hosts) = renamed_hosts(&current, old.trim_end(), hostname, guest.addr) {
+    if let Some(hosts) = renamed_hosts(&current, old, hostname, guest.addr) {
         if let Err(e) = std::fs::write("/etc/hosts", hosts) {
             warning(&["thaw: /etc/hosts: ", &sys::io_error_text(&e)]);
         }
