@@ -550,6 +550,11 @@ impl Target<'_> {
         )
     }
 
+    /// One baseline boot (Debian's kernel and the busybox initramfs by hand).
+    fn baseline(&self, (kernel, initrd): &(PathBuf, PathBuf)) -> Result<Sample> {
+        baseline_boot(kernel, initrd, self.accel, self.deadline)
+    }
+
     /// One start from the image's template (a clone).
     fn clone_boot(&self) -> Result<Sample> {
         kiln_boot(
@@ -587,24 +592,28 @@ fn boot_interleaved(
 ) -> Result<Samples> {
     let mut kiln = Vec::new();
     let mut base = Vec::new();
-    for i in 0..a.boots {
+    rounds(a, "boot", || {
         kiln.push(target.boot(target.deadline, None)?);
-        if let Some((kernel, initrd)) = baseline {
-            base.push(baseline_boot(
-                kernel,
-                initrd,
-                target.accel,
-                target.deadline,
-            )?);
+        if let Some(b) = baseline {
+            base.push(target.baseline(b)?);
         }
+        Ok(())
+    })?;
+    Ok(Samples { kiln, base })
+}
+
+/// Run `a.boots` rounds of `round`, showing the progress unless the output is JSON.
+fn rounds(a: &BenchArgs, what: &str, mut round: impl FnMut() -> Result<()>) -> Result<()> {
+    for i in 0..a.boots {
+        round()?;
         if !a.json {
-            eprint!("\rbench: boot {}/{}", i + 1, a.boots);
+            eprint!("\rbench: {what} {}/{}", i + 1, a.boots);
         }
     }
     if !a.json {
         eprintln!();
     }
-    Ok(Samples { kiln, base })
+    Ok(())
 }
 
 /// A metric's name with its Kiln and baseline figures.
@@ -810,24 +819,14 @@ fn bench_template(
     let saved = target.fleet.make_template(target.image, target.accel)?;
     let make_ms = t.elapsed().as_secs_f64() * 1000.0;
     let (mut clones, mut colds, mut bases) = (vec![], vec![], vec![]);
-    for i in 0..a.boots {
+    rounds(a, "round", || {
         clones.push(target.clone_boot()?);
         colds.push(target.boot(target.deadline, None)?);
-        if let Some((kernel, initrd)) = baseline {
-            bases.push(baseline_boot(
-                kernel,
-                initrd,
-                target.accel,
-                target.deadline,
-            )?);
+        if let Some(b) = baseline {
+            bases.push(target.baseline(b)?);
         }
-        if !a.json {
-            eprint!("\rbench: round {}/{}", i + 1, a.boots);
-        }
-    }
-    if !a.json {
-        eprintln!();
-    }
+        Ok(())
+    })?;
     let first = |v: &[Sample]| stats(v.iter().map(|s| s.first_200_ms));
     let (c, k, b) = (first(&clones), first(&colds), first(&bases));
     let fleet_run = many_clones(target, a.clones)?;

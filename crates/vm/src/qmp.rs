@@ -113,20 +113,32 @@ impl Qmp {
         self.prepare_migration(ignore_shared)?;
         self.execute("stop", None)?;
         self.execute("migrate", Some(serde_json::json!({ "uri": uri })))?;
+        self.poll("saving the VM", timeout, |q| {
+            let r = q.execute("query-migrate", None)?;
+            match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
+                "completed" => Ok(Some(())),
+                "failed" | "cancelled" => Err(q.err(format!("saving the VM failed: {r}"))),
+                _ => Ok(None),
+            }
+        })
+    }
+
+    /// Ask `check` until it says done (`Some`), an error, or `timeout` (an error naming `what`).
+    fn poll<T>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        mut check: impl FnMut(&mut Qmp) -> Result<Option<T>, VmError>,
+    ) -> Result<T, VmError> {
         let deadline = std::time::Instant::now() + timeout;
         loop {
-            let r = self.execute("query-migrate", None)?;
-            match r.get("status").and_then(|s| s.as_str()).unwrap_or("") {
-                "completed" => return Ok(()),
-                "failed" | "cancelled" => {
-                    return Err(self.err(format!("saving the VM failed: {r}")))
-                }
-                _ => {}
+            if let Some(v) = check(self)? {
+                return Ok(v);
             }
             if std::time::Instant::now() > deadline {
-                return Err(self.err(format!("saving the VM took over {timeout:?}: {r}")));
+                return Err(self.err(format!("{what} took over {timeout:?}")));
             }
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(1));
         }
     }
 
@@ -140,19 +152,14 @@ impl Qmp {
     ) -> Result<(), VmError> {
         self.prepare_migration(ignore_shared)?;
         self.execute("migrate-incoming", Some(serde_json::json!({ "uri": uri })))?;
-        let deadline = std::time::Instant::now() + timeout;
-        loop {
-            match self.status()?.as_str() {
-                "running" => return Ok(()),
-                "inmigrate" => {}
-                "paused" | "prelaunch" | "postmigrate" => return self.cont(),
-                other => return Err(self.err(format!("restoring the VM: status {other}"))),
+        self.poll("restoring the VM", timeout, |q| {
+            match q.status()?.as_str() {
+                "running" => Ok(Some(())),
+                "inmigrate" => Ok(None),
+                "paused" | "prelaunch" | "postmigrate" => q.cont().map(Some),
+                other => Err(q.err(format!("restoring the VM: status {other}"))),
             }
-            if std::time::Instant::now() > deadline {
-                return Err(self.err(format!("restoring the VM took over {timeout:?}")));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        })
     }
 
     /// Let a paused guest run again.
