@@ -7,6 +7,7 @@ PKGS=(
   qemu-system-x86   # the VMM (microvm machine)
   busybox-static    # the guest's shell and tools come from this package (fetched by apt-get download)
   bubblewrap        # the sandbox for recipes' build hooks
+  strace            # the fault tests hold a build inside its swap into place with it
   curl              # the demo's and tests' HTTP client
   openssh-client    # the tests log into recipes/sshd with ssh and ssh-keygen
   redis-tools       # redis-cli, the tests' client for recipes/redis

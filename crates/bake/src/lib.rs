@@ -143,7 +143,12 @@ impl BuildError {
                 | kiln_image::ImageError::PathTooLong { .. },
             ) => true,
             BuildError::Package(kiln_debpkg::DebError::UnknownPackage { .. }) => true,
-            BuildError::Kernel(kiln_kernel::KernelError::UnknownModule { .. }) => true,
+            BuildError::Kernel(
+                kiln_kernel::KernelError::UnknownModule { .. }
+                | kiln_kernel::KernelError::NotFound { .. }
+                | kiln_kernel::KernelError::NotAKernel { .. }
+                | kiln_kernel::KernelError::Truncated { .. },
+            ) => true,
             BuildError::Tiny(t) => t.is_user_error(),
             _ => false,
         }
@@ -662,6 +667,7 @@ fn place_kernel(
 }
 
 /// The existing image folder, when its fingerprint says it is up to date (and no `--force`).
+/// The work folders of killed builds beside it are swept then too (a build does it otherwise).
 pub(crate) fn reuse_if_fresh(
     opts: &BuildOptions,
     fp: &str,
@@ -670,7 +676,9 @@ pub(crate) fn reuse_if_fresh(
     if opts.force {
         return None;
     }
-    read_manifest_if_fresh(&opts.out_dir, fp).map(|manifest| BuildReport {
+    let manifest = read_manifest_if_fresh(&opts.out_dir, fp)?;
+    kiln_image::sweep_stale(&opts.out_dir);
+    Some(BuildReport {
         out_dir: opts.out_dir.clone(),
         manifest,
         reused: true,
@@ -755,12 +763,27 @@ fn work_dir(out_dir: &Path) -> Result<WorkDir, BuildError> {
     WorkDir::beside(out_dir).map_err(io(parent))
 }
 
-/// Swap the finished `image_dir` (inside `work`) into `out_dir`, putting any old one back if
-/// the swap fails.
+/// Swap the finished `image_dir` (inside `work`) into `out_dir`. An old image there is
+/// exchanged with the new one in one step, so `out_dir` is always one or the other, even for a
+/// build killed meanwhile; the old one, now in `work`, goes with it. Where the filesystem
+/// cannot exchange, the old image is moved aside, and put back if the swap fails.
 fn swap_into_place(work: WorkDir, image_dir: &Path, out_dir: &Path) -> Result<(), BuildError> {
     let old = work.path().join("old");
     let had_old = out_dir.exists();
     if had_old {
+        match kiln_image::exchange(image_dir, out_dir) {
+            Ok(()) => {
+                drop(work);
+                return Ok(());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Unsupported => {}
+            Err(error) => {
+                return Err(BuildError::Io {
+                    path: out_dir.to_path_buf(),
+                    error,
+                })
+            }
+        }
         std::fs::rename(out_dir, &old).map_err(io(out_dir))?;
     }
     if let Err(e) = std::fs::rename(image_dir, out_dir) {
@@ -828,12 +851,44 @@ pub fn load_image(dir: &Path) -> Result<ImageManifest, BuildError> {
         path: path.clone(),
         message: format!("not a Kiln manifest ({e}); rebuild the image"),
     })?;
-    for f in [&m.kernel.file, &m.initramfs.file] {
-        if !dir.join(f).is_file() {
+    let disk = m.initramfs.format == "disk";
+    for (f, size) in [
+        (&m.kernel.file, Some(m.kernel.file_size)),
+        (&m.initramfs.file, (!disk).then_some(m.initramfs.size)),
+    ] {
+        let plain = Path::new(f).components().count() == 1
+            && matches!(
+                Path::new(f).components().next(),
+                Some(std::path::Component::Normal(_))
+            );
+        if !plain {
             return Err(BuildError::BadImage {
-                path: dir.join(f),
-                message: "missing from the image folder; rebuild it with `kiln build`".into(),
+                path: path.clone(),
+                message: format!(
+                    "names the file `{f}`, which is not a file name inside the image folder; rebuild the image with `kiln build`"
+                ),
             });
+        }
+        let bad = |message: String| BuildError::BadImage {
+            path: dir.join(f),
+            message,
+        };
+        match std::fs::metadata(dir.join(f)) {
+            Ok(md) if md.is_file() => match size {
+                Some(want) if md.len() != want => {
+                    return Err(bad(format!(
+                        "is {} bytes but the manifest says {want}: the file was changed or cut; rebuild the image with `kiln build`",
+                        md.len()
+                    )))
+                }
+                _ => {}
+            },
+            _ => {
+                return Err(bad(
+                    "missing from the image folder (or not a file); rebuild it with `kiln build`"
+                        .into(),
+                ))
+            }
         }
     }
     Ok(m)

@@ -201,6 +201,10 @@ fn exit_code(e: &anyhow::Error) -> u8 {
             cause.downcast_ref::<BadInput>().is_some()
                 || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
                 || matches!(
+                    cause.downcast_ref::<kiln_serve::token::TokenError>(),
+                    Some(kiln_serve::token::TokenError::Unusable { .. })
+                )
+                || matches!(
                     cause.downcast_ref::<kiln_vm::VmError>(),
                     Some(kiln_vm::VmError::PortInUse { .. })
                 )

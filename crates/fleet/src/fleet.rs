@@ -222,9 +222,13 @@ impl Fleet {
         self.store.remove(&name)?;
         std::fs::create_dir_all(&dir).map_err(FleetError::io("creating", &dir))?;
         let mut rec = self.new_record(&plan, accel);
-        let kept = write(&mut rec)?;
-        self.store.write(&rec)?;
-        Ok((plan, kept))
+        let kept = write(&mut rec).and_then(|kept| self.store.write(&rec).map(|()| kept));
+        if kept.is_err() {
+            // A start that cannot be recorded (a full or read-only disk) leaves no folder: one
+            // without a record could be neither listed nor removed by name.
+            let _ = self.store.remove(&name);
+        }
+        Ok((plan, kept?))
     }
 }
 

@@ -67,6 +67,37 @@ pub(crate) fn persist(tmp: NamedTempFile, dest: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Exchange `a` and `b`, two existing paths on one filesystem, in one step (renameat2 with
+/// RENAME_EXCHANGE): there is no moment at which either name is missing, so a process killed
+/// meanwhile leaves each name on the old entry or the new one. An error of kind
+/// [`io::ErrorKind::Unsupported`] when the filesystem or kernel cannot exchange.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    use std::os::unix::ffi::OsStrExt;
+    let ca = std::ffi::CString::new(a.as_os_str().as_bytes())?;
+    let cb = std::ffi::CString::new(b.as_os_str().as_bytes())?;
+    // SAFETY: two NUL-terminated paths that outlive the call, which only reads them.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_renameat2,
+            libc::AT_FDCWD,
+            ca.as_ptr(),
+            libc::AT_FDCWD,
+            cb.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP) => {
+            Err(io::Error::new(io::ErrorKind::Unsupported, e))
+        }
+        _ => Err(e),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,5 +137,23 @@ mod tests {
         assert_eq!(names, [OsString::from("sub")]);
         // Missing parent directory.
         assert!(atomic_write(&dir.path().join("nope/x"), b"data").is_err());
+    }
+
+    #[test]
+    fn exchange_swaps_two_folders_in_one_step() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        fs::create_dir(&a).expect("mkdir");
+        fs::create_dir(&b).expect("mkdir");
+        fs::write(a.join("new"), b"n").expect("write");
+        fs::write(b.join("old"), b"o").expect("write");
+        match exchange(&a, &b) {
+            Ok(()) => {
+                assert!(b.join("new").is_file() && a.join("old").is_file());
+            }
+            // A filesystem that cannot exchange (the caller falls back to two renames).
+            Err(e) => assert_eq!(e.kind(), io::ErrorKind::Unsupported, "{e}"),
+        }
+        assert!(exchange(&a, &dir.path().join("missing")).is_err());
     }
 }

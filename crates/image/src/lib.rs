@@ -9,7 +9,8 @@
 //! * [`cpio`] is the newc writer and reader (the reader is used to inspect images).
 //! * [`Compression`], [`compress`] and [`decompress`] handle gzip, xz (CRC32,
 //!   LZMA2 only) and zstd in the forms the kernel can unpack.
-//! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too.
+//! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too;
+//!   [`exchange`] swaps two paths in one step (a new image folder for the old one).
 //! * [`write_disk`] makes an ext4 disk image of the tree instead (`format = "disk"`).
 //! * [`WorkDir`] is a build's temporary folder beside its output, locked while its builder
 //!   lives, so later builds sweep only the folders of builders that are gone.
@@ -22,7 +23,7 @@ mod error;
 mod initramfs;
 mod workdir;
 
-pub use atomic::atomic_write;
+pub use atomic::{atomic_write, exchange};
 pub use compress::{compress, decompress, Compression};
 pub use disk::{default_size_mib, minimum_size_mib, write_disk, DiskFs, DiskOptions, DiskStats};
 pub use error::ImageError;

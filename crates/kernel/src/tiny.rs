@@ -199,6 +199,14 @@ pub enum TinyError {
         /// What is wrong.
         reason: String,
     },
+    /// A fragment file the user named cannot be read.
+    #[error("cannot read the kernel config fragment {path}: {error}; check the path you passed")]
+    FragmentUnreadable {
+        /// The fragment file.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
     /// A filesystem or process operation failed.
     // The OS error is in the message, not a `source` (it would be printed twice with causes).
     #[error("cannot {action} {path}: {error}")]
@@ -221,6 +229,7 @@ impl TinyError {
                 | TinyError::UnknownOption { .. }
                 | TinyError::NotApplied { .. }
                 | TinyError::NotASourceTree { .. }
+                | TinyError::FragmentUnreadable { .. }
         )
     }
 }
@@ -408,8 +417,11 @@ pub fn load_fragments(extra: &[PathBuf]) -> Result<Vec<Fragment>, TinyError> {
         text: BASE_FRAGMENT.to_string(),
     }];
     for path in extra {
-        let text = std::fs::read_to_string(path)
-            .map_err(io_err("read the kernel config fragment", path))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| TinyError::FragmentUnreadable {
+                path: path.clone(),
+                error,
+            })?;
         out.push(Fragment {
             name: path.display().to_string(),
             text,

@@ -16,7 +16,7 @@ const BOOT: Duration = Duration::from_secs(180);
 
 /// VMs started by one test in its own state folder; removed (and their QEMU killed) on drop.
 pub(crate) struct Fleet {
-    state: tempfile::TempDir,
+    pub(crate) state: tempfile::TempDir,
     names: Vec<String>,
 }
 
@@ -72,7 +72,7 @@ impl Fleet {
     }
 
     /// After `kiln rm` of every VM: no QEMU, no supervisor, no record.
-    fn assert_clean(&self) {
+    pub(crate) fn assert_clean(&self) {
         for n in &self.names {
             assert!(
                 qemu_pids_with(&format!("kiln-{n} ")).is_empty(),

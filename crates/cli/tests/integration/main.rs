@@ -4,6 +4,8 @@
 mod boot;
 mod bsd;
 mod build;
+mod corpus;
+mod faults;
 mod lifecycle;
 mod refusals;
 mod services;

@@ -1,0 +1,2 @@
+echo failing on purpose
+exit 3

@@ -1,0 +1,1 @@
+echo pwned > /etc/kiln-corpus-escape

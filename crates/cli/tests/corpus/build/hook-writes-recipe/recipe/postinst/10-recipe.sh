@@ -1,0 +1,1 @@
+echo changed > "$KILN_RECIPE/etc/rc"
