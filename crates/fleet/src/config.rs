@@ -204,11 +204,9 @@ impl FromStr for Drive {
 
 impl fmt::Display for Drive {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.path.display())?;
-        if self.readonly {
-            f.write_str(":ro")?;
-        }
-        Ok(())
+        let path = self.path.display().to_string();
+        f.write_str(&path)?;
+        write_mode(f, &path, self.readonly)
     }
 }
 
@@ -230,7 +228,7 @@ impl FromStr for Share {
             || format!("share `{s}`: expected HOSTDIR:GUESTPATH[:ro], e.g. ./data:/mnt/data");
         let (rest, readonly) = match s.strip_suffix(":ro") {
             Some(r) => (r, true),
-            None => (s, false),
+            None => (s.strip_suffix(":rw").unwrap_or(s), false),
         };
         let (host, guest) = rest.rsplit_once(':').ok_or_else(usage)?;
         if host.is_empty() || !guest.starts_with('/') || guest.contains(char::is_whitespace) {
@@ -247,9 +245,18 @@ impl FromStr for Share {
 impl fmt::Display for Share {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}:{}", self.host.display(), self.guest)?;
-        if self.readonly {
-            f.write_str(":ro")?;
-        }
+        write_mode(f, &self.guest, self.readonly)
+    }
+}
+
+/// The `:ro` suffix of a drive or share; `:rw` where the text before it ends in a mode of its
+/// own (the file `data:ro`, writable, is `data:ro:rw`), so that it reads back the same.
+fn write_mode(f: &mut fmt::Formatter<'_>, before: &str, readonly: bool) -> fmt::Result {
+    if readonly {
+        f.write_str(":ro")
+    } else if before.ends_with(":ro") || before.ends_with(":rw") {
+        f.write_str(":rw")
+    } else {
         Ok(())
     }
 }
@@ -550,6 +557,31 @@ mod tests {
         let p = d.path().join("vm.toml");
         std::fs::write(&p, text).expect("write");
         VmConfig::load(&p).map_err(|e| e.to_string().replace(&d.path().display().to_string(), "D"))
+    }
+
+    #[test]
+    fn drives_and_shares_whose_names_end_in_a_mode_read_back_the_same() {
+        for (text, shown) in [
+            ("data:ro:rw", "data:ro:rw"),
+            ("data:rw:rw", "data:rw:rw"),
+            ("data:ro:ro", "data:ro:ro"),
+            ("data:rw", "data"),
+            ("data", "data"),
+        ] {
+            let d: Drive = text.parse().expect(text);
+            assert_eq!(d.to_string(), shown, "{text}");
+            assert_eq!(shown.parse::<Drive>().expect(shown), d, "{text}");
+        }
+        let writable: Drive = "data:ro:rw".parse().expect("drive");
+        assert_eq!(writable.path, PathBuf::from("data:ro"));
+        assert!(!writable.readonly);
+        for text in ["h:/mnt/x:ro", "h:/mnt/x", "a:b:/mnt/x"] {
+            let sh: Share = text.parse().expect(text);
+            assert_eq!(sh.to_string(), text);
+            assert_eq!(sh.to_string().parse::<Share>().expect(text), sh);
+        }
+        let sh: Share = "h:/mnt/x:rw".parse().expect("share");
+        assert_eq!((sh.guest.as_str(), sh.readonly), ("/mnt/x", false));
     }
 
     #[test]

@@ -564,6 +564,9 @@ fn read_one_archive(
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

@@ -329,6 +329,9 @@ pub fn spawn(guest: Guest) {
 }
 
 #[cfg(test)]
+mod proptests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 

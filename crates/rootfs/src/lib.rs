@@ -18,6 +18,9 @@ pub mod packages;
 pub mod sets;
 pub mod stage;
 
+#[cfg(test)]
+mod proptests;
+
 pub use manifest::{FileEntry, FileKind};
 pub use stage::Staging;
 
