@@ -2,7 +2,7 @@
 CARGO ?= cargo
 export KILN_INIT := $(CURDIR)/target/guest/kiln-init
 
-.PHONY: setup build init demo test unit lint bench clean
+.PHONY: setup build init demo test unit lint bench soak fuzz clean
 
 setup:
 	./scripts/setup.sh
@@ -33,6 +33,17 @@ lint:
 
 bench: setup build
 	./scripts/bench.sh
+
+# Not part of `make test`: 20 VMs started and stopped 10 times, 100 idle VMs held for 10 minutes
+# (SOAK_MINUTES), then a check that nothing leaked (RELIABILITY.md).
+soak: setup build
+	./scripts/soak.sh
+
+# Not part of `make test`: every fuzz target for FUZZ_SECONDS each (cargo-fuzz on nightly; without
+# it, the property tests with FUZZ_CASES cases), the corpus kept in fuzz/corpus/ (RELIABILITY.md).
+FUZZ_SECONDS ?= 60
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) ./fuzz/run.sh
 
 clean:
 	$(CARGO) clean
