@@ -256,7 +256,20 @@ impl KernelChoice {
         struct One {
             kernel: KernelChoice,
         }
-        let doc = format!("kernel = {}", toml::Value::String(s.to_string()));
+        // A TOML basic string by hand: toml's own string writer overflows a counter on long
+        // runs of quotes (found by `make fuzz`, panics in debug builds).
+        let mut quoted = String::with_capacity(s.len() + 2);
+        quoted.push('"');
+        for c in s.chars() {
+            match c {
+                '"' => quoted.push_str("\\\""),
+                '\\' => quoted.push_str("\\\\"),
+                c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
+                c => quoted.push(c),
+            }
+        }
+        quoted.push('"');
+        let doc = format!("kernel = {quoted}");
         toml::from_str::<One>(&doc)
             .map(|o| o.kernel)
             .map_err(|e| e.message().to_string())
