@@ -1,11 +1,11 @@
 //! Warm starts: templates, clones and snapshots.
 //!
 //! A **template** is an image booted once to its ready point with its RAM in a file
-//! (`memory-backend-file,share=on`), frozen (kiln-init takes the network down), and saved with
+//! (`memory-backend-file,share=on`), its network link taken down (QMP `set_link`) and frozen (kiln-init syncs), and saved with
 //! QEMU's `x-ignore-shared` capability, so only the device state is written: the RAM file *is*
 //! the memory. A **clone** maps that file privately (copy-on-write, `share=off`), restores the
 //! device state, runs, and is thawed by kiln-init with fresh entropy, its own hostname and the
-//! host's clock before its network comes up. A **snapshot** of a running VM is the same with
+//! host's clock before the host brings its link up. A **snapshot** of a running VM is the same with
 //! the RAM inside the saved stream (zstd).
 //!
 //! Saved states live content-addressed in the cache (`snapshots/SHA/`: `state` or

@@ -147,10 +147,11 @@ impl Fleet {
                 tail: end.tail,
             });
         }
+        let mut q = kiln_vm::qmp::Qmp::connect(&paths.qmp_socket)?;
+        link(&mut q, &plan.spec, false)?;
         let control = send_control_kept(&paths.control_socket, "freeze\n")?;
         wait_frozen(&mut session)?;
         let t = Instant::now();
-        let mut q = kiln_vm::qmp::Qmp::connect(&paths.qmp_socket)?;
         q.save(
             &format!("exec:cat > {}", quoted(&tmp.path().join("state"))),
             true,
@@ -229,10 +230,19 @@ impl Fleet {
             .map_err(FleetError::io("creating a folder in", &work_in))?;
         let log = dir.join("console.log");
         let from = size(&log);
-        let control = send_control_kept(&paths.control_socket, "freeze\n")?;
-        wait_frozen_in_log(&log, from)?;
-        let t = Instant::now();
         let mut q = kiln_vm::qmp::Qmp::connect(&paths.qmp_socket)?;
+        link(&mut q, &plan.spec, false)?;
+        let control = match send_control_kept(&paths.control_socket, "freeze\n")
+            .and_then(|c| wait_frozen_in_log(&log, from).map(|()| c))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                // It runs on, reachable as before.
+                let _ = link(&mut q, &plan.spec, true);
+                return Err(e);
+            }
+        };
+        let t = Instant::now();
         q.save(
             &format!(
                 "exec:zstd -1 -q > {}",
@@ -252,6 +262,8 @@ impl Fleet {
                 &paths.control_socket,
                 &template::thaw_line(&template::fresh_seed()?, name),
             )?;
+            // The VM keeps its identity: its link comes back at once.
+            link(&mut q, &plan.spec, true)?;
         }
         let mut config = rec.config.clone();
         config.from = None;
@@ -329,4 +341,17 @@ impl Fleet {
         }
         Ok(base.overlay(cfg))
     }
+}
+
+/// Take the VM's network link down before a save, or bring it up again (QMP `set_link`);
+/// nothing for a VM without a network device.
+pub(crate) fn link(
+    q: &mut kiln_vm::qmp::Qmp,
+    spec: &kiln_vm::VmSpec,
+    up: bool,
+) -> Result<(), FleetError> {
+    if spec.net == kiln_vm::NetSpec::None {
+        return Ok(());
+    }
+    Ok(q.set_link(kiln_vm::qemu::NETDEV_ID, up)?)
 }

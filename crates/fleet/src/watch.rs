@@ -115,6 +115,8 @@ pub struct Session {
     console: Option<std::os::unix::net::UnixStream>,
     end: Ended,
     closed: bool,
+    /// A restored guest's QMP connection, kept to bring its link up once it is thawed.
+    link_pending: Option<kiln_vm::qmp::Qmp>,
 }
 
 impl Session {
@@ -135,14 +137,24 @@ impl Session {
             &plan.run_dir,
         )?;
         if let Some(r) = &plan.restore {
-            s.resume(r, &plan.name)?;
+            s.resume(r, &plan.name, plan.spec.net != kiln_vm::NetSpec::None)?;
         }
         Ok(s)
     }
 
+    /// The clone has its own entropy and name: now it may be reached.
+    fn link_up(&mut self) {
+        if let Some(mut q) = self.link_pending.take() {
+            if let Err(e) = q.set_link(kiln_vm::qemu::NETDEV_ID, true) {
+                tracing::warn!("bringing the restored guest's link up: {e}");
+            }
+        }
+    }
+
     /// Restore the saved state into this waiting QEMU and give the guest its identity (thaw):
-    /// fresh entropy, `hostname`, the host's clock; its network comes up after that.
-    fn resume(&mut self, r: &Restore, hostname: &str) -> Result<(), FleetError> {
+    /// fresh entropy, `hostname`, the host's clock. Its link (saved down) comes up when the
+    /// guest says it is thawed ([`Session::watch`]).
+    fn resume(&mut self, r: &Restore, hostname: &str, nic: bool) -> Result<(), FleetError> {
         let paths = self.vm.paths.clone();
         let deadline = Instant::now() + Duration::from_secs(10);
         let mut q = loop {
@@ -164,7 +176,11 @@ impl Session {
         template::send_control(
             &paths.control_socket,
             &template::thaw_line(&template::fresh_seed()?, hostname),
-        )
+        )?;
+        if nic {
+            self.link_pending = Some(q);
+        }
+        Ok(())
     }
 
     /// Attach to `vm`'s console (copied to `sink`), with `ready_timeout` from launch; stop
@@ -194,6 +210,7 @@ impl Session {
             console: input,
             end,
             closed: false,
+            link_pending: None,
         })
     }
 
@@ -265,8 +282,10 @@ impl Session {
                         | ConsoleEvent::Thawed { ms: guest_ms }
                             if self.end.ready.is_none() =>
                         {
+                            self.link_up();
                             self.end.ready = Some((Instant::now(), *guest_ms));
                         }
+                        ConsoleEvent::Thawed { .. } => self.link_up(),
                         ConsoleEvent::RcExited { status } => self.end.rc_status = Some(*status),
                         _ => {}
                     }

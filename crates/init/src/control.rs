@@ -28,12 +28,10 @@
 //! too.
 //!
 //! **`freeze`**, sent just before the host saves a ready VM as a template:
-//! take the network interface (`eth0`) down, so that after a restore no packet
-//! reaches the services before the clone has its own identity; `sync(2)`;
-//! print `kiln: frozen`. Without a network (`net=none`, or the interface never
-//! appeared) only the sync and the line. If the interface cannot be taken down,
-//! `kiln: error: freeze: ...` is printed instead of `kiln: frozen` (the VM is
-//! not safe to save).
+//! `sync(2)`, then `kiln: frozen`. The host has taken the VM's network link
+//! down first (QMP `set_link`), so after a restore no packet reaches the
+//! services before the clone has its own identity; the interface itself stays
+//! configured (address, routes), so a thaw does not have to set it up again.
 //!
 //! **`thaw SEED_HEX HOSTNAME UNIX_NANOS`**, sent right after a clone resumes.
 //! SEED_HEX is 64 random bytes as 128 hex digits, HOSTNAME the clone's name
@@ -44,20 +42,23 @@
 //!    bits credited) and the CRNG reseeded at once (`RNDRESEEDCRNG`);
 //! 2. the wall clock is set (`CLOCK_REALTIME` = UNIX_NANOS plus the time since
 //!    the command arrived);
-//! 3. the hostname is set and written to `/etc/hostname`; an `/etc/hosts` that
-//!    is exactly the one init generated at boot gets the new name too;
+//! 3. the hostname is set; if `/etc/rc.resume` exists, `/etc/hostname` and an
+//!    `/etc/hosts` that is exactly the one init generated at boot get the new
+//!    name now, so that rc.resume reads them;
 //! 4. `/etc/rc.resume`, if present and executable, runs as `/bin/sh
 //!    /etc/rc.resume` (rc's environment, its own process group) and is waited
 //!    for up to 10 s (then its group is killed); its status is reported;
-//! 5. the interface is brought up as at boot (address, netmask, default route,
-//!    the one-datagram gateway poke);
-//! 6. `kiln: thawed in N ms`, N counted from the command's arrival.
+//! 5. `kiln: thawed in N ms`, N counted from the command's arrival: the host
+//!    brings the link up when it reads this line;
+//! 6. without rc.resume, `/etc/hostname` and `/etc/hosts` get the new name
+//!    now (they are no secret, and the clone answers sooner); then
+//!    `kiln: timeline entropy=… clock=… name=… resume=… files=…`.
 //!
-//! A failure in steps 1 (reseed), 2, 3, 4 or 5 prints `kiln: error: thaw: ...`
+//! A failure in steps 1 (reseed), 2, 3, 4 or 6 prints `kiln: error: thaw: ...`
 //! (`kiln: warning: thaw: ...` if `/etc/hostname` cannot be written, e.g. on a
 //! read-only root, or `/etc/rc.resume` is not executable) and the thaw goes on. If
 //! the seed cannot be added at all, `kiln: error: thaw: ...` is printed and the
-//! thaw stops there: no `thawed` line, and the network stays down, since a
+//! thaw stops there: no `thawed` line, so the host keeps the link down, since a
 //! clone without its own entropy must not be reachable. A malformed thaw (not
 //! three arguments, a seed that is not hex or not 64 bytes, a bad hostname or
 //! time) prints `kiln: error: thaw: ... (ignored)` and changes nothing.
@@ -83,9 +84,9 @@ pub enum Command {
     PowerOff,
     /// Graceful reboot (with `-no-reboot`, QEMU exits).
     Reboot,
-    /// Take the network down and sync: the VM is about to be saved.
+    /// Sync: the VM is about to be saved (its link is already down).
     Freeze,
-    /// Give a resumed clone its own entropy, clock and name; network up.
+    /// Give a resumed clone its own entropy, clock and name; then the host brings its link up.
     Thaw(Thaw),
 }
 
@@ -260,7 +261,7 @@ fn handle_line(line: &[u8], guest: &Guest) {
         Ok(Some(Command::Reboot)) => {
             let _ = sys::kill(sys::getpid(), libc::SIGTERM);
         }
-        Ok(Some(Command::Freeze)) => snapshot::freeze(guest),
+        Ok(Some(Command::Freeze)) => snapshot::freeze(),
         Ok(Some(Command::Thaw(t))) => snapshot::thaw(guest, &t, received_ns),
         Err(BadCommand::Thaw(e)) => sys::emit(&e.line()),
         Err(BadCommand::Unknown(other)) => sys::emit(

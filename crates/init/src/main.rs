@@ -392,7 +392,6 @@ fn boot() -> ! {
 
     trace::start();
     control::spawn(snapshot::Guest {
-        net: cfg.net.clone(),
         addr,
         env: cfg.env.clone(),
     });

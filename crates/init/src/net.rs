@@ -194,14 +194,9 @@ pub fn wait_for_iface(iface: &str, timeout_ms: u64) -> bool {
     }
 }
 
-/// Whether the interface exists (`/sys/class/net/IFACE`).
-pub fn present(iface: &str) -> bool {
-    wait_for_iface(iface, 0)
-}
-
 /// Bring the interface up: address, netmask, UP, the default route, then the
-/// gateway poke. The boot path and a clone's thaw both use this. Re-running it
-/// on a configured interface is harmless (same address and netmask are
+/// gateway poke (at boot; a clone keeps its template's configuration). Re-running
+/// it on a configured interface is harmless (same address and netmask are
 /// no-ops; an existing default route is accepted).
 pub fn up(net: &NetConfig) -> Result<(), String> {
     configure(net)?;
@@ -209,17 +204,6 @@ pub fn up(net: &NetConfig) -> Result<(), String> {
         poke_gateway(gw);
     }
     Ok(())
-}
-
-/// Take the interface down (clear `IFF_UP`). The kernel drops its routes and
-/// neighbour entries and stops receiving on it; the address stays, and
-/// [`up`] restores the rest.
-pub fn down(iface: &str) -> Result<(), String> {
-    let s = Sock::new().map_err(sys::strerror)?;
-    let mut r = IfReq::new(iface);
-    step("SIOCGIFFLAGS", s.ioctl(libc::SIOCGIFFLAGS as _, &mut r))?;
-    r.set_flags(r.flags() & !(libc::IFF_UP as i16));
-    step("SIOCSIFFLAGS", s.ioctl(libc::SIOCSIFFLAGS as _, &mut r))
 }
 
 /// Configure the interface (address, netmask, UP) and the default route.

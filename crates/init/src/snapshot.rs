@@ -3,17 +3,18 @@
 //!
 //! A template is a VM saved at its ready point; every clone restored from it
 //! starts with the template's memory, so the same kernel CRNG state, clock,
-//! hostname and network. `freeze` takes the network down before the save;
-//! `thaw` gives the clone fresh entropy, the host's clock and its own name,
-//! lets `/etc/rc.resume` renew whatever else the services derived from them,
-//! and only then brings the network back up.
+//! hostname and network. The host takes the network link down (QMP
+//! `set_link`) before it sends `freeze`, and a clone's link comes up only
+//! after `thaw` has given it fresh entropy, the host's clock and its own name
+//! and `/etc/rc.resume` has renewed whatever else the services derived from
+//! them (`kiln: thawed`). The interface itself stays configured throughout,
+//! so nothing in the guest has to set it up again.
 
-use crate::config::NetConfig;
 use crate::control::Thaw;
 use crate::{net, pid1, report, sys};
 use std::net::Ipv4Addr;
 
-/// Script run (if present and executable) during a thaw, before the network
+/// Script run (if present and executable) during a thaw, before the link
 /// comes back.
 pub const RC_RESUME: &str = "/etc/rc.resume";
 
@@ -23,8 +24,6 @@ const RC_RESUME_TIMEOUT_MS: u64 = 10_000;
 /// What freeze and thaw need to know about the guest as booted.
 #[derive(Debug, Clone, Default)]
 pub struct Guest {
-    /// The primary interface's configuration (`None` for `net=none`).
-    pub net: Option<NetConfig>,
     /// The address the interface got at boot, if it was configured (as in the
     /// `/etc/hosts` init generated).
     pub addr: Option<Ipv4Addr>,
@@ -48,23 +47,15 @@ fn warning(parts: &[&str]) {
     sys::emit(&l.finish());
 }
 
-/// `freeze`: network down, sync, `kiln: frozen`. If the interface exists but
-/// cannot be taken down, an error line replaces `kiln: frozen`.
-pub fn freeze(guest: &Guest) {
-    if let Some(n) = &guest.net {
-        if net::present(&n.iface) {
-            if let Err(e) = net::down(&n.iface) {
-                error(&["freeze: ", &n.iface, ": ", &e, " (not frozen)"]);
-                return;
-            }
-        }
-    }
+/// `freeze`: sync, `kiln: frozen`. The host has already taken the link down.
+pub fn freeze() {
     sys::sync();
     sys::emit(&report::frozen());
 }
 
-/// `thaw`: entropy, clock, hostname, rc.resume, network, `kiln: thawed in N
-/// ms` (N from `received_ns`, the `CLOCK_BOOTTIME` arrival of the command).
+/// `thaw`: entropy, clock, hostname, rc.resume, `kiln: thawed in N ms` (N
+/// from `received_ns`, the `CLOCK_BOOTTIME` arrival of the command), on which
+/// the host brings the link up.
 pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
     // 1. Entropy. Without it the clone would share the template's CRNG state
     // with every other clone: leave it unreachable.
@@ -72,7 +63,7 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
         error(&[
             "thaw: RNDADDENTROPY: ",
             &sys::strerror(e),
-            " (thaw abandoned; network left down)",
+            " (thaw abandoned: the host keeps the link down)",
         ]);
         return;
     }
@@ -91,7 +82,7 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
     let clock = at();
 
     // 3. The name: the kernel's at once; its files before rc.resume (which may read them),
-    // else after the network is up (they are no secret, and the clone answers sooner).
+    // else after `thawed` (they are no secret, and the clone answers sooner).
     let old = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
     if let Err(e) = sys::sethostname(&t.hostname) {
         error(&["thaw: sethostname: ", &sys::strerror(e)]);
@@ -106,26 +97,19 @@ pub fn thaw(guest: &Guest, t: &Thaw, received_ns: u64) {
     run_rc_resume(&guest.env);
     let resume = at();
 
-    // 5. The network, exactly as at boot.
-    if let Some(n) = &guest.net {
-        if let Err(e) = net::up(n) {
-            error(&["thaw: ", &n.iface, ": ", &e]);
-        }
-    }
-    let net = at();
+    // 5. Done: the host brings the link up when it sees this line.
+    let ms = at();
+    sys::emit(&report::thawed(ms));
     if !resume_present {
         write_identity(guest, old.trim_end(), &t.hostname);
     }
-
-    let ms = at();
-    sys::emit(&report::thawed(ms));
+    let files = at();
     sys::emit(&report::thaw_timeline(&[
         ("entropy", entropy),
         ("clock", clock),
         ("name", name),
         ("resume", resume),
-        ("net", net),
-        ("files", ms),
+        ("files", files),
     ]));
 }
 

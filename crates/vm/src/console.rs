@@ -3,7 +3,7 @@
 //! kiln-init prints, each on a line of its own: `kiln: ready in N ms`,
 //! `kiln: timeline init=A modules=B net=C rc=D ready=E`, `kiln: rc exited with status N`,
 //! `kiln: powering off`, `kiln: init panicked: …`, `kiln: error: …`, and for templates and
-//! clones `kiln: frozen` (network down, ready to be saved) and `kiln: thawed in N ms` (a clone
+//! clones `kiln: frozen` (synced, ready to be saved) and `kiln: thawed in N ms` (a clone
 //! has its own entropy, name and clock, and its network is up again).
 
 use std::collections::VecDeque;

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 /// The name of the virtio-serial port kiln-init listens on for `poweroff`.
 pub const CONTROL_PORT_NAME: &str = "org.kiln.control";
 
+/// The id of the guest's network backend (`-netdev …,id=net0`), for QMP `set_link`.
+pub const NETDEV_ID: &str = "net0";
+
 /// Guest networking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetSpec {

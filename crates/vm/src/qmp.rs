@@ -167,6 +167,17 @@ impl Qmp {
         self.execute("cont", None).map(drop)
     }
 
+    /// Take the guest's network link down or up (`set_link`): while it is down, QEMU drops
+    /// what either side sends and the guest sees no carrier. A template is saved with its link
+    /// down, and a clone's comes up only once the guest has its fresh entropy and name.
+    pub fn set_link(&mut self, netdev: &str, up: bool) -> Result<(), VmError> {
+        self.execute(
+            "set_link",
+            Some(serde_json::json!({ "name": netdev, "up": up })),
+        )
+        .map(drop)
+    }
+
     /// Ask QEMU to exit now.
     pub fn quit(&mut self) -> Result<(), VmError> {
         // QEMU may close the socket before answering; both mean it is going away.

@@ -8,9 +8,21 @@ use kiln_test_support::{curl, free_port, wait_until};
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-/// recipes/httpd plus a CGI page printing 32 bytes read from /dev/urandom at request time.
+/// recipes/httpd plus a CGI page printing 32 bytes read from /dev/urandom at request time,
+/// and `/boot-rand`: 32 bytes rc read before httpd started, i.e. in the template's own life
+/// (every clone serves the template's, from the memory they share).
 fn random_page_recipe() -> tempfile::TempDir {
     let r = scratch_recipe("httpd");
+    let rc = r.path().join("etc/rc");
+    let text = std::fs::read_to_string(&rc).expect("read rc");
+    std::fs::write(
+        &rc,
+        text.replace(
+            "exec httpd",
+            "head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \\n' > /var/www/boot-rand\nexec httpd",
+        ),
+    )
+    .expect("write rc");
     let cgi = r.path().join("files/var/www/cgi-bin");
     std::fs::create_dir_all(&cgi).expect("mkdir");
     let script = cgi.join("rand");
@@ -81,12 +93,30 @@ fn clones_of_a_template_serve_and_each_has_its_own_entropy() {
         assert!(!t.contains("booting cold"), "a clone, not a cold boot: {t}");
         ports.push(port);
     }
+    // What the template itself read: the same in every clone (their shared memory).
+    let own: BTreeSet<String> = ports
+        .iter()
+        .map(|p| {
+            let (code, body) = curl(&format!("http://127.0.0.1:{p}/boot-rand"), 5.0)
+                .expect("the template's bytes");
+            assert_eq!(code, 200, "{body}");
+            body.trim().to_string()
+        })
+        .collect();
+    assert_eq!(
+        own.len(),
+        1,
+        "the clones share the template's memory: {own:?}"
+    );
+    let template_own = own.into_iter().next().expect("one");
+    assert_eq!(template_own.len(), 64, "{template_own:?}");
+    seen.insert(template_own.clone());
     for port in &ports {
         http_ok(*port);
         let bytes = random_bytes(*port);
         assert!(
             seen.insert(bytes.clone()),
-            "two clones read the same random bytes: {bytes}"
+            "two clones, or a clone and the template, read the same random bytes: {bytes} (the template's: {template_own})"
         );
     }
     // Each clone was thawed (its own identity) rather than booted.
@@ -285,4 +315,61 @@ fn a_recipe_with_a_template_key_starts_clones_and_a_bad_key_is_refused() {
     ]);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(text(&o).contains("use at = \"ready\""), "{}", text(&o));
+}
+
+/// No clone answers a forwarded port before its thaw is done: a clone whose `etc/rc.resume`
+/// holds the thaw for 3 s refuses every request while it runs (the link is down), and serves
+/// once `kiln run -d` says it is ready. rc.resume sees the new hostname.
+#[test]
+fn a_clone_is_unreachable_until_its_thaw_is_done() {
+    let mut f = Fleet::new();
+    let recipe = scratch_recipe("httpd");
+    let resume = recipe.path().join("files/etc/rc.resume");
+    std::fs::create_dir_all(resume.parent().expect("parent")).expect("mkdir");
+    std::fs::write(
+        &resume,
+        "#!/bin/sh\necho \"resume-started as $(hostname)\"\nsleep 3\necho resume-done\n",
+    )
+    .expect("write rc.resume");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&resume, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let img = tempfile::tempdir().expect("tmp");
+    let out = img.path().join("httpd");
+    build_template(&f, recipe.path(), &out);
+
+    let name = f.name("held");
+    let port = free_port();
+    let mut c = f.kiln();
+    c.args(["run", "-d", "--name", &name, "-p", &format!("{port}:80")])
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().expect("kiln run -d");
+    let started = format!("resume-started as {name}");
+    wait_until(
+        "rc.resume to start in the clone",
+        Duration::from_secs(60),
+        Duration::from_millis(20),
+        || f.console_log(&name).contains(&started).then_some(()),
+    );
+    // While rc.resume runs (3 s), the forwarded port must not answer: probe it for 2 s.
+    let url = format!("http://127.0.0.1:{port}/");
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    let mut probes = 0;
+    while std::time::Instant::now() < until {
+        let got = curl(&url, 0.3);
+        let log = f.console_log(&name);
+        if !log.contains("resume-done") {
+            assert!(
+                !matches!(got, Some((200, _))),
+                "the clone answered before its thaw was done:\n{log}"
+            );
+            probes += 1;
+        }
+    }
+    assert!(probes > 0, "no probe ran while rc.resume held the thaw");
+    let o = child.wait_with_output().expect("kiln run -d");
+    assert!(o.status.success(), "{}", text(&o));
+    http_ok(port);
+    f.ok(&["rm", "-f", &name]);
 }
