@@ -923,12 +923,19 @@ fn many_clones(target: &Target, n: usize) -> Result<serde_json::Value> {
                         },
                         image: target.image.clone(),
                     };
-                    let fg = target
+                    let mut fg = target
                         .fleet
                         .launch_foreground(&p, target.accel, false, None)?;
                     // Many clones poll at once: fewer attempts each, so the poll itself does
-                    // not load the two cores the clones run on.
-                    let at = poll_200(port, t0, t0 + target.deadline, Duration::from_millis(50));
+                    // not load the two cores the clones run on. The keeper's loop runs beside
+                    // the poll: it brings the clone's link up when the guest is thawed.
+                    let deadline = t0 + target.deadline;
+                    let poller = std::thread::spawn(move || {
+                        poll_200(port, t0, deadline, Duration::from_millis(50))
+                    });
+                    let never = AtomicBool::new(false);
+                    fg.watch(Until::Ready, &never, &mut |_| {});
+                    let at = poller.join().unwrap_or(None);
                     Ok((fg, at))
                 })();
                 match answered {

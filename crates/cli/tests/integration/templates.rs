@@ -5,6 +5,7 @@
 use super::lifecycle::{http_ok, Fleet};
 use super::*;
 use kiln_test_support::{curl, free_port, wait_until};
+use serde_json::Value;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
@@ -372,4 +373,42 @@ fn a_clone_is_unreachable_until_its_thaw_is_done() {
     assert!(o.status.success(), "{}", text(&o));
     http_ok(port);
     f.ok(&["rm", "-f", &name]);
+}
+
+/// `kiln bench --template` times clones beside cold boots and starts clones at once; every one
+/// of them must answer (a clone whose keeper never brought its link up would not).
+#[test]
+fn bench_template_times_clones_and_they_all_answer() {
+    let f = Fleet::new();
+    let o = f.ok(&[
+        "bench",
+        &recipe("httpd").display().to_string(),
+        "--template",
+        "-n",
+        "1",
+        "--clones",
+        "3",
+        "--json",
+    ]);
+    let v: Value = serde_json::from_slice(&o.stdout).expect("bench --json");
+    let t = &v["template"];
+    let first = |k: &str| -> Vec<f64> {
+        t[k].as_array()
+            .unwrap_or_else(|| panic!("{k}: {t}"))
+            .iter()
+            .filter_map(Value::as_f64)
+            .collect()
+    };
+    // min / median / p90 of the one round each.
+    for k in ["clone_first_200_ms", "cold_first_200_ms"] {
+        let v = first(k);
+        assert!(v.len() == 3 && v.iter().all(|ms| *ms > 0.0), "{k}: {t}");
+    }
+    assert_eq!(t["clone_hangs"], 0, "{t}");
+    assert!(t["stored_bytes"].as_u64().unwrap_or(0) > 0, "{t}");
+    let many = &t["clones_at_once"];
+    assert_eq!(many["clones"], 3, "{many}");
+    assert_eq!(many["answered"], 3, "{many}");
+    assert!(many["all_answered_ms"].as_f64().is_some(), "{many}");
+    f.assert_clean();
 }
