@@ -45,6 +45,18 @@ pub enum IndexError {
         /// The parser's message.
         message: String,
     },
+    /// A line has more wildcards than can be matched in reasonable time.
+    #[error("{}:{line}: `{text}` has {count} wildcards (`*`, `**`); at most {MAX_WILDCARDS} are allowed in a line (each one multiplies the matching work): split it into several lines", .file.display())]
+    TooManyWildcards {
+        /// The index file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+        /// How many runs of `*` it has.
+        count: usize,
+    },
     /// A line matches no file of the packages or the host.
     #[error("{}:{line}: `{text}` matches no file of the recipe's packages nor of this host; fix the path, add the package that has it to `packages`, or remove the line", .file.display())]
     NoMatch {
@@ -142,6 +154,15 @@ pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, Inde
         let reason = format!("listed in the index {name}:{}", l.line);
         let mut matched: Vec<(PathBuf, Found)> = Vec::new();
         if has_glob(&l.text) {
+            let count = wildcards(&l.text);
+            if count > MAX_WILDCARDS {
+                return Err(IndexError::TooManyWildcards {
+                    file: file.to_path_buf(),
+                    line: l.line,
+                    text: l.text,
+                    count,
+                });
+            }
             let pattern = glob::Pattern::new(&l.text).map_err(|e| IndexError::BadPattern {
                 file: file.to_path_buf(),
                 line: l.line,
@@ -200,11 +221,41 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// The most runs of `*` an index line may have. The glob matcher backtracks at each one, so
+/// the work grows with the path's length to the power of their number (`make fuzz` found a
+/// line that took minutes); real index lines have one or two.
+pub const MAX_WILDCARDS: usize = 8;
+
+/// How many runs of `*` (a `**` is one) `text` has.
+pub fn wildcards(text: &str) -> usize {
+    let mut count = 0;
+    let mut in_run = false;
+    for c in text.chars() {
+        if c == '*' && !in_run {
+            count += 1;
+        }
+        in_run = c == '*';
+    }
+    count
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use crate::packages::{Entry, EntryKind};
+
+    #[test]
+    fn wildcards_are_counted_by_runs() {
+        assert_eq!(wildcards("/usr/sbin/nginx"), 0);
+        assert_eq!(wildcards("/etc/nginx/**"), 1);
+        assert_eq!(wildcards("/usr/lib/*/libnss_*.so*"), 3);
+        assert_eq!(wildcards("/a/***"), 1);
+        assert_eq!(
+            wildcards(&"/*x".repeat(MAX_WILDCARDS + 1)),
+            MAX_WILDCARDS + 1
+        );
+    }
 
     fn root(paths: &[&str]) -> PackageRoot {
         PackageRoot {
