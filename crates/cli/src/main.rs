@@ -4,6 +4,7 @@
 mod bench;
 mod cache;
 mod dirs;
+mod export;
 mod kernel;
 mod run;
 mod serve;
@@ -33,6 +34,9 @@ enum Command {
     Build(BuildArgs),
     /// Boot a recipe (built first if stale) or an image folder.
     Run(Box<run::RunArgs>),
+    /// Hand a VM (or a recipe/image with run's settings) to another engine: a libvirt domain,
+    /// a Nomad job, a KubeVirt VirtualMachineInstance or a Flintlock MicroVM spec.
+    Export(Box<export::ExportArgs>),
     /// Build or list Kiln's tiny kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
@@ -236,6 +240,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Run(a) => run::run(*a),
+        Command::Export(a) => export::export(*a).map(|()| ExitCode::SUCCESS),
         Command::Bench(a) => bench::bench(a),
         Command::Kernel(k) => kernel::run(k),
         Command::Cache { cmd } => cache::run(cmd),

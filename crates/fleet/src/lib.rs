@@ -2,14 +2,16 @@
 //! vm.toml, records and the web API alike), the state folder and its records ([`Store`]),
 //! admission, planning (recipe or image → [`Plan`] → QEMU), the one loop that watches a
 //! running VM ([`watch`]), the supervisor of detached VMs with its restart decision
-//! ([`restart::decide`]), stop/kill/remove, the console hub, and the Firecracker/bhyve
-//! renderers. The `kiln` CLI and `kiln serve` are thin clients of [`Fleet`]; system effects
-//! the decisions depend on sit behind [`Host`], with a recording fake for unit tests.
+//! ([`restart::decide`]), stop/kill/remove, the console hub, the Firecracker/bhyve renderers,
+//! and the hand-off to libvirt, Nomad, KubeVirt and Flintlock ([`engines`]). The `kiln` CLI
+//! and `kiln serve` are thin clients of [`Fleet`]; system effects the decisions depend on sit
+//! behind [`Host`], with a recording fake for unit tests.
 
 pub mod admit;
 pub mod as_str;
 pub mod backends;
 pub mod config;
+pub mod engines;
 pub mod error;
 pub mod fleet;
 pub mod foreground;

@@ -5,6 +5,7 @@ mod boot;
 mod bsd;
 mod build;
 mod corpus;
+mod engines;
 mod faults;
 mod lifecycle;
 mod refusals;
