@@ -37,6 +37,9 @@ enum Command {
     /// Hand a VM (or a recipe/image with run's settings) to another engine: a libvirt domain,
     /// a Nomad job, a KubeVirt VirtualMachineInstance or a Flintlock MicroVM spec.
     Export(Box<export::ExportArgs>),
+    /// Convert another tool's service folder into a Kiln recipe.
+    #[command(subcommand)]
+    Import(ImportCmd),
     /// Build or list Kiln's tiny kernels.
     #[command(subcommand)]
     Kernel(kernel::KernelCmd),
@@ -193,6 +196,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `kiln import`: service folders of other tools.
+#[derive(Subcommand, Debug)]
+enum ImportCmd {
+    /// A smolBSD service folder (service/NAME: etc/rc, postinst/, options.mk, and the tree's
+    /// common/) as a recipe for a NetBSD guest; every options.mk line is mapped or reported.
+    Smolbsd {
+        /// The service folder.
+        service: PathBuf,
+        /// The recipe folder to create (must not exist).
+        #[arg(short, long, value_name = "RECIPE")]
+        output: PathBuf,
+    },
+}
+
 fn exit_code(e: &anyhow::Error) -> u8 {
     for cause in e.chain() {
         let user = if let Some(f) = cause.downcast_ref::<kiln_fleet::FleetError>() {
@@ -204,6 +221,9 @@ fn exit_code(e: &anyhow::Error) -> u8 {
         } else {
             cause.downcast_ref::<BadInput>().is_some()
                 || cause.downcast_ref::<kiln_recipe::RecipeError>().is_some()
+                || cause
+                    .downcast_ref::<kiln_recipe::smolbsd::ImportError>()
+                    .is_some_and(|e| e.is_user_error())
                 || matches!(
                     cause.downcast_ref::<kiln_serve::token::TokenError>(),
                     Some(kiln_serve::token::TokenError::Unusable { .. })
@@ -241,6 +261,26 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(a) => run::run(*a),
         Command::Export(a) => export::export(*a).map(|()| ExitCode::SUCCESS),
+        Command::Import(ImportCmd::Smolbsd { service, output }) => {
+            let r = kiln_recipe::smolbsd::import(&service, &output)?;
+            eprintln!(
+                "kiln: imported {} into {}",
+                service.display(),
+                output.display()
+            );
+            for m in &r.mapped {
+                eprintln!("  mapped: {m}");
+            }
+            for m in &r.not_mapped {
+                eprintln!("  not mapped: {m}");
+            }
+            eprintln!(
+                "kiln: put these in {} before `kiln build`: {}",
+                output.display(),
+                r.to_supply.join(", ")
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Bench(a) => bench::bench(a),
         Command::Kernel(k) => kernel::run(k),
         Command::Cache { cmd } => cache::run(cmd),

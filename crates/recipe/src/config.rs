@@ -511,7 +511,8 @@ impl Config {
 
     fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
         self.validate_guest(text)?;
-        if self.image.size_mib.is_some() && self.image.format != "disk" {
+        // A BSD guest's root is always a disk (docs/bsd.md: `[image] size_mib` alone).
+        if self.image.size_mib.is_some() && self.image.format != "disk" && !self.guest.is_bsd() {
             return Err((
                 find_key(text, "size_mib"),
                 "image.size_mib: only a disk image has a size; set format = \"disk\"".into(),

@@ -6,6 +6,7 @@
 
 mod config;
 mod port;
+pub mod smolbsd;
 
 pub use config::{
     hidden_by_mount, hidden_message, split_file_spec, Compression, Config, Guest, ImageFormat,
@@ -22,6 +23,10 @@ pub enum RecipeError {
     /// The folder has no kiln.toml.
     #[error("{}: missing: a recipe folder needs a kiln.toml (see docs/recipe.md)", .0.display())]
     MissingConfig(PathBuf),
+    /// The folder has no kiln.toml but is a smolBSD service (etc/rc with options.mk, postinst/
+    /// or the tree's common/).
+    #[error("{}: a smolBSD service folder, not a Kiln recipe (no kiln.toml): convert it with `kiln import smolbsd {} -o RECIPE` (docs/bsd.md)", .0.display(), .0.display())]
+    SmolbsdService(PathBuf),
     /// The recipe path is not a folder.
     #[error("{}: not a recipe folder (expected a folder holding kiln.toml)", .0.display())]
     NotAFolder(PathBuf),
@@ -103,7 +108,15 @@ impl Recipe {
         let text = match std::fs::read_to_string(&toml_path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(RecipeError::MissingConfig(dir))
+                let smolbsd = dir.join("etc/rc").is_file()
+                    && ["options.mk", "postinst", "../common"]
+                        .iter()
+                        .any(|p| dir.join(p).exists());
+                return Err(if smolbsd {
+                    RecipeError::SmolbsdService(dir)
+                } else {
+                    RecipeError::MissingConfig(dir)
+                });
             }
             Err(e) => {
                 return Err(RecipeError::Io {

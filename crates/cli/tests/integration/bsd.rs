@@ -334,3 +334,115 @@ fn a_bsd_guest_runs_detached_with_no_readiness_check_and_stops() {
     let o = cmd(&["rm", &name]);
     assert!(o.status.success(), "{}", text(&o));
 }
+
+/// A smolBSD service folder as it is (service/NAME with etc/rc, etc/ files, postinst/,
+/// options.mk, and the tree's service/common/): `kiln build` of it points to `kiln import
+/// smolbsd`, which makes a recipe, reports every options.mk line it did not map, and the recipe
+/// builds once the kernel and sets are in place (stand-ins here).
+#[test]
+fn a_smolbsd_service_folder_imports_and_builds() {
+    let tree = tempfile::tempdir().expect("tmp");
+    let svc = tree.path().join("service/bozohttpd");
+    for d in ["etc", "postinst"] {
+        std::fs::create_dir_all(svc.join(d)).expect("mkdir");
+    }
+    std::fs::create_dir_all(tree.path().join("service/common")).expect("mkdir");
+    std::fs::write(
+        tree.path().join("service/common/basicrc"),
+        "export PATH=/sbin:/bin:/usr/sbin:/usr/bin\n",
+    )
+    .expect("basicrc");
+    std::fs::write(
+        svc.join("etc/rc"),
+        "#!/bin/sh\n. /etc/include/basicrc\n. /etc/include/kiln\nkiln_ready\n",
+    )
+    .expect("rc");
+    std::fs::write(svc.join("etc/httpd.conf"), "port 80\n").expect("conf");
+    std::fs::write(svc.join("postinst/www.sh"), "#!/bin/sh\nmkdir -p var/www\n").expect("hook");
+    std::fs::write(
+        svc.join("options.mk"),
+        "# size of the image\nIMGSIZE=48\nMOUNTRO=y\n.if ${ARCH} != \"amd64\"\nPKGVERS=10.1\n.endif\n",
+    )
+    .expect("options.mk");
+
+    let d = tempfile::tempdir().expect("tmp");
+    // Built as it is: refused, pointing to the import.
+    let mut c = kiln(d.path());
+    c.arg("build").arg(&svc);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("kiln import smolbsd"), "{}", text(&o));
+
+    let recipe = tree.path().join("bozo-recipe");
+    let mut c = kiln(d.path());
+    c.args(["import", "smolbsd"])
+        .arg(&svc)
+        .arg("-o")
+        .arg(&recipe);
+    let o = run(c);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        t.contains("mapped: options.mk:2: IMGSIZE=48 → [image] size_mib = 48"),
+        "{t}"
+    );
+    assert!(t.contains("not mapped: options.mk:3: MOUNTRO=y"), "{t}");
+    assert!(
+        t.contains("not mapped: options.mk:5: PKGVERS=10.1: inside a .if"),
+        "{t}"
+    );
+    assert!(t.contains("not mapped: options.mk:4: `.if"), "{t}");
+    assert!(t.contains("netbsd-SMOL"), "{t}");
+    let toml = std::fs::read_to_string(recipe.join("kiln.toml")).expect("kiln.toml");
+    assert!(
+        toml.contains("guest = \"netbsd\"") && toml.contains("size_mib = 48"),
+        "{toml}"
+    );
+    assert!(recipe.join("etc/rc").is_file());
+    assert!(recipe.join("files/etc/httpd.conf").is_file());
+    assert!(recipe.join("postinst/www.sh").is_file());
+    assert!(recipe.join("common/basicrc").is_file());
+    // Nothing but the recipe beside it (the temporary folder was renamed into place).
+    let beside: Vec<_> = std::fs::read_dir(tree.path())
+        .expect("ls")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(beside.len(), 2, "{beside:?}");
+
+    // Again into the same folder: refused, nothing changed.
+    let mut c = kiln(d.path());
+    c.args(["import", "smolbsd"])
+        .arg(&svc)
+        .arg("-o")
+        .arg(&recipe);
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("exists already"), "{}", text(&o));
+    // A folder without etc/rc: refused.
+    let mut c = kiln(d.path());
+    c.args(["import", "smolbsd"])
+        .arg(tree.path().join("service/common"))
+        .arg("-o")
+        .arg(tree.path().join("other"));
+    let o = run(c);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("has no etc/rc"), "{}", text(&o));
+    assert!(!tree.path().join("other").exists());
+
+    // With the kernel and sets in place (stand-ins), the imported recipe builds.
+    let fake = bsd_recipe("netbsd");
+    std::fs::create_dir_all(recipe.join("sets")).expect("mkdir");
+    for set in ["base.tgz", "etc.tgz"] {
+        std::fs::copy(
+            fake.path().join("sets").join(set),
+            recipe.join("sets").join(set),
+        )
+        .expect("set");
+    }
+    std::fs::copy("/bin/true", recipe.join("netbsd-SMOL")).expect("kernel");
+    let (_img, m) = build_ok(&recipe);
+    assert_eq!(m["boot"]["guest"], "netbsd");
+    assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
+    assert!(reason_of(&m, "/etc/httpd.conf").contains("files/"));
+}
