@@ -2,9 +2,10 @@
 //! defaults, and how kernel command-line overrides are applied on top.
 //!
 //! Format: one `key=value` per line; blank lines are ignored; `#` starts a
-//! comment at the beginning of a line or after whitespace (so `env=U=a#b`
-//! keeps its `#`). Unknown keys and malformed values produce warnings (the
-//! setting keeps its default) and are never fatal.
+//! comment at the beginning of a line or after whitespace, except on `env=`
+//! lines, whose value is taken as it is (`#` and spaces included). Unknown
+//! keys and malformed values produce warnings (the setting keeps its
+//! default) and are never fatal.
 //!
 //! ```text
 //! hostname=httpd
@@ -13,7 +14,8 @@
 //! dns=10.0.2.3                       # one or more addresses | none
 //! ready=tcp:80                       # tcp:PORT | exit | none
 //! rc=/etc/rc
-//! env=FOO=bar                        # repeatable
+//! # env (repeatable): the value runs to the end of the line, `#` included
+//! env=FOO=bar
 //! ```
 
 use crate::cmdline::Overrides;
@@ -211,7 +213,13 @@ pub fn parse(text: &str) -> (Config, Vec<String>) {
     let mut warnings = Vec::new();
     for (i, raw) in text.lines().enumerate() {
         let line_no = i + 1;
-        let line = strip_comment(raw).trim();
+        // An env line is taken as it is: `#` and spaces belong to the value (Kiln writes no
+        // comment on one), e.g. `env=GREETING=hello #1 `.
+        let verbatim = raw.trim_start().strip_prefix("env=");
+        let line = match verbatim {
+            Some(_) => raw.trim_start(),
+            None => strip_comment(raw).trim(),
+        };
         if line.is_empty() {
             continue;
         }
@@ -224,7 +232,10 @@ pub fn parse(text: &str) -> (Config, Vec<String>) {
             warnings.push(w);
             continue;
         };
-        let (key, value) = (key.trim(), value.trim());
+        let (key, value) = match verbatim {
+            Some(v) => ("env", v.strip_suffix('\r').unwrap_or(v)),
+            None => (key.trim(), value.trim()),
+        };
         let ok = match key {
             "hostname" if valid_hostname(value) => {
                 cfg.hostname = String::from(value);
@@ -346,6 +357,23 @@ mod tests {
     }
 
     #[test]
+    fn env_values_are_taken_as_they_are() {
+        let (cfg, w) = parse(
+            "env=GREETING=hello #1 \nenv=A= two  spaces\r\n  env=B=x#y\nhostname=h # a comment\n",
+        );
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(
+            cfg.env,
+            [
+                ("GREETING".to_string(), "hello #1 ".to_string()),
+                ("A".to_string(), " two  spaces".to_string()),
+                ("B".to_string(), "x#y".to_string()),
+            ]
+        );
+        assert_eq!(cfg.hostname, "h");
+    }
+
+    #[test]
     fn defaults_when_empty() {
         let (cfg, w) = parse("");
         assert!(w.is_empty());
@@ -369,7 +397,7 @@ net=eth1 192.168.7.2/16 192.168.0.1     # or: net=none
 dns=10.0.2.3
 ready=tcp:80                        # tcp:PORT | exit | none
 rc=/etc/rc.kiln
-env=FOO=bar                         # repeatable
+env=FOO=bar
 env=URL=http://x/#frag
 env=EMPTY=
 ";
