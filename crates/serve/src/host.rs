@@ -25,16 +25,10 @@ pub fn info(cache_root: &Path) -> serde_json::Value {
         })
         .clone();
     // The last probe's verdict (kiln run caches it per host boot, QEMU and kernel).
-    let probe: Option<serde_json::Value> = std::fs::read(cache_root.join("accel-probe.json"))
-        .ok()
-        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-        .and_then(|v| v.get("probe").cloned());
+    let probe = kiln_vm::accel::last_verdict(cache_root);
     let kvm_device = Path::new("/dev/kvm").exists();
     let (accel, reason) = match &probe {
-        Some(p) => (
-            p["accel"].as_str().unwrap_or("unknown").to_string(),
-            p["reason"].as_str().unwrap_or("").to_string(),
-        ),
+        Some(p) => (p.accel.to_string(), p.reason.clone()),
         None if !kvm_device => ("tcg".into(), "/dev/kvm does not exist".into()),
         None => (
             "unknown".into(),

@@ -95,6 +95,37 @@ struct CacheEntry {
     probe: AccelProbe,
 }
 
+/// `accel-probe.json`: the verdicts for the QEMU and kernels probed this host boot, newest
+/// last, so that runs of different images do not probe again in turn.
+#[derive(Serialize, Deserialize, Default)]
+struct ProbeCache {
+    entries: Vec<CacheEntry>,
+}
+
+/// How many verdicts the cache keeps.
+const CACHE_ENTRIES: usize = 32;
+
+/// The newest verdict in `cache_dir` (what `kiln serve` shows), if any.
+pub fn last_verdict(cache_dir: &Path) -> Option<AccelProbe> {
+    load_cache(&cache_dir.join(CACHE_FILE))
+        .entries
+        .pop()
+        .map(|e| AccelProbe {
+            cached: true,
+            ..e.probe
+        })
+}
+
+const CACHE_FILE: &str = "accel-probe.json";
+
+/// The cache, or an empty one (missing, unreadable, or the older one-entry format).
+fn load_cache(file: &Path) -> ProbeCache {
+    std::fs::read(file)
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+        .unwrap_or_default()
+}
+
 /// How long the KVM test guest gets to print its first kernel line.
 pub const PROBE_DEADLINE: Duration = Duration::from_secs(4);
 
@@ -120,23 +151,33 @@ pub fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path, cache_dir: &Path)
                 };
             }
             let key = cache_key(qemu, kernel);
-            let cache_file = cache_dir.join("accel-probe.json");
+            let cache_file = cache_dir.join(CACHE_FILE);
             if let Some(p) = read_cache(&cache_file, &key) {
                 return p;
             }
             let probe = probe_kvm(qemu, kernel);
-            let entry = CacheEntry {
-                key,
-                probe: probe.clone(),
-            };
-            if let Ok(json) = serde_json::to_vec(&entry) {
-                let _ = std::fs::create_dir_all(cache_dir);
-                let tmp = cache_file.with_extension(format!("tmp-{}", std::process::id()));
-                if std::fs::write(&tmp, json).is_ok() {
-                    let _ = std::fs::rename(&tmp, &cache_file);
-                }
-            }
+            remember(cache_dir, &cache_file, key, &probe);
             probe
+        }
+    }
+}
+
+/// Add `probe` under `key` to the cache file (replacing an older verdict for the same key,
+/// keeping the newest [`CACHE_ENTRIES`]), written whole then renamed into place.
+fn remember(cache_dir: &Path, cache_file: &Path, key: String, probe: &AccelProbe) {
+    let mut cache = load_cache(cache_file);
+    cache.entries.retain(|e| e.key != key);
+    cache.entries.push(CacheEntry {
+        key,
+        probe: probe.clone(),
+    });
+    let excess = cache.entries.len().saturating_sub(CACHE_ENTRIES);
+    cache.entries.drain(..excess);
+    if let Ok(json) = serde_json::to_vec(&cache) {
+        let _ = std::fs::create_dir_all(cache_dir);
+        let tmp = cache_file.with_extension(format!("tmp-{}", std::process::id()));
+        if std::fs::write(&tmp, json).is_ok() {
+            let _ = std::fs::rename(&tmp, cache_file);
         }
     }
 }
@@ -169,9 +210,11 @@ fn cache_key(qemu: &Path, kernel: &Path) -> String {
 }
 
 fn read_cache(file: &Path, key: &str) -> Option<AccelProbe> {
-    let data = std::fs::read(file).ok()?;
-    let entry: CacheEntry = serde_json::from_slice(&data).ok()?;
-    (entry.key == key).then_some(AccelProbe {
+    let entry = load_cache(file)
+        .entries
+        .into_iter()
+        .find(|e| e.key == key)?;
+    Some(AccelProbe {
         cached: true,
         ..entry.probe
     })
@@ -297,6 +340,41 @@ mod tests {
         );
         assert_eq!(p.accel, Accel::Kvm);
         assert!(p.fallback_line().is_none());
+    }
+
+    #[test]
+    fn verdicts_of_several_kernels_are_kept_side_by_side() {
+        let d = tempfile::tempdir().expect("tmp");
+        let file = d.path().join(CACHE_FILE);
+        let verdict = |reason: &str| AccelProbe {
+            accel: Accel::Tcg,
+            reason: reason.into(),
+            cached: false,
+        };
+        assert!(last_verdict(d.path()).is_none());
+        remember(d.path(), &file, "a".into(), &verdict("ra"));
+        remember(d.path(), &file, "b".into(), &verdict("rb"));
+        // Both are found: switching images does not probe again.
+        assert_eq!(read_cache(&file, "a").expect("a").reason, "ra");
+        assert_eq!(read_cache(&file, "b").expect("b").reason, "rb");
+        assert_eq!(last_verdict(d.path()).expect("last").reason, "rb");
+        // A new verdict for a key replaces its old one; the newest is last.
+        remember(d.path(), &file, "a".into(), &verdict("ra2"));
+        assert_eq!(read_cache(&file, "a").expect("a").reason, "ra2");
+        assert_eq!(last_verdict(d.path()).expect("last").reason, "ra2");
+        // At most CACHE_ENTRIES are kept, the oldest go first.
+        for i in 0..CACHE_ENTRIES {
+            remember(d.path(), &file, format!("k{i}"), &verdict("x"));
+        }
+        assert!(read_cache(&file, "b").is_none());
+        assert!(read_cache(&file, &format!("k{}", CACHE_ENTRIES - 1)).is_some());
+        // The older one-entry format reads as empty (a probe again, then the new format).
+        std::fs::write(
+            &file,
+            r#"{"key":"a","probe":{"accel":"tcg","reason":"old"}}"#,
+        )
+        .expect("w");
+        assert!(read_cache(&file, "a").is_none());
     }
 
     #[test]
