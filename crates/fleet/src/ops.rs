@@ -74,23 +74,40 @@ impl Fleet {
             }
             return Ok("AlreadyExited".into());
         }
-        write_stop_request(&dir, grace)
-            .map_err(FleetError::io("writing a stop request in", &dir))?;
-        host.signal(rec.supervisor_pid, libc::SIGTERM);
+        // A full disk must not keep a VM running: without a request the keeper still takes
+        // SIGTERM as a graceful stop (its default time), and a kill goes to it directly (QEMU
+        // dies with its keeper).
+        let unwritten = write_stop_request(&dir, grace).err();
+        let sig = match (&unwritten, grace) {
+            (Some(_), None) => libc::SIGKILL,
+            _ => libc::SIGTERM,
+        };
+        host.signal(rec.supervisor_pid, sig);
+        // Without the request the keeper cannot record how the VM ended either.
+        let note = |how: String| match &unwritten {
+            Some(e) => format!(
+                "by a signal to its keeper: no stop request could be written in {} ({e}), \
+                 so its record may say crashed",
+                dir.display()
+            ),
+            None => how,
+        };
         let deadline = Instant::now() + grace.unwrap_or(Duration::ZERO) + KEEPER_SLACK;
         while rec.supervisor_alive(host) {
             if Instant::now() > deadline {
                 host.signal(rec.supervisor_pid, libc::SIGKILL);
                 let _ = self.store().read(&rec.name);
-                return Ok("Killed (its keeper did not answer)".into());
+                return Ok(note("Killed (its keeper did not answer)".into()));
             }
             std::thread::sleep(Duration::from_millis(10));
         }
         // A foreground run removes its record as it ends.
         let Ok(after) = self.store().read(&rec.name) else {
-            return Ok("Graceful (the foreground run ended)".into());
+            return Ok(note("Graceful (the foreground run ended)".into()));
         };
-        Ok(after.stopped.clone().unwrap_or_else(|| after.status()))
+        Ok(note(
+            after.stopped.clone().unwrap_or_else(|| after.status()),
+        ))
     }
 
     /// Forget VM `name` (record, sockets, logs); `force` kills a running one first. An

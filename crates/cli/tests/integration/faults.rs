@@ -1025,19 +1025,21 @@ fn full_state_disk_refuses_run_d_cleanly_and_runs_work_with_space_back() {
     run_d(&f, &name, port, httpd_image(), &[]);
     http_ok(port);
 
-    // The disk fills while the VM runs: a stop cannot leave its request, so it is refused
-    // and says why; the VM runs on as ps says; with space back the stop works.
+    // The disk fills while the VM runs: a stop cannot leave its request, so it stops the VM
+    // by signal and says so; nothing of it runs on, ps does not call it running; with space
+    // back the name runs again.
     let filler = fill(f.state.path());
-    let o = f.run(&["stop", &name]);
-    assert_eq!(o.status.code(), Some(1), "{}", text(&o));
-    assert!(text(&o).contains("No space left on device"), "{}", text(&o));
-    eprintln!("full state disk, stop: {}", text(&o).trim());
-    assert_eq!(row_state(&f.row(&name).expect("row")), "running");
-    http_ok(port);
-    std::fs::remove_file(&filler).expect("rm filler");
     let o = f.ok(&["stop", &name]);
-    assert!(text(&o).contains("Graceful"), "{}", text(&o));
+    eprintln!("full state disk, stop: {}", text(&o).trim());
+    assert!(
+        text(&o).contains("by a signal to its keeper"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("No space left on device"), "{}", text(&o));
     assert_no_orphans(&name);
+    assert_ne!(row_state(&f.row(&name).expect("row")), "running");
+    std::fs::remove_file(&filler).expect("rm filler");
     next_run_works(&f, &name, port);
     drop(mnt);
 }
@@ -1045,7 +1047,8 @@ fn full_state_disk_refuses_run_d_cleanly_and_runs_work_with_space_back() {
 // ---- read-only state -------------------------------------------------------------------------
 
 /// The state folder read-only (bound read-only on itself; and chmod 0555 for a user who is not
-/// root): starting and stopping are refused with a clear error, `ps` tells the truth — even of
+/// root): starting is refused with a clear error, a stop is done by signal and says so, `ps`
+/// tells the truth — even of
 /// a QEMU that dies meanwhile, whose supervisor cannot record it — and all works once writable.
 #[test]
 fn read_only_state_refuses_changes_clearly_and_ps_tells_the_truth() {
@@ -1077,19 +1080,29 @@ fn read_only_state_refuses_changes_clearly_and_ps_tells_the_truth() {
     eprintln!("read-only state, run -d: {}", text(&o).trim());
     assert_no_orphans(&b);
 
-    let o = f.run(&["stop", &a]);
-    assert!(!o.status.success());
-    assert!(text(&o).contains("Read-only file system"), "{}", text(&o));
-    eprintln!("read-only state, stop: {}", text(&o).trim());
-    assert_eq!(row_state(&f.row(&a).expect("row")), "running");
-    http_ok(port);
-
     // QEMU dies while the record cannot be written: ps still shows no ghost.
     let qemu = f.row(&a).expect("row")["pid"].as_u64().expect("pid") as u32;
     signal(qemu, libc::SIGKILL);
     assert_no_orphans(&a);
     let r = f.row(&a).expect("row");
     assert_eq!(row_state(&r), "crashed", "{r}");
+    ro.release();
+    run_d(&f, &a, port, httpd_image(), &[]);
+    http_ok(port);
+
+    // A stop cannot leave its request: it stops the VM by a signal to its keeper, says so,
+    // and nothing of the VM runs on; ps does not call it running.
+    let mut ro = ReadOnlyBind::new(f.state.path());
+    let o = f.ok(&["stop", &a]);
+    eprintln!("read-only state, stop: {}", text(&o).trim());
+    assert!(
+        text(&o).contains("by a signal to its keeper"),
+        "{}",
+        text(&o)
+    );
+    assert!(text(&o).contains("Read-only file system"), "{}", text(&o));
+    assert_no_orphans(&a);
+    assert_ne!(row_state(&f.row(&a).expect("row")), "running");
 
     ro.release();
     next_run_works(&f, &a, port);
