@@ -134,7 +134,7 @@ impl Fleet {
     /// The socket VM `name`'s console is served on, if it is a live detached VM.
     pub fn console_socket(&self, name: &str) -> Result<PathBuf> {
         let rec = self.get(name)?;
-        refuse_foreground(&rec)?;
+        refuse_foreground(&rec, self.host())?;
         if !rec.is_live(self.host()) {
             return Err(FleetError::BadInput(format!(
                 "{name} is not running ({}); `kiln logs {name}` shows its console log",
@@ -147,14 +147,20 @@ impl Fleet {
     /// VM `name`'s console log (it may not exist yet) and its record.
     pub fn console_log(&self, name: &str) -> Result<(PathBuf, VmRecord)> {
         let rec = self.get(name)?;
-        refuse_foreground(&rec)?;
+        refuse_foreground(&rec, self.host())?;
         Ok((self.store().vm_dir(name).join("console.log"), rec))
     }
 }
 
 /// A foreground VM's console is the terminal of its `kiln run`: no log, no socket to attach.
-fn refuse_foreground(rec: &VmRecord) -> Result<()> {
+fn refuse_foreground(rec: &VmRecord, host: &dyn crate::host::Host) -> Result<()> {
     if rec.foreground {
+        if !rec.supervisor_alive(host) {
+            return Err(FleetError::BadInput(format!(
+                "{} ran in the foreground of `kiln run` (pid {}, gone): its console went to that terminal and no log was kept; `kiln rm {}` removes its record",
+                rec.name, rec.supervisor_pid, rec.name
+            )));
+        }
         return Err(FleetError::BadInput(format!(
             "{} runs in the foreground of `kiln run` (pid {}): its console is that terminal; start it with `kiln run -d` for logs and `kiln console`",
             rec.name, rec.supervisor_pid
@@ -180,6 +186,29 @@ mod tests {
             vec!["kiln".into(), "__supervise".into()],
         );
         (d, f)
+    }
+
+    #[test]
+    fn logs_of_a_foreground_vm_say_whether_its_run_is_alive() {
+        let h = Arc::new(FakeHost::new().with_process(100, 10));
+        let (_d, f) = fleet(h.clone());
+        let mut r = rec("web");
+        r.foreground = true;
+        f.store().write(&r).expect("w");
+        let e = f.console_log("web").expect_err("refused").to_string();
+        assert!(
+            e.contains("runs in the foreground") && e.contains("pid 100"),
+            "{e}"
+        );
+        // Its `kiln run` was killed: the record stays (crashed) until removed.
+        h.end_process(100);
+        let e = f.console_log("web").expect_err("refused").to_string();
+        assert!(
+            e.contains("ran in the foreground") && e.contains("kiln rm web"),
+            "{e}"
+        );
+        let e = f.console_socket("web").expect_err("refused").to_string();
+        assert!(e.contains("(pid 100, gone)"), "{e}");
     }
 
     #[test]
