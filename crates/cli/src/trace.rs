@@ -8,7 +8,9 @@
 //! 4. Build the image again from that index alone and run the same workload against it. Only
 //!    when it passes too is the index written (to the recipe's `index`, else `files.txt` in the
 //!    recipe folder); otherwise the trace is rejected, naming the traced files the minimal image
-//!    lacks.
+//!    lacks. Lines the index had from a comment starting `# Not from the trace` to its end
+//!    (paths the workload does not reach, added by hand) are kept as they are, after the traced
+//!    ones, and are part of the minimal image that is checked.
 
 use crate::{dirs, human, BadInput};
 use anyhow::{bail, Context, Result};
@@ -254,6 +256,17 @@ pub fn trace(a: TraceArgs) -> Result<ExitCode> {
         text.push_str(l);
         text.push('\n');
     }
+    let previous = std::fs::read_to_string(&index_path).unwrap_or_default();
+    if let Some(kept) = hand_kept(&previous) {
+        progress_line(&format!(
+            "keeping {} lines added by hand (from `{HAND_KEPT}` on)",
+            kept.lines().count()
+        ));
+        text.push_str(kept);
+        if !kept.ends_with('\n') {
+            text.push('\n');
+        }
+    }
     std::fs::write(&candidate, &text)
         .with_context(|| format!("writing {}", candidate.display()))?;
 
@@ -462,6 +475,21 @@ fn run_workload(workload: &str, timeout: Duration) -> Result<std::process::Outpu
     }
 }
 
+/// The comment that starts an index's lines added by hand, which a new trace keeps.
+const HAND_KEPT: &str = "# Not from the trace";
+
+/// The part of an index from its [`HAND_KEPT`] comment line to the end, if it has one.
+fn hand_kept(index: &str) -> Option<&str> {
+    let mut at = 0;
+    for line in index.split_inclusive('\n') {
+        if line.starts_with(HAND_KEPT) {
+            return Some(&index[at..]);
+        }
+        at += line.len();
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -503,6 +531,26 @@ mod tests {
             "/usr/lib/x/libz.so.1.2"
         );
         assert_eq!(resolve_links("/etc/a/enabled", &links), "/etc/b/real");
+    }
+
+    #[test]
+    fn lines_added_by_hand_are_found_to_the_end() {
+        let sshd = std::fs::read_to_string(
+            kiln_test_support::workspace_root().join("recipes/sshd/files.txt"),
+        )
+        .expect("recipes/sshd/files.txt");
+        let kept = hand_kept(&sshd).expect("sshd's index has lines added by hand");
+        assert!(kept.starts_with(HAND_KEPT), "{kept}");
+        assert!(kept.contains("/usr/lib/openssh/sftp-server") && kept.contains("/usr/bin/scp"));
+        assert!(
+            !kept.contains("/usr/sbin/dropbear"),
+            "a traced line: {kept}"
+        );
+        assert_eq!(hand_kept("# Files\n/a\n/b\n"), None);
+        assert_eq!(
+            hand_kept("/a\n# Not from the trace: x\n/b"),
+            Some("# Not from the trace: x\n/b")
+        );
     }
 
     #[test]
