@@ -355,7 +355,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 println!("{} ({} files)", m.name, m.files.len());
                 println!(
                     "kernel     {} ({})",
-                    human(m.kernel.size),
+                    kernel_summary(&m.kernel),
                     m.kernel.description
                 );
                 if m.initramfs.is_disk() {
@@ -449,8 +449,28 @@ fn print_build_summary(r: &kiln_bake::BuildReport) {
     eprintln!(
         "  {}  kernel {}",
         root_summary(&m.initramfs, m.files.len()),
-        human(m.kernel.size)
+        kernel_summary(&m.kernel)
     );
+}
+
+/// What the image folder's kernel file is, and its size as shipped when that differs (a
+/// bzImage unpacked to its uncompressed vmlinux for PVH boot).
+pub fn kernel_summary(k: &kiln_bake::manifest::KernelInfo) -> String {
+    if k.file_size == k.size {
+        format!("{} {}", human(k.file_size), k.file)
+    } else {
+        format!(
+            "{} {} ({}, {} as shipped)",
+            human(k.file_size),
+            k.file,
+            if k.boot == "pvh" {
+                "uncompressed for PVH boot"
+            } else {
+                "as booted"
+            },
+            human(k.size)
+        )
+    }
 }
 
 /// `initramfs 1.50 MB (zstd, 299 files)` or `disk 12.58 MB (ext4, 2.60 MB used, 299 files)`.
