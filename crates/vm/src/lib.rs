@@ -8,6 +8,7 @@
 pub mod accel;
 pub mod cmdline;
 pub mod console;
+pub mod front;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;

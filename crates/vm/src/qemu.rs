@@ -17,7 +17,10 @@ pub const NETDEV_ID: &str = "net0";
 /// Guest networking.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum NetSpec {
-    /// QEMU user networking with these host → guest forwards.
+    /// QEMU user networking (slirp) with these host → guest forwards. [`argv`] renders them
+    /// as given (`hostfwd=`); [`crate::runner::spawn`] first puts Kiln's own listeners on the
+    /// TCP ones' host ports ([`crate::front`]: slirp listens with a backlog of 1) and hands
+    /// QEMU private loopback ports behind them.
     User {
         /// The forwards.
         forwards: Vec<PortForward>,

@@ -5,11 +5,13 @@
 //! channel, QMP, then a signal, in that order.
 
 use crate::console::{ConsoleEvent, LineParser};
-use crate::qemu::{self, VmSpec};
+use crate::qemu::{self, NetSpec, VmSpec};
 use crate::qmp::Qmp;
 use crate::VmError;
+use kiln_recipe::{PortForward, Protocol};
 use std::fs::File;
 use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::net::UnixStream;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -59,6 +61,9 @@ pub struct Launched {
     pub started: Instant,
     /// Helper processes that live and die with this VM (virtiofsd).
     pub helpers: Vec<Child>,
+    /// Kiln's listeners on the published TCP ports, in front of QEMU's user-mode forwards
+    /// ([`crate::front`]); they live and die with this VM too.
+    pub front: Option<crate::front::Front>,
 }
 
 /// The virtiofsd binary: `$KILN_VIRTIOFSD`, QEMU 7.2's `/usr/lib/qemu/virtiofsd`
@@ -171,6 +176,24 @@ pub fn spawn(
     for p in &spec.vports {
         let _ = std::fs::remove_file(&p.socket);
     }
+    // The published TCP ports are Kiln's (a real backlog); slirp's forwards move to private
+    // loopback ports behind them.
+    let (front, fronted);
+    let spec = match &spec.net {
+        NetSpec::User { forwards } if forwards.iter().any(|f| f.protocol == Protocol::Tcp) => {
+            let (f, for_qemu) = crate::front::start(forwards).map_err(front_error(forwards))?;
+            front = Some(f);
+            fronted = VmSpec {
+                net: NetSpec::User { forwards: for_qemu },
+                ..spec.clone()
+            };
+            &fronted
+        }
+        _ => {
+            front = None;
+            spec
+        }
+    };
     let mut helpers = Vec::new();
     for (i, share) in spec.shares.iter().enumerate() {
         if let crate::ShareKind::Virtiofs { socket } = &share.kind {
@@ -208,7 +231,31 @@ pub fn spawn(
         paths: paths.clone(),
         started: Instant::now(),
         helpers,
+        front,
     })
+}
+
+/// A published port the front could not take: in use (someone bound it since admission
+/// checked), or another error on it.
+fn front_error(forwards: &[PortForward]) -> impl FnOnce(std::io::Error) -> VmError + '_ {
+    move |e| {
+        let taken = forwards
+            .iter()
+            .filter(|f| f.protocol == Protocol::Tcp)
+            .find(|f| TcpListener::bind((f.host_addr, f.host_port)).is_err());
+        match (e.kind(), taken) {
+            (std::io::ErrorKind::AddrInUse, Some(f)) => VmError::PortInUse {
+                addr: f.host_addr.to_string(),
+                port: f.host_port,
+                proto: "tcp",
+                by: String::new(),
+            },
+            _ => VmError::Io {
+                path: PathBuf::from("published ports"),
+                error: e,
+            },
+        }
+    }
 }
 
 fn kill_all(children: &mut Vec<Child>) {
@@ -285,9 +332,11 @@ impl Launched {
         StopOutcome::Killed
     }
 
-    /// Stop the helper processes (virtiofsd); call once QEMU has exited.
+    /// Stop the helper processes (virtiofsd) and close the published ports; call once QEMU
+    /// has exited.
     pub fn reap_helpers(&mut self) {
         kill_all(&mut self.helpers);
+        self.front = None;
     }
 
     /// Wait for QEMU to exit, up to `timeout`.

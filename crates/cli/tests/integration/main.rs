@@ -8,6 +8,7 @@ mod corpus;
 mod engines;
 mod faults;
 mod lifecycle;
+mod load;
 mod refusals;
 mod services;
 mod templates;
