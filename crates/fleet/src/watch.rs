@@ -148,6 +148,7 @@ impl Session {
             if let Err(e) = q.set_link(kiln_vm::qemu::NETDEV_ID, true) {
                 tracing::warn!("bringing the restored guest's link up: {e}");
             }
+            tracing::debug!(ms = self.vm.started.elapsed().as_millis() as u64, "link up");
         }
     }
 
@@ -172,11 +173,23 @@ impl Session {
                 }
             }
         };
+        tracing::debug!(
+            ms = self.vm.started.elapsed().as_millis() as u64,
+            "QMP connected"
+        );
         q.restore(&r.uri(), r.ram.is_some(), Duration::from_secs(60))?;
+        tracing::debug!(
+            ms = self.vm.started.elapsed().as_millis() as u64,
+            "restored, running"
+        );
         template::send_control(
             &paths.control_socket,
             &template::thaw_line(&template::fresh_seed()?, hostname),
         )?;
+        tracing::debug!(
+            ms = self.vm.started.elapsed().as_millis() as u64,
+            "thaw sent"
+        );
         if nic {
             self.link_pending = Some(q);
         }
