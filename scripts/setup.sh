@@ -18,6 +18,7 @@ PKGS=(
   linux-source-6.1 flex bison bc libelf-dev   # kiln kernel build: the tiny kernel from source
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils   # kiln export --to libvirt is run under a private libvirtd; virt-xml-validate
+  tmux                       # `kiln exec -t` is tested in a real terminal
 )
 # Node.js for the browser test: Debian's packages only where no node/npm is installed already
 # (a machine with another Node.js build has npm inside it, and Debian's npm would conflict).

@@ -4,6 +4,7 @@
 mod bench;
 mod cache;
 mod dirs;
+mod exec;
 mod export;
 mod kernel;
 mod run;
@@ -109,6 +110,18 @@ enum Command {
     Console {
         /// The VM's name.
         name: String,
+    },
+    /// Run a command in a running VM through its kiln-init (`kiln exec web -- cat /etc/hostname`):
+    /// stdin (-i), stdout and stderr streamed, a terminal with -t; exits with the command's code.
+    Exec(exec::ExecArgs),
+    /// Copy one file between the host and a running VM, its mode kept:
+    /// `kiln cp NAME:PATH HOSTPATH` or `kiln cp HOSTPATH NAME:PATH`.
+    Cp {
+        /// The file to copy: NAME:PATH (in VM NAME) or a host path.
+        src: String,
+        /// Where to: a host path (a folder takes the file's name) or NAME:PATH (ending in `/`:
+        /// the file's name in that folder).
+        dest: String,
     },
     /// Start a VM at host boot: install a systemd unit running its saved config.
     Enable {
@@ -332,6 +345,8 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         Command::Rm { names, force } => vms::rm(&names, force),
         Command::Logs { name, follow } => vms::logs(&name, follow),
         Command::Console { name } => vms::console(&name),
+        Command::Exec(a) => exec::exec(a),
+        Command::Cp { src, dest } => exec::cp(&src, &dest),
         Command::Enable { name, print } => systemd::enable(&name, print),
         Command::Disable { name } => systemd::disable(&name),
         Command::Supervise { name } => {

@@ -101,6 +101,7 @@ mod tests {
                 console_wait: true,
                 console_log: None,
                 control_socket: "/ctl".into(),
+                exec_socket: None,
                 qmp_socket: "/q".into(),
                 drives: vec![],
                 shares: vec![],

@@ -167,7 +167,9 @@ impl Vports {
                 && n.len() <= 64
                 && n.chars()
                     .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-                && n != "org.kiln.control";
+                // Kiln's own ports: the control and exec channels.
+                && n != "org.kiln.control"
+                && n != kiln_wire::PORT_NAME;
             if !ok {
                 return Err(format!("vport name `{n}`: use 1–64 of a-z A-Z 0-9 - _ ."));
             }
@@ -685,6 +687,7 @@ mod tests {
         assert!(Vports::Names(vec!["org.kiln.control".into()])
             .names()
             .is_err());
+        assert!(Vports::Names(vec!["org.kiln.exec".into()]).names().is_err());
         assert!(check_name("Web").is_err() && check_name("web-1").is_ok());
         assert!("nope:1".parse::<SerialTcp>().is_err());
     }

@@ -2,10 +2,11 @@
 //! vm.toml, records and the web API alike), the state folder and its records ([`Store`]),
 //! admission, planning (recipe or image → [`Plan`] → QEMU), the one loop that watches a
 //! running VM ([`watch`]), the supervisor of detached VMs with its restart decision
-//! ([`restart::decide`]), stop/kill/remove, the console hub, the Firecracker/bhyve renderers,
-//! and the hand-off to libvirt, Nomad, KubeVirt and Flintlock ([`engines`]). The `kiln` CLI
-//! and `kiln serve` are thin clients of [`Fleet`]; system effects the decisions depend on sit
-//! behind [`Host`], with a recording fake for unit tests.
+//! ([`restart::decide`]), stop/kill/remove, `exec` and `cp` in a running guest ([`exec`]),
+//! the console hub, the Firecracker/bhyve renderers, and the hand-off to libvirt, Nomad,
+//! KubeVirt and Flintlock ([`engines`]). The `kiln` CLI and `kiln serve` are thin clients of
+//! [`Fleet`]; system effects the decisions depend on sit behind [`Host`], with a recording
+//! fake for unit tests.
 
 pub mod admit;
 pub mod as_str;
@@ -13,6 +14,7 @@ pub mod backends;
 pub mod config;
 pub mod engines;
 pub mod error;
+pub mod exec;
 pub mod fleet;
 pub mod foreground;
 pub mod host;
@@ -29,9 +31,11 @@ pub mod watch;
 
 pub use config::{Drive, Network, Restart, SerialTcp, Share, ShareFs, VmConfig, Vports};
 pub use error::{FleetError, Result};
+pub use exec::{ExecEvent, ExecInput, ExecOutput, ExecRequest, ExecSession};
 pub use fleet::{flag, Fleet, Prepared};
 pub use foreground::Foreground;
 pub use host::{FakeHost, Host, RealHost};
+pub use kiln_wire::Status as ExecStatus;
 pub use plan::{Image, Plan};
 pub use record::{Row, VmRecord, VmState};
 pub use store::Store;

@@ -1,5 +1,5 @@
 //! Operations on VMs by name: list, get, stop (graceful with a grace time, or a kill),
-//! remove, and where a VM's console and log are. A stop goes through the VM's keeper (its
+//! remove, where a VM's console and log are, and `exec`/`cp` through its exec channel. A stop goes through the VM's keeper (its
 //! supervisor, or the foreground `kiln run`): a stop request in its folder, then SIGTERM, then
 //! a wait; a keeper that does not answer is killed (QEMU dies with it).
 
@@ -149,6 +149,63 @@ impl Fleet {
         let rec = self.get(name)?;
         refuse_foreground(&rec, self.host())?;
         Ok((self.store().vm_dir(name).join("console.log"), rec))
+    }
+}
+
+impl Fleet {
+    /// The exec channel of VM `name`: it must be running (ready) and its guest must have
+    /// kiln-init (BSD guests have none).
+    pub fn exec_socket(&self, name: &str) -> Result<PathBuf> {
+        let rec = self.get(name)?;
+        if !rec.is_live(self.host()) || rec.state != crate::record::VmState::Running {
+            return Err(FleetError::BadInput(format!(
+                "{name} is not running ({}): `kiln exec` and `kiln cp` need a running VM",
+                rec.status()
+            )));
+        }
+        let sock = self.store().vm_dir(name).join(crate::exec::EXEC_SOCKET);
+        if !sock.exists() {
+            return Err(FleetError::BadInput(format!(
+                "{name} has no exec channel: its guest has no kiln-init (a BSD guest), it has less than {} MiB of memory (the channel's buffers do not fit; start it with --memory {} or more), or it was started by an older kiln (restart it)",
+                crate::plan::EXEC_MIN_MEMORY_MIB,
+                crate::plan::EXEC_MIN_MEMORY_MIB
+            )));
+        }
+        Ok(sock)
+    }
+
+    /// Start a command in running VM `name` (see [`crate::exec`]).
+    pub fn exec(
+        &self,
+        name: &str,
+        req: &crate::exec::ExecRequest,
+    ) -> Result<crate::exec::ExecSession> {
+        let sock = self.exec_socket(name)?;
+        crate::exec::ExecSession::start(name, &sock, req)
+    }
+
+    /// Copy the regular file `path` out of running VM `name` into `out`; its mode. A file
+    /// the guest cannot send is the user's error (its message says why).
+    pub fn copy_from_vm(
+        &self,
+        name: &str,
+        path: &str,
+        out: &mut dyn std::io::Write,
+    ) -> Result<u32> {
+        let sock = self.exec_socket(name)?;
+        crate::exec::copy_from(name, &sock, path, out)
+    }
+
+    /// Copy `input` into running VM `name` as the file `path` with permission bits `mode`.
+    pub fn copy_to_vm(
+        &self,
+        name: &str,
+        path: &str,
+        mode: u32,
+        input: &mut dyn std::io::Read,
+    ) -> Result<()> {
+        let sock = self.exec_socket(name)?;
+        crate::exec::copy_to(name, &sock, path, mode, input)
     }
 }
 

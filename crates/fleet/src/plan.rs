@@ -126,6 +126,12 @@ pub fn run_paths(dir: &Path, supervised: bool) -> RunPaths {
     p
 }
 
+/// The least memory (MiB) of a VM that gets the exec channel (`kiln exec`, `kiln cp`): the
+/// guest's virtio-console driver fills the port's receive queue at boot, and recipes/httpd in
+/// 32 MiB (the tiny kernel's promise) ran out of memory unpacking its initramfs with it
+/// (measured: 36 MiB failed, 40 MiB booted).
+pub const EXEC_MIN_MEMORY_MIB: u32 = 48;
+
 /// What planning needs besides the config and image.
 #[derive(Debug, Clone)]
 pub struct PlanOptions {
@@ -173,6 +179,10 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
     if cfg.readonly_root {
         args.push("kiln.ro");
     }
+    if !bsd {
+        // The guest's hostname is the VM's name (a clone's thaw gives it the same).
+        args.push(&format!("kiln.hostname={name}"));
+    }
     if let Some(x) = &cfg.append {
         args.push(x);
     }
@@ -205,6 +215,10 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         console_wait: true,
         console_log: None,
         control_socket: paths.control_socket.clone(),
+        // BSD guests have no kiln-init to serve `kiln exec`; the smallest VMs have no room
+        // for the port's buffers.
+        exec_socket: (!bsd && cfg.memory.unwrap_or(m.boot.memory) >= EXEC_MIN_MEMORY_MIB)
+            .then(|| paths.exec_socket.clone()),
         qmp_socket: paths.qmp_socket.clone(),
         drives,
         shares,

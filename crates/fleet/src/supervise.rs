@@ -210,6 +210,8 @@ impl Fleet {
             "console.sock",
             "qemu-console.sock",
             "control.sock",
+            "exec.sock",
+            "exec-qemu.sock",
             "qmp.sock",
             PID_FILE,
             STOP_REQUEST,

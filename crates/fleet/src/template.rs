@@ -67,19 +67,25 @@ impl Signature {
             memory: spec.memory_mib,
             cpus: spec.cpus,
             accel: spec.accel,
-            // The clock calibration argument follows the host, not the guest.
+            // The clock calibration argument follows the host, not the guest; the hostname is
+            // the VM's (a clone gets its own at thaw).
             cmdline: spec
                 .cmdline
                 .split_whitespace()
-                .filter(|w| !w.starts_with("tsc_early_khz="))
+                .filter(|w| !w.starts_with("tsc_early_khz=") && !w.starts_with("kiln.hostname="))
                 .collect::<Vec<_>>()
                 .join(" "),
             devices: format!(
-                "net={net} drives=[{}] vports=[{}] shares={} acpi={}",
+                "net={net} drives=[{}] vports=[{}] shares={} acpi={}{}",
                 drives.join(","),
                 vports.join(","),
                 spec.shares.len(),
-                spec.acpi
+                spec.acpi,
+                if spec.exec_socket.is_some() {
+                    " exec"
+                } else {
+                    ""
+                }
             ),
         }
     }

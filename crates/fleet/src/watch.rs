@@ -117,6 +117,8 @@ pub struct Session {
     closed: bool,
     /// A restored guest's QMP connection, kept to bring its link up once it is thawed.
     link_pending: Option<kiln_vm::qmp::Qmp>,
+    /// The exec channel's relay (`exec.sock`), while QEMU runs.
+    exec: Option<crate::exec::Relay>,
 }
 
 impl Session {
@@ -136,6 +138,13 @@ impl Session {
             plan.ready_at_launch,
             &plan.run_dir,
         )?;
+        if let Some(sock) = &plan.spec.exec_socket {
+            s.exec = Some(crate::exec::Relay::start(
+                sock.clone(),
+                paths.dir.join(crate::exec::EXEC_SOCKET),
+                Duration::from_secs(10),
+            ));
+        }
         if let Some(r) = &plan.restore {
             s.resume(r, &plan.name, plan.spec.net != kiln_vm::NetSpec::None)?;
         }
@@ -224,6 +233,7 @@ impl Session {
             end,
             closed: false,
             link_pending: None,
+            exec: None,
         })
     }
 
@@ -371,6 +381,9 @@ impl Session {
     }
 
     fn finish(&mut self) -> Ended {
+        if let Some(r) = self.exec.take() {
+            r.shutdown();
+        }
         self.vm.reap_helpers();
         let mut end = std::mem::take(&mut self.end);
         end.ran = self.vm.started.elapsed();

@@ -63,7 +63,7 @@ fn vm_config() -> impl Strategy<Value = VmConfig> {
         prop::collection::vec("[a-zA-Z0-9_.-]{1,64}", 0..4)
             .prop_filter("the control port", |v| v
                 .iter()
-                .all(|n| n != "org.kiln.control"))
+                .all(|n| n != "org.kiln.control" && n != "org.kiln.exec"))
             .prop_map(Vports::Names),
     ];
     let restart = prop::sample::select(vec![Restart::No, Restart::OnFailure, Restart::Always]);

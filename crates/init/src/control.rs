@@ -211,14 +211,20 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, BadCommand<'_>> {
 /// Given `(device name, contents of its sysfs name file)` pairs, the device
 /// name of the control port, if present.
 pub fn find_port(ports: &[(String, String)]) -> Option<&str> {
+    find_named(ports, PORT_NAME)
+}
+
+/// Given `(device name, contents of its sysfs name file)` pairs, the device
+/// name of the port called `name`, if present.
+pub fn find_named<'a>(ports: &'a [(String, String)], name: &str) -> Option<&'a str> {
     ports
         .iter()
-        .find(|(_, name)| name.trim() == PORT_NAME)
+        .find(|(_, n)| n.trim() == name)
         .map(|(dev, _)| dev.as_str())
 }
 
 /// List `/sys/class/virtio-ports/*` with their `name` files.
-fn scan_ports() -> Vec<(String, String)> {
+pub(crate) fn scan_ports() -> Vec<(String, String)> {
     let mut out = Vec::new();
     let Ok(dir) = std::fs::read_dir("/sys/class/virtio-ports") else {
         return out;
@@ -233,7 +239,7 @@ fn scan_ports() -> Vec<(String, String)> {
 
 /// Open `/dev/DEV`, creating the node from sysfs `dev` (`MAJ:MIN`) if
 /// devtmpfs did not provide it.
-fn open_port(dev: &str) -> sys::SysResult<i32> {
+pub(crate) fn open_port(dev: &str) -> sys::SysResult<i32> {
     let mut path = String::from("/dev/");
     path.push_str(dev);
     if !std::path::Path::new(&path).exists() {

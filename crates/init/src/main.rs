@@ -4,7 +4,8 @@
 //! mounting the pseudo filesystems, loading the image's kernel modules,
 //! configuring loopback and the static IPv4 network, setting the hostname,
 //! listening on the host control channel (power-off, reboot, and the freeze and
-//! thaw of templates and their clones), running the rc script as the service,
+//! thaw of templates and their clones), serving the exec channel (`kiln exec`,
+//! `kiln cp`: [`exec`]), running the rc script as the service,
 //! reporting readiness on the serial console, reaping orphans, and powering
 //! the VM off when the service exits (or on request, or on a panic).
 //!
@@ -50,6 +51,7 @@
 mod cmdline;
 mod config;
 mod control;
+mod exec;
 mod extras;
 mod modules;
 mod net;
@@ -118,7 +120,7 @@ const DEV_LINKS: &[(&str, &str)] = &[
     ("/proc/self/fd/2", "/dev/stderr"),
 ];
 
-/// Search path given to rc.
+/// Search path given to rc (and to `kiln exec` commands).
 const PATH: &str = "/sbin:/bin:/usr/sbin:/usr/bin";
 
 /// How long to wait for the network interface to appear.
@@ -243,6 +245,12 @@ fn network(cfg: &Config) -> Option<std::net::Ipv4Addr> {
         let _ = std::fs::write("/etc/resolv.conf", net::resolv_conf(&cfg.dns));
     }
     net::write_if_missing("/etc/hosts", &net::hosts(&cfg.hostname, configured));
+    // The VM's name, as a thaw writes it for a clone (`kiln exec NAME -- cat /etc/hostname`).
+    let mut name = cfg.hostname.clone();
+    name.push('\n');
+    if let Err(e) = std::fs::write("/etc/hostname", name) {
+        warn2("/etc/hostname: ", &sys::io_error_text(&e));
+    }
     net::write_if_missing("/etc/nsswitch.conf", net::NSSWITCH);
     configured
 }
@@ -395,6 +403,7 @@ fn boot() -> ! {
         addr,
         env: cfg.env.clone(),
     });
+    exec::spawn(cfg.env.clone());
 
     let rc_pid = match spawn_rc(&cfg) {
         Ok(pid) => pid,

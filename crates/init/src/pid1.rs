@@ -9,7 +9,7 @@
 
 use crate::{report, sys};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 
 /// Signals handled synchronously by the main loop (blocked in every thread):
 /// `SIGCHLD` for reaping, and busybox's `halt` (`SIGUSR1`), `poweroff`
@@ -103,6 +103,9 @@ pub fn shutdown(action: Action) -> ! {
 /// through [`note_reaped`] rather than dropping it.
 static WATCHED: Mutex<Vec<(i32, Option<i32>)>> = Mutex::new(Vec::new());
 
+/// Signalled whenever a watched child's status is kept.
+static REAPED: Condvar = Condvar::new();
+
 fn watched() -> MutexGuard<'static, Vec<(i32, Option<i32>)>> {
     WATCHED.lock().unwrap_or_else(PoisonError::into_inner)
 }
@@ -117,12 +120,24 @@ pub fn spawn_watched(cmd: &mut std::process::Command) -> std::io::Result<i32> {
     Ok(pid)
 }
 
+/// Start a child with `fork` (which returns its pid and anything else) and watch it, the
+/// lock held across the fork as in [`spawn_watched`].
+pub fn fork_watched<T>(
+    fork: impl FnOnce() -> sys::SysResult<(i32, T)>,
+) -> sys::SysResult<(i32, T)> {
+    let mut w = watched();
+    let (pid, rest) = fork()?;
+    w.push((pid, None));
+    Ok((pid, rest))
+}
+
 /// Called by the main loop for every child it reaps (other than rc):
 /// whether `pid` is watched (its status is then kept for the waiter).
 pub fn note_reaped(pid: i32, status: i32) -> bool {
     match watched().iter_mut().find(|(p, _)| *p == pid) {
         Some(entry) => {
             entry.1 = Some(status);
+            REAPED.notify_all();
             true
         }
         None => false,
@@ -137,7 +152,8 @@ fn take_reaped(pid: i32) -> Option<i32> {
 }
 
 /// Wait up to `timeout_ms` for the watched child `pid` to exit: its raw wait
-/// status (and it is forgotten), or `None` if it is still running.
+/// status (and it is forgotten), or `None` if it is still running. Sleeps until a
+/// child is reaped (checking at least every 100 ms, in case a wake-up is lost).
 pub fn wait_watched(pid: i32, timeout_ms: u64) -> Option<i32> {
     let deadline = sys::boottime_ms() + timeout_ms;
     loop {
@@ -148,10 +164,16 @@ pub fn wait_watched(pid: i32, timeout_ms: u64) -> Option<i32> {
         if let Some(status) = take_reaped(pid) {
             return Some(status);
         }
-        if sys::boottime_ms() >= deadline {
+        let now = sys::boottime_ms();
+        if now >= deadline {
             return None;
         }
-        sys::sleep_ms(1);
+        let w = watched();
+        if w.iter().any(|&(p, s)| p == pid && s.is_some()) {
+            continue;
+        }
+        let wait = std::time::Duration::from_millis((deadline - now).min(100));
+        let _ = REAPED.wait_timeout(w, wait);
     }
 }
 

@@ -425,6 +425,234 @@ pub fn become_session_leader_with_ctty() {
     }
 }
 
+/// `read(2)` into `buf`, retried on `EINTR`: the bytes read (0 at the end).
+pub fn read(fd: i32, buf: &mut [u8]) -> SysResult<usize> {
+    loop {
+        // SAFETY: buf is valid for writes of its full length.
+        let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = errno();
+        if e != libc::EINTR {
+            return Err(e);
+        }
+    }
+}
+
+/// Write all of `bytes` to `fd` (retrying partial writes and `EINTR`), or the errno.
+pub fn write_all_checked(fd: i32, mut bytes: &[u8]) -> SysResult<()> {
+    while !bytes.is_empty() {
+        // SAFETY: the pointer/length pair comes from a live slice.
+        let n = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+        if n < 0 {
+            match errno() {
+                libc::EINTR => continue,
+                e => return Err(e),
+            }
+        }
+        if n == 0 {
+            return Err(libc::EIO);
+        }
+        bytes = &bytes[n as usize..];
+    }
+    Ok(())
+}
+
+/// `open(2)` with `O_CREAT` and permission bits `mode` (and `O_CLOEXEC`).
+pub fn create(path: &str, flags: i32, mode: u32) -> SysResult<i32> {
+    let p = cstr(path)?;
+    // SAFETY: p is a valid NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            p.as_ptr(),
+            flags | libc::O_CREAT | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    check(fd.into()).map(|fd| fd as i32)
+}
+
+/// `st_mode` of an open file.
+pub fn fstat_mode(fd: i32) -> SysResult<u32> {
+    // SAFETY: st is a writable stat buffer; zeroed is a valid bit pattern for it.
+    unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        check(libc::fstat(fd, &mut st).into())?;
+        Ok(st.st_mode)
+    }
+}
+
+/// `fchmod(2)`.
+pub fn fchmod(fd: i32, mode: u32) -> SysResult<()> {
+    // SAFETY: no memory involved.
+    check(unsafe { libc::fchmod(fd, mode as libc::mode_t) }.into()).map(drop)
+}
+
+/// `rename(2)`.
+pub fn rename(from: &str, to: &str) -> SysResult<()> {
+    let (a, b) = (cstr(from)?, cstr(to)?);
+    // SAFETY: both are valid NUL-terminated paths.
+    check(unsafe { libc::rename(a.as_ptr(), b.as_ptr()) }.into()).map(drop)
+}
+
+/// Whether `path` may be executed by us (`access(2)` with `X_OK`).
+pub fn executable(path: &str) -> bool {
+    match cstr(path) {
+        // SAFETY: p is a valid NUL-terminated path.
+        Ok(p) => unsafe { libc::access(p.as_ptr(), libc::X_OK) == 0 },
+        Err(_) => false,
+    }
+}
+
+/// A pipe, both ends `O_CLOEXEC`: (read end, write end).
+pub fn pipe() -> SysResult<(i32, i32)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: fds has room for the two descriptors.
+    check(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }.into())?;
+    Ok((fds[0], fds[1]))
+}
+
+/// `dup(2)` with `O_CLOEXEC`.
+pub fn dup(fd: i32) -> SysResult<i32> {
+    // SAFETY: plain descriptor duplication.
+    check(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 3) }.into()).map(|fd| fd as i32)
+}
+
+/// Set a terminal's window size (`TIOCSWINSZ`; the foreground job gets `SIGWINCH`).
+pub fn set_winsize(fd: i32, rows: u16, cols: u16) -> SysResult<()> {
+    let ws = libc::winsize {
+        ws_row: rows,
+        ws_col: cols,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: ws is a valid winsize for the call.
+    check(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ as _, &ws) }.into()).map(drop)
+}
+
+/// A new pseudo-terminal of `rows`×`cols`: (master, slave), both `O_CLOEXEC`, the slave
+/// opened without becoming our controlling terminal.
+pub fn openpty(rows: u16, cols: u16) -> SysResult<(i32, i32)> {
+    // SAFETY: posix_openpt/grantpt/unlockpt take a descriptor we own; ptsname_r writes a
+    // NUL-terminated name into the buffer, which is valid for its full length.
+    let master = unsafe {
+        let m = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC);
+        if m < 0 {
+            return Err(errno());
+        }
+        if libc::grantpt(m) != 0 || libc::unlockpt(m) != 0 {
+            let e = errno();
+            libc::close(m);
+            return Err(e);
+        }
+        m
+    };
+    let mut name = [0u8; 64];
+    // SAFETY: see above.
+    let rc = unsafe { libc::ptsname_r(master, name.as_mut_ptr().cast(), name.len()) };
+    if rc != 0 {
+        close(master);
+        return Err(rc);
+    }
+    let len = name.iter().position(|&b| b == 0).unwrap_or(name.len());
+    let path = String::from_utf8_lossy(&name[..len]).into_owned();
+    let slave = match open(&path, libc::O_RDWR | libc::O_NOCTTY) {
+        Ok(s) => s,
+        Err(e) => {
+            close(master);
+            return Err(e);
+        }
+    };
+    let _ = set_winsize(master, rows, cols);
+    Ok((master, slave))
+}
+
+/// Everything a child needs between `fork` and `execve`, prepared beforehand (the child may
+/// not allocate).
+pub struct ExecSetup {
+    /// The program's path.
+    pub path: CString,
+    /// Its arguments.
+    pub argv: Vec<CString>,
+    /// Its environment (`KEY=VALUE`).
+    pub envp: Vec<CString>,
+    /// Its working folder.
+    pub cwd: CString,
+    /// What becomes its fds 0, 1 and 2.
+    pub stdio: [i32; 3],
+    /// fd 0 is a terminal to make its controlling terminal.
+    pub tty: bool,
+}
+
+/// Fork and exec `s` in a new session (its own process group). Returns the child's pid and
+/// the read end of a pipe that [`exec_result`] reads. Called with the watched-children lock
+/// held, so the child's exit cannot be reaped before it is watched.
+pub fn fork_exec(s: &ExecSetup) -> SysResult<(i32, i32)> {
+    let (err_r, err_w) = pipe()?;
+    let mut argv: Vec<*const libc::c_char> = s.argv.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let mut envp: Vec<*const libc::c_char> = s.envp.iter().map(|a| a.as_ptr()).collect();
+    envp.push(std::ptr::null());
+    // SAFETY: fork in a threaded process: the child only makes async-signal-safe calls
+    // (sigprocmask, setsid, ioctl, dup2, fcntl, chdir, execve, write, _exit) on memory
+    // prepared before the fork, and never returns into Rust code.
+    unsafe {
+        let pid = libc::fork();
+        if pid < 0 {
+            let e = errno();
+            close(err_r);
+            close(err_w);
+            return Err(e);
+        }
+        if pid == 0 {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut());
+            libc::setsid();
+            if s.tty {
+                libc::ioctl(s.stdio[0], libc::TIOCSCTTY as _, 0 as libc::c_int);
+            }
+            for (target, &fd) in s.stdio.iter().enumerate() {
+                if fd == target as i32 {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                } else {
+                    libc::dup2(fd, target as i32);
+                }
+            }
+            let mut failed = if libc::chdir(s.cwd.as_ptr()) == 0 {
+                libc::execve(s.path.as_ptr(), argv.as_ptr(), envp.as_ptr());
+                *libc::__errno_location()
+            } else {
+                *libc::__errno_location()
+            };
+            if failed == 0 {
+                failed = libc::EIO;
+            }
+            let b = failed.to_ne_bytes();
+            libc::write(err_w, b.as_ptr().cast(), b.len());
+            libc::_exit(127);
+        }
+        close(err_w);
+        Ok((pid, err_r))
+    }
+}
+
+/// After [`fork_exec`]: wait until the child has exec'd (`None`) or failed to (its errno).
+/// Closes `err_r`.
+pub fn exec_result(err_r: i32) -> Option<Errno> {
+    let mut b = [0u8; 4];
+    let mut got = 0;
+    while got < 4 {
+        match read(err_r, &mut b[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    close(err_r);
+    (got == 4).then(|| i32::from_ne_bytes(b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -46,6 +46,7 @@ pub fn routes() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
             "/api/vms/{name}/console",
             routing::get(console),
         ),
+        (Method::POST, "/api/vms/{name}/exec", routing::post(exec_vm)),
         (Method::GET, "/api/events", routing::get(events)),
         (Method::GET, "/api/recipes", routing::get(recipes)),
         (Method::GET, "/api/images", routing::get(images)),
@@ -389,6 +390,88 @@ async fn stop_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiRe
 
 async fn kill_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<Json<VmInfo>> {
     stop_or_kill(app, name, true).await
+}
+
+/// The body of `POST /api/vms/NAME/exec`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ExecBody {
+    argv: Vec<String>,
+    #[serde(default)]
+    stdin: String,
+    #[serde(default)]
+    env: Vec<String>,
+    #[serde(default)]
+    cwd: Option<String>,
+    #[serde(default)]
+    timeout: Option<u64>,
+}
+
+/// The default and largest `timeout` of an exec, in seconds.
+const EXEC_TIMEOUT: (u64, u64) = (60, 3600);
+
+/// Parse an exec body: not JSON or the wrong shape is `bad_body`, an empty argv, a setting
+/// that is not `KEY=VALUE` or a timeout out of range `invalid_request`.
+pub fn parse_exec(body: &[u8]) -> ApiResult<super::vms::ExecCall> {
+    let b: ExecBody =
+        serde_json::from_slice(body).map_err(|e| ApiError::new("bad_body", e.to_string()))?;
+    let invalid = |m: String| ApiError::new("invalid_request", m);
+    if b.argv.first().filter(|a| !a.is_empty()).is_none() {
+        return Err(invalid(
+            "argv: give the command and its arguments, e.g. [\"cat\", \"/etc/hostname\"]".into(),
+        ));
+    }
+    if let Some(kv) = b
+        .env
+        .iter()
+        .find(|kv| !kv.contains('=') || kv.starts_with('='))
+    {
+        return Err(invalid(format!("env: `{kv}` is not KEY=VALUE")));
+    }
+    let timeout = b.timeout.unwrap_or(EXEC_TIMEOUT.0);
+    if !(1..=EXEC_TIMEOUT.1).contains(&timeout) {
+        return Err(invalid(format!(
+            "timeout: {timeout} is not 1 to {} seconds",
+            EXEC_TIMEOUT.1
+        )));
+    }
+    Ok(super::vms::ExecCall {
+        argv: b.argv,
+        env: b.env,
+        cwd: b.cwd,
+        stdin: b.stdin.into_bytes(),
+        timeout: std::time::Duration::from_secs(timeout),
+    })
+}
+
+async fn exec_vm(
+    State(app): State<AppState>,
+    Path(name): Path<String>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let call = parse_exec(&read_body(body)?)?;
+    let v = find(&app, &name).await?;
+    if v.state != "running" {
+        return Err(ApiError::new(
+            "vm_not_running",
+            format!("`{name}` is {}", v.state),
+        ));
+    }
+    let vms = app.vms.clone();
+    let out = blocking(move || vms.exec(&name, &call)).await?;
+    let (exit_code, signal) = match out.status {
+        Some(kiln_fleet::ExecStatus::Exited(c)) => (Some(c), None),
+        Some(kiln_fleet::ExecStatus::Signaled(s)) => (Some(128 + s), Some(s)),
+        None => (None, None),
+    };
+    Ok(Json(serde_json::json!({
+        "stdout": String::from_utf8_lossy(&out.stdout),
+        "stderr": String::from_utf8_lossy(&out.stderr),
+        "exit_code": exit_code,
+        "signal": signal,
+        "timed_out": out.status.is_none(),
+        "truncated": out.truncated,
+    })))
 }
 
 async fn remove_vm(State(app): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {

@@ -5,7 +5,7 @@
 use super::api::AppState;
 use super::catalog::Catalog;
 use super::state::App;
-use super::vms::{Vms, VmsError};
+use super::vms::{ExecCall, ExecOutput, Vms, VmsError};
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use kiln_fleet::{Restart, Row, VmConfig, VmState, Vports};
@@ -197,6 +197,21 @@ impl Vms for FakeVms {
 
     fn console_socket_path(&self, name: &str) -> PathBuf {
         self.sockets.join(name).join("console.sock")
+    }
+
+    /// Echoes: stdout is the argv joined and the input, the exit code the argv's length.
+    fn exec(&self, name: &str, call: &ExecCall) -> Result<ExecOutput, VmsError> {
+        self.record(format!("exec {name} {}", call.argv.join(" ")));
+        self.with(name, |_| {
+            let mut stdout = call.argv.join(" ").into_bytes();
+            stdout.extend_from_slice(&call.stdin);
+            Ok(ExecOutput {
+                stdout,
+                stderr: call.env.join(",").into_bytes(),
+                status: Some(kiln_fleet::ExecStatus::Exited(call.argv.len() as i32)),
+                truncated: false,
+            })
+        })
     }
 }
 
@@ -643,4 +658,72 @@ async fn a_failed_create_is_listed_and_removed_without_the_fleet() {
     assert_eq!(env.fake.calls(), ["create web"]);
     let (status, _) = env.call("GET", "/api/vms/web", None).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn exec_runs_a_command_in_a_running_vm() {
+    let env = Env::new();
+    env.fake.seed(env.spec("web"), VmState::Running);
+    let (status, out) = env
+        .call(
+            "POST",
+            "/api/vms/web/exec",
+            Some(r#"{"argv": ["wc", "-c"], "stdin": "data", "env": ["A=1"]}"#),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["stdout"], "wc -cdata");
+    assert_eq!(out["stderr"], "A=1");
+    assert_eq!(out["exit_code"], 2);
+    assert_eq!(out["signal"], serde_json::Value::Null);
+    assert_eq!(out["timed_out"], false);
+    assert_eq!(env.fake.calls(), ["exec web wc -c"]);
+}
+
+#[tokio::test]
+async fn exec_refusals() {
+    let env = Env::new();
+    env.fake.seed(env.spec("web"), VmState::Running);
+    env.fake.seed(env.spec("off"), VmState::Exited);
+    for (uri, body, want) in [
+        ("/api/vms/web/exec", "{}", "bad_body"),
+        ("/api/vms/web/exec", r#"{"argv": "ls"}"#, "bad_body"),
+        (
+            "/api/vms/web/exec",
+            r#"{"argv": ["ls"], "tty": true}"#,
+            "bad_body",
+        ),
+        ("/api/vms/web/exec", r#"{"argv": []}"#, "invalid_request"),
+        (
+            "/api/vms/web/exec",
+            r#"{"argv": ["ls"], "env": ["X"]}"#,
+            "invalid_request",
+        ),
+        (
+            "/api/vms/web/exec",
+            r#"{"argv": ["ls"], "timeout": 0}"#,
+            "invalid_request",
+        ),
+        ("/api/vms/off/exec", r#"{"argv": ["ls"]}"#, "vm_not_running"),
+        (
+            "/api/vms/nosuch/exec",
+            r#"{"argv": ["ls"]}"#,
+            "vm_not_found",
+        ),
+    ] {
+        let (_, err) = env.call("POST", uri, Some(body)).await;
+        assert_eq!(code(&err), want, "{uri} {body}: {err}");
+    }
+    assert!(env.fake.calls().is_empty(), "{:?}", env.fake.calls());
+    // Without the token: refused before anything runs.
+    let (status, _) = env
+        .send(request(
+            "POST",
+            "/api/vms/web/exec",
+            Some(r#"{"argv": ["ls"]}"#),
+            None,
+        ))
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(env.fake.calls().is_empty());
 }

@@ -2,8 +2,10 @@
 //! have unit tests against a fake, and its implementation on the fleet library, in-process
 //! ([`FleetVms`]). The calls block; the server runs them on tokio's blocking pool.
 
-use kiln_fleet::{Fleet, FleetError, Row, VmConfig};
+pub use kiln_fleet::ExecOutput;
+use kiln_fleet::{ExecRequest, Fleet, FleetError, Row, VmConfig};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 /// Why a VM operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -47,7 +49,27 @@ pub trait Vms: Send + Sync + 'static {
     fn logs(&self, name: &str, max_bytes: u64) -> Result<String, VmsError>;
     /// The unix socket the VM's serial console is served on.
     fn console_socket_path(&self, name: &str) -> PathBuf;
+    /// Run a command in running VM `name` to its end, with `call.stdin` as its input.
+    fn exec(&self, name: &str, call: &ExecCall) -> Result<ExecOutput, VmsError>;
 }
+
+/// A command to run in a VM (`POST /api/vms/NAME/exec`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExecCall {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// `KEY=VALUE` settings on top of rc's environment.
+    pub env: Vec<String>,
+    /// The working folder in the guest.
+    pub cwd: Option<String>,
+    /// Its whole input.
+    pub stdin: Vec<u8>,
+    /// Killed after this long.
+    pub timeout: Duration,
+}
+
+/// Output kept per stream of an exec (the rest is dropped, `truncated` says so).
+pub const EXEC_OUTPUT_LIMIT: usize = 1 << 20;
 
 /// [`Vms`] on the fleet library.
 #[derive(Debug)]
@@ -96,6 +118,17 @@ impl Vms for FleetVms {
 
     fn console_socket_path(&self, name: &str) -> PathBuf {
         self.0.store().vm_dir(name).join("console.sock")
+    }
+
+    fn exec(&self, name: &str, call: &ExecCall) -> Result<ExecOutput, VmsError> {
+        let req = ExecRequest {
+            argv: call.argv.clone(),
+            env: call.env.clone(),
+            cwd: call.cwd.clone(),
+            tty: None,
+        };
+        let session = self.0.exec(name, &req)?;
+        Ok(session.collect(call.stdin.clone(), EXEC_OUTPUT_LIMIT, call.timeout)?)
     }
 }
 

@@ -11,6 +11,9 @@ use std::path::PathBuf;
 /// The name of the virtio-serial port kiln-init listens on for `poweroff`.
 pub const CONTROL_PORT_NAME: &str = "org.kiln.control";
 
+/// The name of the virtio-serial port of the exec channel (`kiln exec`, `kiln cp`).
+pub const EXEC_PORT_NAME: &str = kiln_wire::PORT_NAME;
+
 /// The id of the guest's network backend (`-netdev …,id=net0`), for QMP `set_link`.
 pub const NETDEV_ID: &str = "net0";
 
@@ -114,6 +117,9 @@ pub struct VmSpec {
     pub console_log: Option<PathBuf>,
     /// Control channel socket (virtio-serial port `org.kiln.control`).
     pub control_socket: PathBuf,
+    /// Exec channel socket (virtio-serial port `org.kiln.exec`, served by kiln-init); none for
+    /// guests without kiln-init (BSD).
+    pub exec_socket: Option<PathBuf>,
     /// QMP socket.
     pub qmp_socket: PathBuf,
     /// Extra drives (virtio-blk, `/dev/vda` onwards).
@@ -335,7 +341,10 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     // Only as many ports as we use: the default (31) makes the guest driver allocate buffers
     // for all of them, which alone ran a 32 MiB guest out of memory.
     // Port 0 is reserved for a virtconsole; ours start at 1.
-    let max_ports = format!("virtio-serial-device,max_ports={}", 2 + spec.vports.len());
+    let max_ports = format!(
+        "virtio-serial-device,max_ports={}",
+        2 + usize::from(spec.exec_socket.is_some()) + spec.vports.len()
+    );
     push(&[
         "-device",
         &max_ports,
@@ -347,6 +356,17 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
         "-device",
         &format!("virtserialport,chardev=ctl0,name={CONTROL_PORT_NAME}"),
     ]);
+    if let Some(sock) = &spec.exec_socket {
+        push(&[
+            "-chardev",
+            &format!(
+                "socket,id=exec0,path={},server=on,wait=off",
+                opt_escape(&sock.to_string_lossy())
+            ),
+            "-device",
+            &format!("virtserialport,chardev=exec0,name={EXEC_PORT_NAME}"),
+        ]);
+    }
     for (i, p) in spec.vports.iter().enumerate() {
         push(&[
             "-chardev",
@@ -392,6 +412,7 @@ mod tests {
             console_wait: true,
             console_log: Some("/r/console.log".into()),
             control_socket: "/r/control.sock".into(),
+            exec_socket: Some("/r/exec-qemu.sock".into()),
             qmp_socket: "/r/qmp.sock".into(),
             drives: vec![],
             shares: vec![],
@@ -432,6 +453,11 @@ mod tests {
         );
         assert!(chardevs[1].starts_with("socket,id=ctl0,path=/r/control.sock,server=on,wait=off"));
         assert!(after(&a, "-device").contains(&"virtserialport,chardev=ctl0,name=org.kiln.control"));
+        assert_eq!(
+            chardevs[2],
+            "socket,id=exec0,path=/r/exec-qemu.sock,server=on,wait=off"
+        );
+        assert!(after(&a, "-device").contains(&"virtserialport,chardev=exec0,name=org.kiln.exec"));
         assert_eq!(after(&a, "-qmp"), ["unix:/r/qmp.sock,server=on,wait=off"]);
         assert!(
             !a.iter().any(|s| s.contains("pci")),
@@ -442,12 +468,17 @@ mod tests {
     #[test]
     fn serial_ports_are_capped_to_those_used() {
         let mut s = spec();
-        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=2"));
+        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=3"));
         s.vports = vec![VportSpec {
             name: "data".into(),
             socket: "/r/v.sock".into(),
         }];
-        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=3"));
+        assert!(after(&argv(&s), "-device").contains(&"virtio-serial-device,max_ports=4"));
+        // A guest without kiln-init (BSD) has no exec port.
+        s.exec_socket = None;
+        let a = argv(&s);
+        assert!(after(&a, "-device").contains(&"virtio-serial-device,max_ports=3"));
+        assert!(!a.iter().any(|x| x.contains("org.kiln.exec")));
     }
 
     #[test]

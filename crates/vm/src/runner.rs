@@ -28,6 +28,8 @@ pub struct RunPaths {
     pub console_socket: PathBuf,
     /// Control channel socket.
     pub control_socket: PathBuf,
+    /// Exec channel socket (QEMU's end; the keeper relays it on `exec.sock`).
+    pub exec_socket: PathBuf,
     /// QMP socket.
     pub qmp_socket: PathBuf,
     /// Console log.
@@ -43,6 +45,7 @@ impl RunPaths {
             dir: dir.to_path_buf(),
             console_socket: dir.join("console.sock"),
             control_socket: dir.join("control.sock"),
+            exec_socket: dir.join("exec-qemu.sock"),
             qmp_socket: dir.join("qmp.sock"),
             console_log: dir.join("console.log"),
             qemu_log: dir.join("qemu.log"),
@@ -169,6 +172,7 @@ pub fn spawn(
     for s in [
         &paths.console_socket,
         &paths.control_socket,
+        &paths.exec_socket,
         &paths.qmp_socket,
     ] {
         let _ = std::fs::remove_file(s);
@@ -565,6 +569,7 @@ mod tests {
             console_wait: false,
             console_log: None,
             control_socket: paths.control_socket.clone(),
+            exec_socket: None,
             qmp_socket: paths.qmp_socket.clone(),
             drives: vec![],
             shares: vec![],

@@ -6,6 +6,7 @@ mod bsd;
 mod build;
 mod corpus;
 mod engines;
+mod exec;
 mod faults;
 mod lifecycle;
 mod load;

@@ -717,6 +717,38 @@ fn a_foreground_run_shows_in_the_api_and_stops_from_it() {
             "unsupported",
         );
     }
+    // A command in it through the API (a foreground VM has an exec channel too): its output,
+    // its input, its exit code; a command the guest does not have.
+    let (st, out) = s.call(
+        "POST",
+        &format!("/api/vms/{name}/exec"),
+        Some(r#"{"argv": ["sh", "-c", "cat /etc/hostname; wc -c; echo oops >&2; exit 5"], "stdin": "data"}"#),
+    );
+    assert_eq!(st, 200, "{out}");
+    let lines: Vec<&str> = out["stdout"]
+        .as_str()
+        .unwrap_or("")
+        .lines()
+        .map(str::trim)
+        .collect();
+    assert_eq!(lines, [name.as_str(), "4"], "{out}");
+    assert_eq!(out["stderr"], "oops\n", "{out}");
+    assert_eq!(out["exit_code"], 5, "{out}");
+    assert_eq!(out["timed_out"], false, "{out}");
+    let (st, out) = s.call(
+        "POST",
+        &format!("/api/vms/{name}/exec"),
+        Some(r#"{"argv": ["nosuch"]}"#),
+    );
+    assert_eq!(st, 200, "{out}");
+    assert_eq!(out["exit_code"], 127, "{out}");
+    assert!(
+        out["stderr"]
+            .as_str()
+            .unwrap_or("")
+            .contains("nosuch: command not found"),
+        "{out}"
+    );
     let (st, after) = s.call("POST", &format!("/api/vms/{name}/stop"), None);
     assert_eq!(st, 200, "{after}");
     let status = child
