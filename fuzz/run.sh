@@ -14,7 +14,7 @@ set -u
 cd "$(dirname "$0")"
 
 SECONDS_EACH=${FUZZ_SECONDS:-60}
-TARGETS=${FUZZ_TARGETS:-"recipe_toml vm_toml port_spec index_glob elf_reader cpio_reader console_line control_command api_create"}
+TARGETS=${FUZZ_TARGETS:-"recipe_toml vm_toml port_spec index_glob elf_reader cpio_reader console_line control_command api_create exec_frames"}
 
 if ! cargo +nightly --version >/dev/null 2>&1 || ! cargo fuzz --version >/dev/null 2>&1; then
     cases=${FUZZ_CASES:-20000}
