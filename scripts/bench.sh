@@ -3,7 +3,9 @@
 # baseline (Debian's kernel + a busybox initramfs started by a hand-written QEMU command), in
 # one run, interleaved: first on the default (tiny) kernel, then on Debian's cloud kernel.
 # Last, starts from a template: clone boots beside cold boots and the baseline, CLONES clones
-# at once (default 20) and the host memory each idle clone takes.
+# at once (default 20) and the host memory each idle clone takes. Then published ports under load:
+# redis-benchmark and wrk against recipes/redis and recipes/nginx beside the same servers on the
+# host (scripts/bench-ports.sh).
 # BOOTS=N changes the number of boots (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,3 +18,5 @@ echo "== recipes/httpd, Debian's cloud kernel"
 "$KILN" bench recipes/httpd --kernel debian --boots "$BOOTS" --baseline --min-memory "$@"
 echo "== recipes/httpd from a template (clones), beside cold boots and the baseline"
 "$KILN" bench recipes/httpd --template --boots "$BOOTS" --baseline --clones "${CLONES:-20}" "$@"
+echo "== published ports under load: recipes/redis and recipes/nginx beside the same servers on the host"
+KILN="$KILN" ./scripts/bench-ports.sh
