@@ -5,8 +5,9 @@
 //! is not there ends at once with `Error` "NAME: command not found" and exit 127, one that
 //! cannot run with 126) in a session of its own, with pipes or a fresh pseudo-terminal as its
 //! stdin, stdout and stderr and rc's environment (HOME, PATH, TERM, the image's `env=`) plus
-//! the request's. Per session, a thread feeds stdin from a small queue (the reader blocks on a
-//! session whose command does not read it), a thread per output pipe (one for a terminal)
+//! the request's. Per session, a thread feeds stdin from a small queue (the reader waits at
+//! most 3 s for a command that does not read it, then drops the rest of its input and says so
+//! on its stderr), a thread per output pipe (one for a terminal)
 //! sends `Stdout`/`Stderr`, and a waiter sends `Exit` once the command has ended and its
 //! output is sent. `Resize` sets the terminal's size (the kernel sends `SIGWINCH`); `Close`
 //! (the client went away) kills the session's process group. `Get` sends a regular file
@@ -33,6 +34,9 @@ const STACK: usize = 64 * 1024;
 
 /// Chunks of input queued per session before the reader waits for the command.
 const STDIN_QUEUE: usize = 8;
+
+/// How long the frame reader waits for a session's command to take its input.
+const STDIN_STALL_MS: u64 = 3000;
 
 /// How long the waiter waits for output after the command exited (a background process
 /// that kept the pipes open would hold the `Exit` back forever).
@@ -263,10 +267,22 @@ fn handle(exec: &Arc<Exec>, f: Frame) {
         Frame::Get { id, path } => get(exec, id, &path),
         Frame::Put { id, path, mode } => put(exec, id, &path, mode),
         Frame::Stdin { id, data } => {
-            // Never block while holding the sessions' lock.
+            // Never block while holding the sessions' lock, nor for long at all: this thread
+            // reads every session's frames. A command that leaves its input unread past
+            // STDIN_STALL_MS loses the rest of it (and is told on its stderr), so the other
+            // sessions, and a `Close` of this one, still get through.
             let tx = exec.sessions().get(&id).and_then(|s| s.stdin.clone());
             if let Some(tx) = tx {
-                let _ = tx.send(data);
+                if !offer(&tx, data) {
+                    if let Some(s) = exec.sessions().get_mut(&id) {
+                        s.stdin = None;
+                    }
+                    exec.port.send(&Frame::Stderr {
+                        id,
+                        data: b"kiln exec: the command did not read its input; the rest of it was dropped\n"
+                            .to_vec(),
+                    });
+                }
             }
         }
         Frame::StdinEof { id } => {
@@ -291,6 +307,25 @@ fn handle(exec: &Arc<Exec>, f: Frame) {
         }
         // Guest → host frames have no business here.
         _ => {}
+    }
+}
+
+/// Queue `data` for a session's input, waiting at most [`STDIN_STALL_MS`] for room; false
+/// when the command did not make room (or its input is gone).
+fn offer(tx: &SyncSender<Vec<u8>>, mut data: Vec<u8>) -> bool {
+    let deadline = sys::boottime_ms() + STDIN_STALL_MS;
+    loop {
+        match tx.try_send(data) {
+            Ok(()) => return true,
+            Err(mpsc::TrySendError::Disconnected(_)) => return true,
+            Err(mpsc::TrySendError::Full(d)) => {
+                if sys::boottime_ms() >= deadline {
+                    return false;
+                }
+                data = d;
+                sys::sleep_ms(5);
+            }
+        }
     }
 }
 

@@ -467,3 +467,48 @@ fn a_vm_too_small_for_the_channel_is_refused_clearly() {
     f.ok(&["rm", "-f", &name]);
     f.assert_clean();
 }
+
+/// A command that never reads its input while the client keeps sending (1 MiB) does not stall
+/// the VM's other sessions: after a few seconds the rest of its input is dropped, it is told on
+/// its stderr, and another exec started meanwhile finishes at once.
+#[test]
+fn a_command_that_never_reads_its_input_does_not_stall_the_others() {
+    let mut f = Fleet::new();
+    let name = start(&mut f, "xstall");
+    let mut c = f.kiln();
+    c.args(["exec", "-i", &name, "--", "sh", "-c", "sleep 8; echo slept"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut stuck = KillOnDrop(c.spawn().expect("spawn kiln exec"));
+    let mut input = stuck.0.stdin.take().expect("stdin");
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&vec![b'x'; 1 << 20]);
+    });
+    // Once the channel is full of its input, another session still runs.
+    let t = std::time::Instant::now();
+    let o = f.run(&["exec", &name, "--", "echo", "through"]);
+    assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
+    assert_eq!(stdout(&o), "through\n");
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the other exec waited {:?} behind the stuck one",
+        t.elapsed()
+    );
+    let status = stuck
+        .wait_timeout(Duration::from_secs(60))
+        .expect("the stuck exec ends with its command");
+    writer.join().expect("writer");
+    let mut out = String::new();
+    let mut err = String::new();
+    use std::io::Read;
+    if let Some(mut s) = stuck.0.stdout.take() {
+        let _ = s.read_to_string(&mut out);
+    }
+    if let Some(mut s) = stuck.0.stderr.take() {
+        let _ = s.read_to_string(&mut err);
+    }
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert_eq!(out, "slept\n");
+    assert!(err.contains("did not read its input"), "{err}");
+}
