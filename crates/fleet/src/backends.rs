@@ -374,11 +374,12 @@ fn bhyve_freebsd(vm: &BackendVm) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::path::Path;
 
-    fn golden_vm() -> BackendVm {
+    /// A VM with one of everything, for the golden files of every renderer.
+    pub(crate) fn golden_vm() -> BackendVm {
         BackendVm {
             name: "web".into(),
             kernel: "/img/vmlinux".into(),
@@ -445,7 +446,8 @@ mod tests {
         assert_eq!(v["boot-source"]["boot_args"], "console=com root=ld0a -z");
     }
 
-    fn golden(file: &str, got: &str) {
+    /// Compare `got` with `tests/golden/FILE` (`KILN_UPDATE_GOLDEN=1` writes it).
+    pub(crate) fn golden(file: &str, got: &str) {
         let path = Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("tests/golden")
             .join(file);

@@ -87,24 +87,12 @@ impl Handoff {
             vm,
             accel: plan.spec.accel,
             cmdline,
-            emulator: absolute_program(&kiln_vm::qemu_binary()),
+            emulator: kiln_vm::find_in_path(&kiln_vm::qemu_binary())
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(kiln_vm::qemu_binary),
             source: plan.config.image.clone().unwrap_or_default(),
         }
     }
-}
-
-/// `program` as found on `PATH` when it is a bare name (as it is run).
-fn absolute_program(program: &str) -> String {
-    if program.contains('/') {
-        return program.to_string();
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(program))
-        .find(|p| p.is_file())
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|| program.to_string())
 }
 
 /// Render `plan` for `engine`. A BSD guest is refused: its kernel is not Linux and the engines'
@@ -137,85 +125,38 @@ fn xml(s: &str) -> String {
 /// The QEMU arguments for the devices libvirt cannot model on microvm: the NIC with its
 /// forwards, extra drives, 9p shares, virtio-console ports, the RNG.
 fn device_args(vm: &BackendVm) -> Vec<String> {
-    let mut a: Vec<String> = vec![];
-    let mut push = |x: &[&str]| a.extend(x.iter().map(|s| s.to_string()));
-    match &vm.net {
-        NetSpec::User { forwards } => {
-            let mut netdev = String::from("user,id=net0");
-            for f in forwards {
-                netdev.push(',');
-                netdev.push_str(&kiln_vm::qemu::hostfwd(f));
-            }
-            push(&["-netdev", &netdev]);
-            push(&["-device", "virtio-net-device,netdev=net0"]);
-        }
-        NetSpec::Bridge { bridge } => {
-            push(&[
-                "-netdev",
-                &format!("bridge,id=net0,br={}", kiln_vm::qemu::opt_escape(bridge)),
-            ]);
-            push(&["-device", "virtio-net-device,netdev=net0"]);
-        }
-        NetSpec::Tap { ifname } => {
-            push(&[
-                "-netdev",
-                &format!(
-                    "tap,id=net0,ifname={},script=no,downscript=no",
-                    kiln_vm::qemu::opt_escape(ifname)
-                ),
-            ]);
-            push(&["-device", "virtio-net-device,netdev=net0"]);
-        }
-        NetSpec::None => {}
-    }
+    use kiln_vm::qemu::{net_args, nine_p_args, opt_escape};
+    let mut a = net_args(&vm.net);
     for (i, (path, ro)) in vm.drives.iter().enumerate() {
-        push(&[
-            "-drive",
-            &format!(
+        a.extend([
+            "-drive".into(),
+            format!(
                 "file={},if=none,id=drive{i},format=raw{}",
-                kiln_vm::qemu::opt_escape(&path.to_string_lossy()),
+                opt_escape(&path.to_string_lossy()),
                 if *ro { ",readonly=on" } else { "" }
             ),
+            "-device".into(),
+            format!("virtio-blk-device,drive=drive{i}"),
         ]);
-        push(&["-device", &format!("virtio-blk-device,drive=drive{i}")]);
     }
     for (i, (tag, dir, ro)) in vm.shares.iter().enumerate() {
-        push(&[
-            "-fsdev",
-            &format!(
-                "local,id=fs{i},path={},security_model=none{}",
-                kiln_vm::qemu::opt_escape(&dir.to_string_lossy()),
-                if *ro { ",readonly=on" } else { "" }
-            ),
-        ]);
-        push(&[
-            "-device",
-            &format!(
-                "virtio-9p-device,fsdev=fs{i},mount_tag={}",
-                kiln_vm::qemu::opt_escape(tag)
-            ),
-        ]);
+        a.extend(nine_p_args(i, tag, dir, *ro));
     }
     if !vm.vports.is_empty() {
-        push(&["-device", "virtio-serial-device"]);
+        a.extend(["-device".into(), "virtio-serial-device".into()]);
         for (i, (name, sock)) in vm.vports.iter().enumerate() {
-            push(&[
-                "-chardev",
-                &format!(
+            a.extend([
+                "-chardev".into(),
+                format!(
                     "socket,id=vport{i},path={},server=on,wait=off",
-                    kiln_vm::qemu::opt_escape(&sock.to_string_lossy())
+                    opt_escape(&sock.to_string_lossy())
                 ),
-            ]);
-            push(&[
-                "-device",
-                &format!(
-                    "virtserialport,chardev=vport{i},name={}",
-                    kiln_vm::qemu::opt_escape(name)
-                ),
+                "-device".into(),
+                format!("virtserialport,chardev=vport{i},name={}", opt_escape(name)),
             ]);
         }
     }
-    push(&["-device", "virtio-rng-device"]);
+    a.extend(["-device".into(), "virtio-rng-device".into()]);
     a
 }
 
@@ -496,30 +437,13 @@ fn cmdline_map(line: &str) -> serde_json::Map<String, serde_json::Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::path::Path;
+    use crate::backends::tests::{golden, golden_vm};
 
     fn handoff(accel: Accel) -> Handoff {
-        let vm = BackendVm {
-            name: "web".into(),
-            kernel: "/img/vmlinux".into(),
-            initrd: Some("/img/initramfs.cpio.zst".into()),
-            cmdline: "console=ttyS0 panic=-1 quiet kiln.vport=data".into(),
-            cpus: 2,
-            memory: 96,
-            net: NetSpec::User {
-                forwards: vec![
-                    "8080:80".parse().expect("p"),
-                    "5353:53/udp".parse().expect("p"),
-                ],
-            },
-            drives: vec![("/data/web.img".into(), false)],
-            shares: vec![("share0".into(), "/srv/www".into(), true)],
-            vports: vec![(
-                "data".into(),
-                "/var/lib/kiln/vms/web/vport-data.sock".into(),
-            )],
-            guest: "linux".into(),
-        };
+        let mut vm = golden_vm();
+        if let NetSpec::User { forwards } = &mut vm.net {
+            forwards.push("5353:53/udp".parse().expect("p"));
+        }
         Handoff {
             cmdline: match accel {
                 Accel::Kvm => vm.cmdline.clone(),
@@ -530,23 +454,6 @@ mod tests {
             emulator: "/usr/bin/qemu-system-x86_64".into(),
             source: "/img".into(),
         }
-    }
-
-    fn golden(file: &str, got: &str) {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden")
-            .join(file);
-        if std::env::var_os("KILN_UPDATE_GOLDEN").is_some() {
-            std::fs::write(&path, got).expect("write golden");
-        }
-        let want =
-            std::fs::read_to_string(&path).expect("golden file (KILN_UPDATE_GOLDEN=1 writes it)");
-        assert_eq!(
-            got,
-            want,
-            "{} differs (KILN_UPDATE_GOLDEN=1 to accept)",
-            path.display()
-        );
     }
 
     #[test]

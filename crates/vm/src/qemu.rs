@@ -183,6 +183,51 @@ pub fn hostfwd(f: &PortForward) -> String {
     )
 }
 
+/// The guest's NIC and its backend (`net0`, virtio-net on the microvm bus): user networking
+/// with its forwards, a bridge, or a tap; nothing for [`NetSpec::None`].
+pub fn net_args(net: &NetSpec) -> Vec<String> {
+    let netdev = match net {
+        NetSpec::User { forwards } => {
+            let mut netdev = format!("user,id={NETDEV_ID}");
+            for f in forwards {
+                netdev.push(',');
+                netdev.push_str(&hostfwd(f));
+            }
+            netdev
+        }
+        NetSpec::Bridge { bridge } => format!("bridge,id={NETDEV_ID},br={}", opt_escape(bridge)),
+        NetSpec::Tap { ifname } => format!(
+            "tap,id={NETDEV_ID},ifname={},script=no,downscript=no",
+            opt_escape(ifname)
+        ),
+        NetSpec::None => return vec![],
+    };
+    vec![
+        "-netdev".into(),
+        netdev,
+        "-device".into(),
+        format!("virtio-net-device,netdev={NETDEV_ID}"),
+    ]
+}
+
+fn as_strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// A 9p share, the `i`th: the host folder `dir` as `tag` in the guest.
+pub fn nine_p_args(i: usize, tag: &str, dir: &std::path::Path, readonly: bool) -> Vec<String> {
+    vec![
+        "-fsdev".into(),
+        format!(
+            "local,id=fs{i},path={},security_model=none{}",
+            opt_escape(&dir.to_string_lossy()),
+            if readonly { ",readonly=on" } else { "" }
+        ),
+        "-device".into(),
+        format!("virtio-9p-device,fsdev=fs{i},mount_tag={}", opt_escape(tag)),
+    ]
+}
+
 /// QEMU's argv (without the binary itself).
 pub fn argv(spec: &VmSpec) -> Vec<String> {
     let mut a: Vec<String> = Vec::new();
@@ -256,37 +301,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     }
     push(&["-chardev", &con, "-serial", "chardev:con0"]);
 
-    match &spec.net {
-        NetSpec::User { forwards } => {
-            let mut netdev = String::from("user,id=net0");
-            for f in forwards {
-                netdev.push(',');
-                netdev.push_str(&hostfwd(f));
-            }
-            push(&[
-                "-netdev",
-                &netdev,
-                "-device",
-                "virtio-net-device,netdev=net0",
-            ]);
-        }
-        NetSpec::Bridge { bridge } => push(&[
-            "-netdev",
-            &format!("bridge,id=net0,br={}", opt_escape(bridge)),
-            "-device",
-            "virtio-net-device,netdev=net0",
-        ]),
-        NetSpec::Tap { ifname } => push(&[
-            "-netdev",
-            &format!(
-                "tap,id=net0,ifname={},script=no,downscript=no",
-                opt_escape(ifname)
-            ),
-            "-device",
-            "virtio-net-device,netdev=net0",
-        ]),
-        NetSpec::None => {}
-    }
+    push(&as_strs(&net_args(&spec.net)));
     for (i, d) in spec.drives.iter().enumerate() {
         let mut drive = format!(
             "file={},if=none,id=drive{i},format=raw",
@@ -322,19 +337,12 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
                     opt_escape(&sh.tag)
                 ),
             ]),
-            ShareKind::NineP => push(&[
-                "-fsdev",
-                &format!(
-                    "local,id=fs{i},path={},security_model=none{}",
-                    opt_escape(&sh.host_dir.to_string_lossy()),
-                    if sh.readonly { ",readonly=on" } else { "" }
-                ),
-                "-device",
-                &format!(
-                    "virtio-9p-device,fsdev=fs{i},mount_tag={}",
-                    opt_escape(&sh.tag)
-                ),
-            ]),
+            ShareKind::NineP => push(&as_strs(&nine_p_args(
+                i,
+                &sh.tag,
+                &sh.host_dir,
+                sh.readonly,
+            ))),
         }
     }
     push(&["-device", "virtio-rng-device"]);
