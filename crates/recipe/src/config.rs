@@ -256,24 +256,28 @@ impl KernelChoice {
         struct One {
             kernel: KernelChoice,
         }
-        // A TOML basic string by hand: toml's own string writer overflows a counter on long
-        // runs of quotes (found by `make fuzz`, panics in debug builds).
-        let mut quoted = String::with_capacity(s.len() + 2);
-        quoted.push('"');
-        for c in s.chars() {
-            match c {
-                '"' => quoted.push_str("\\\""),
-                '\\' => quoted.push_str("\\\\"),
-                c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
-                c => quoted.push(c),
-            }
-        }
-        quoted.push('"');
-        let doc = format!("kernel = {quoted}");
+        let doc = format!("kernel = {}", toml_string(s));
         toml::from_str::<One>(&doc)
             .map(|o| o.kernel)
             .map_err(|e| e.message().to_string())
     }
+}
+
+/// `s` as a TOML basic string, written by hand: toml's own string writer overflows a counter
+/// on long runs of quotes (found by `make fuzz`; a panic in debug builds).
+pub(crate) fn toml_string(s: &str) -> String {
+    let mut quoted = String::with_capacity(s.len() + 2);
+    quoted.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => quoted.push_str("\\\""),
+            '\\' => quoted.push_str("\\\\"),
+            c if c.is_control() => quoted.push_str(&format!("\\u{:04X}", c as u32)),
+            c => quoted.push(c),
+        }
+    }
+    quoted.push('"');
+    quoted
 }
 
 impl<'de> Deserialize<'de> for KernelChoice {

@@ -154,23 +154,6 @@ pub struct Report {
     pub to_supply: Vec<String>,
 }
 
-/// A TOML basic string.
-fn toml_str(s: &str) -> String {
-    let mut q = String::from("\"");
-    for c in s.chars() {
-        match c {
-            '"' => q.push_str("\\\""),
-            '\\' => q.push_str("\\\\"),
-            c if c.is_control() => {
-                let _ = write!(q, "\\u{:04X}", c as u32);
-            }
-            c => q.push(c),
-        }
-    }
-    q.push('"');
-    q
-}
-
 /// Map `name`'s options.mk lines (none when it has no options.mk) to a kiln.toml and the report.
 pub fn map_service(name: &str, options: &[MkLine]) -> Report {
     let mut r = Report::default();
@@ -273,14 +256,14 @@ pub fn map_service(name: &str, options: &[MkLine]) -> Report {
     for s in &sets {
         let _ = writeln!(t, "#   {s}");
     }
-    let _ = writeln!(t, "name = {}", toml_str(name));
+    let _ = writeln!(t, "name = {}", crate::config::toml_string(name));
     let _ = writeln!(
         t,
         "description = {}",
-        toml_str(&format!("smolBSD service {name}"))
+        crate::config::toml_string(&format!("smolBSD service {name}"))
     );
     t.push_str("guest = \"netbsd\"\nkernel = \"netbsd-SMOL\"\n");
-    let list: Vec<String> = sets.iter().map(|s| toml_str(s)).collect();
+    let list: Vec<String> = sets.iter().map(|s| crate::config::toml_string(s)).collect();
     let _ = writeln!(t, "sets = [{}]", list.join(", "));
     if let Some(n) = size_mib {
         let _ = writeln!(t, "\n[image]\nsize_mib = {n}");

@@ -32,7 +32,7 @@ impl Libvirtd {
             return None;
         }
         for tool in ["libvirtd", "virsh", "setpriv"] {
-            if find_program(tool).is_none() {
+            if kiln_vm::find_in_path(tool).is_none() {
                 eprintln!("skipped: no {tool} on PATH (scripts/setup.sh installs it)");
                 return None;
             }
@@ -104,24 +104,6 @@ fn as_nobody(program: &str) -> Command {
     c
 }
 
-/// Whether this process's effective uid is 0 (`/proc/self/status`).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|l| l.split_whitespace().nth(1).map(|e| e == "0"))
-        .unwrap_or(false)
-}
-
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
 #[test]
 fn a_libvirt_export_runs_under_libvirtd_and_serves() {
     let Some(lv) = Libvirtd::start() else {
@@ -154,7 +136,9 @@ fn a_libvirt_export_runs_under_libvirtd_and_serves() {
     ]);
     assert!(text(&o).contains("virsh destroy"), "{}", text(&o));
     std::fs::set_permissions(&xml, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-    if find_program("virt-xml-validate").is_some() && find_program("xmllint").is_some() {
+    if kiln_vm::find_in_path("virt-xml-validate").is_some()
+        && kiln_vm::find_in_path("xmllint").is_some()
+    {
         let v = Command::new("virt-xml-validate")
             .arg(&xml)
             .arg("domain")

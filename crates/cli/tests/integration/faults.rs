@@ -145,14 +145,6 @@ fn under(program: &OsStr, args: &[&OsStr], state: &Path) -> Command {
     c
 }
 
-fn find_program(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|path| {
-        std::env::split_paths(&path)
-            .map(|d| d.join(name))
-            .find(|p| p.is_file())
-    })
-}
-
 // ---- images and caches -----------------------------------------------------------------------
 
 /// The image folder `dir` is whole: the manifest reads, the root image has the manifest's size
@@ -291,8 +283,7 @@ fn share_gated_image() -> &'static Path {
 
 /// Root, or a printed reason why the test is skipped.
 fn is_root(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
+    let root = super::is_root();
     if !root {
         eprintln!("skipped {test}: it mounts file systems (a small tmpfs, a read-only bind), which needs root");
     }
@@ -482,7 +473,7 @@ fn build_killed_in_its_hook_keeps_the_old_image_and_the_next_build_sweeps() {
 /// first rename that touches OUT) and killed there. OUT must still be a whole image.
 #[test]
 fn build_killed_inside_the_swap_into_place_leaves_a_whole_image() {
-    let Some(strace) = find_program("strace") else {
+    let Some(strace) = kiln_vm::find_in_path("strace") else {
         eprintln!("skipped build_killed_inside_the_swap_into_place: no strace on PATH");
         return;
     };

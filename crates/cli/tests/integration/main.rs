@@ -33,6 +33,13 @@ pub fn kiln(state: &Path) -> Command {
     c
 }
 
+/// Whether the tests run as root (mounts, another user's daemon): the tests that need it say
+/// why they skip otherwise.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Run and capture, with stdin closed.
 pub fn run(mut c: Command) -> Output {
     c.stdin(std::process::Stdio::null())
