@@ -7,6 +7,7 @@ mod dirs;
 mod exec;
 mod export;
 mod kernel;
+mod net;
 mod run;
 mod serve;
 mod systemd;
@@ -158,6 +159,15 @@ enum Command {
     #[command(name = "__supervise", hide = true)]
     Supervise {
         /// The VM's name.
+        name: String,
+    },
+    /// Private networks between VMs: create, ls, rm.
+    #[command(subcommand)]
+    Net(net::NetCmd),
+    /// (internal) The switch of a Kiln net.
+    #[command(name = "__net", hide = true)]
+    NetSwitch {
+        /// The net's name.
         name: String,
     },
 }
@@ -354,6 +364,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ps { json } => vms::ps(json),
+        Command::Net(cmd) => net::net(cmd),
+        Command::NetSwitch { name } => {
+            dirs::fleet()?.run_switch(&name)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Serve(a) => serve::serve(a),
         Command::Trace(a) => trace::trace(a),
         Command::Inspect { image, .. }

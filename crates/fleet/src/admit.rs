@@ -97,6 +97,7 @@ mod tests {
                 memory_mib: 32,
                 accel: kiln_vm::Accel::Tcg,
                 net: kiln_vm::NetSpec::None,
+                lans: vec![],
                 console_socket: "/c".into(),
                 console_wait: true,
                 console_log: None,

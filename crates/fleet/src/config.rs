@@ -91,6 +91,11 @@ pub struct VmConfig {
         skip_serializing_if = "Option::is_none"
     )]
     pub network: Option<Network>,
+    /// Join a Kiln net (repeatable; `kiln net create NET` first): a NIC on it with an address
+    /// from its subnet, and its other members reachable by name.
+    #[arg(long = "net", value_name = "NET")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<String>,
     /// Make the guest's root read-only before the service starts.
     #[arg(long)]
     #[serde(default, skip_serializing_if = "is_false")]
@@ -426,6 +431,9 @@ impl VmConfig {
         if let Some(v) = &self.vports {
             v.names().map_err(|m| ("vports", m))?;
         }
+        for n in &self.nets {
+            check_name(n).map_err(|m| ("nets", format!("net {m}")))?;
+        }
         if let Some(t) = self.ready_timeout.filter(|t| !(1..=3600).contains(t)) {
             return Err((
                 "ready_timeout",
@@ -508,6 +516,9 @@ impl VmConfig {
         );
         if !over.ports.is_empty() {
             self.ports = over.ports;
+        }
+        if !over.nets.is_empty() {
+            self.nets = over.nets;
         }
         self.readonly_root |= over.readonly_root;
         self.no_lock |= over.no_lock;

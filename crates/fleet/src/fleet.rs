@@ -162,6 +162,7 @@ impl Fleet {
                 accel,
                 supervised,
                 verbose,
+                lans: self.peek_lans(p.name(), &p.config.nets)?,
             },
         )
     }
@@ -215,6 +216,7 @@ impl Fleet {
                 accel,
                 supervised,
                 verbose,
+                lans: self.lease_lans(&name, &p.config.nets)?,
             },
         )?;
         admit::admit(&self.store.list(), &plan, self.host())?;
@@ -234,5 +236,8 @@ impl Fleet {
 
 /// How a spec key is named on the command line (`ready_timeout` → `--ready-timeout`).
 pub fn flag(key: &str) -> String {
+    if key == "nets" {
+        return "--net".into();
+    }
     format!("--{}", key.replace('_', "-"))
 }

@@ -56,7 +56,8 @@ impl Fleet {
             store: self.store().clone(),
             name: plan.name.clone(),
         };
-        let session = Session::start(&plan, &plan::run_paths(&plan.run_dir, false), sink)?;
+        let mut session = Session::start(&plan, &plan::run_paths(&plan.run_dir, false), sink)?;
+        session.join_nets(self, &plan);
         let pid = session.vm.pid();
         self.store().update(&plan.name, |r| {
             r.pid = pid;

@@ -143,6 +143,8 @@ pub struct PlanOptions {
     pub supervised: bool,
     /// Show the kernel's messages.
     pub verbose: bool,
+    /// The NICs on Kiln nets, leased ([`crate::Fleet::lease_lans`]); one per `nets` entry.
+    pub lans: Vec<crate::net::Lan>,
 }
 
 /// Plan a VM from its spec and image.
@@ -173,6 +175,26 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         Network::Bridge(bridge) => NetSpec::Bridge { bridge },
         Network::Tap(ifname) => NetSpec::Tap { ifname },
     };
+    if o.lans.len() != cfg.nets.len() {
+        return Err(FleetError::Other(format!(
+            "{name}: {} nets asked for, {} leased",
+            cfg.nets.len(),
+            o.lans.len()
+        )));
+    }
+    let lans = o
+        .lans
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            args.push(&l.kernel_arg());
+            kiln_vm::LanSpec {
+                mac: l.mac.clone(),
+                local: o.run_dir.join(format!("lan{i}.sock")),
+                switch: l.switch.clone(),
+            }
+        })
+        .collect();
     let (drives, drive) = drives(&mut config, image, bsd, &mut args)?;
     let shares = share(&mut config, m, &o.run_dir, &mut args)?;
     let vports = vports(cfg, &o.run_dir, &mut args)?;
@@ -210,6 +232,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         memory_mib: cfg.memory.unwrap_or(m.boot.memory),
         accel: o.accel,
         net,
+        lans,
         console_socket: paths.console_socket.clone(),
         // QEMU waits for its one console client (kiln, or the supervisor) so no output is lost.
         console_wait: true,
@@ -279,6 +302,8 @@ fn warm_start(
             "a shared folder (9p or virtiofs) cannot be restored into: its state lives on the host"
                 .to_string(),
         )
+    } else if !spec.lans.is_empty() {
+        Some("a VM on a Kiln net boots cold (the template has no NIC on it)".to_string())
     } else {
         saved.meta.signature.differs(&Signature::of(spec, image))
     };
@@ -333,6 +358,7 @@ fn refuse_init_features(cfg: &VmConfig, guest: &str) -> Result<()> {
         (cfg.share.is_some(), "--share"),
         (cfg.vports.is_some(), "--vports"),
         (cfg.readonly_root, "--readonly-root"),
+        (!cfg.nets.is_empty(), "--net"),
     ] {
         if given {
             return Err(bad(format!(

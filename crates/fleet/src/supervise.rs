@@ -245,6 +245,7 @@ impl Fleet {
                 accel: rec.accel,
                 supervised: true,
                 verbose,
+                lans: self.lease_lans(&rec.name, &rec.config.nets)?,
             },
         )?;
         let mut session = Session::start(
@@ -252,6 +253,7 @@ impl Fleet {
             &plan::run_paths(&dir, true),
             Some(Box::new(hub.sink())),
         )?;
+        session.join_nets(self, &plan);
         rec.state = VmState::Starting;
         rec.pid = session.vm.pid();
         rec.pid_start = kiln_vm::runner::pid_start_time(session.vm.pid());

@@ -119,6 +119,7 @@ impl Fleet {
                 accel,
                 supervised: false,
                 verbose: false,
+                lans: vec![],
             },
         )?;
         // No host ports: forwards are host-side state each clone gets its own of, and the
@@ -200,6 +201,13 @@ impl Fleet {
                 s.host.display()
             )));
         }
+        if !rec.config.nets.is_empty() {
+            return Err(FleetError::BadInput(format!(
+                "{name} is on Kiln nets ({}): its NICs there are not saved; run it without --net \
+                 to snapshot it",
+                rec.config.nets.join(", ")
+            )));
+        }
         let image =
             plan::resolve_image(Path::new(&rec.image), self.cache_root(), &kiln_bake::Quiet)?;
         let dir = self.store().vm_dir(name);
@@ -215,6 +223,7 @@ impl Fleet {
                 accel: rec.accel,
                 supervised: true,
                 verbose: false,
+                lans: vec![],
             },
         )?;
         let paths = plan::run_paths(&dir, true);

@@ -119,6 +119,10 @@ pub struct Session {
     link_pending: Option<kiln_vm::qmp::Qmp>,
     /// The exec channel's relay (`exec.sock`), while QEMU runs.
     exec: Option<crate::exec::Relay>,
+    /// Raised when the guest is ready (the nets' companion starts pushing names then).
+    ready_flag: Arc<AtomicBool>,
+    /// Keeps the VM's nets' switches up and its `/etc/hosts` current, while QEMU runs.
+    member: Option<crate::net::Member>,
 }
 
 impl Session {
@@ -149,6 +153,21 @@ impl Session {
             s.resume(r, &plan.name, plan.spec.net != kiln_vm::NetSpec::None)?;
         }
         Ok(s)
+    }
+
+    /// Keep `plan`'s nets for as long as this session runs: their switches running, the
+    /// guest's peers pushed to it by name once it is ready.
+    pub(crate) fn join_nets(&mut self, fleet: &crate::Fleet, plan: &Plan) {
+        if plan.config.nets.is_empty() {
+            return;
+        }
+        self.member = Some(crate::net::Member::start(
+            fleet.clone(),
+            plan.name.clone(),
+            plan.config.nets.clone(),
+            plan.spec.control_socket.clone(),
+            self.ready_flag.clone(),
+        ));
     }
 
     /// The clone has its own entropy and name: now it may be reached.
@@ -234,6 +253,8 @@ impl Session {
             closed: false,
             link_pending: None,
             exec: None,
+            ready_flag: Arc::new(AtomicBool::new(ready_at_launch)),
+            member: None,
         })
     }
 
@@ -307,6 +328,7 @@ impl Session {
                         {
                             self.link_up();
                             self.end.ready = Some((Instant::now(), *guest_ms));
+                            self.ready_flag.store(true, Ordering::Relaxed);
                         }
                         ConsoleEvent::Thawed { .. } => self.link_up(),
                         ConsoleEvent::RcExited { status } => self.end.rc_status = Some(*status),
@@ -384,6 +406,7 @@ impl Session {
         if let Some(r) = self.exec.take() {
             r.shutdown();
         }
+        self.member = None;
         self.vm.reap_helpers();
         let mut end = std::mem::take(&mut self.end);
         end.ran = self.vm.started.elapsed();

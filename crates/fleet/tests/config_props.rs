@@ -99,6 +99,7 @@ fn vm_config() -> impl Strategy<Value = VmConfig> {
             ])),
             prop::option::of(network),
             any::<[bool; 3]>(),
+            prop::collection::vec("[a-z0-9][a-z0-9_-]{0,62}", 0..3),
         ),
         (
             prop::option::of(restart),
@@ -111,7 +112,7 @@ fn vm_config() -> impl Strategy<Value = VmConfig> {
             |(
                 (image, name, cpus, memory, append),
                 (drive, ports, serial_tcp, vports),
-                (share, share_fs, network, [readonly_root, no_lock, cold]),
+                (share, share_fs, network, [readonly_root, no_lock, cold], nets),
                 (restart, ready_timeout, accel, from),
             )| VmConfig {
                 image,
@@ -126,6 +127,7 @@ fn vm_config() -> impl Strategy<Value = VmConfig> {
                 share,
                 share_fs,
                 network,
+                nets,
                 readonly_root,
                 no_lock,
                 restart,
@@ -151,6 +153,7 @@ const KEYS: &[&str] = &[
     "share",
     "share_fs",
     "network",
+    "nets",
     "readonly_root",
     "no_lock",
     "restart",

@@ -5,7 +5,8 @@
 //! `kiln.dns=ADDR[,ADDR...]`, `kiln.net=none|IFACE`, `kiln.hostname=NAME`,
 //! and the repeatable `kiln.share=TAG:PATH[:virtiofs|9p]` (mount a host
 //! share), `kiln.vport=NAME` (wait for that virtio-console port and link it
-//! as `/dev/virtio-ports/NAME`), plus `kiln.ro` (read-only root).
+//! as `/dev/virtio-ports/NAME`), `kiln.lan=MAC,ADDR/PREFIX` (configure the NIC
+//! with that MAC: a Kiln net), plus `kiln.ro` (read-only root).
 //! Dotted words are ignored by the kernel itself (it treats them as parameters
 //! of a module called `kiln`), so they never leak into init's argv/environment.
 
@@ -57,6 +58,8 @@ pub struct Overrides {
     pub shares: Vec<String>,
     /// `kiln.vport=NAME`, in order.
     pub vports: Vec<String>,
+    /// `kiln.lan=MAC,ADDR/PREFIX` (a NIC on a Kiln net), in order.
+    pub lans: Vec<String>,
     /// `kiln.ro`: remount the root read-only before rc starts.
     pub readonly_root: bool,
 }
@@ -81,6 +84,10 @@ pub fn overrides<'a>(words: &[&'a str]) -> (Overrides, Vec<&'a str>) {
             }
             "vport" => {
                 o.vports.push(value);
+                continue;
+            }
+            "lan" => {
+                o.lans.push(value);
                 continue;
             }
             "ro" => {
@@ -145,9 +152,13 @@ mod tests {
 
     #[test]
     fn shares_vports_and_ro() {
-        let w = words("kiln.share=s0:/mnt/a kiln.share=s1:/b:9p kiln.vport=data kiln.ro");
+        let w = words(
+            "kiln.share=s0:/mnt/a kiln.share=s1:/b:9p kiln.vport=data kiln.ro \
+             kiln.lan=02:6b:00:00:00:01,10.88.0.5/24",
+        );
         let (o, unknown) = overrides(&w);
         assert!(unknown.is_empty());
+        assert_eq!(o.lans, vec!["02:6b:00:00:00:01,10.88.0.5/24"]);
         assert_eq!(o.shares, vec!["s0:/mnt/a", "s1:/b:9p"]);
         assert_eq!(o.vports, vec!["data"]);
         assert!(o.readonly_root);

@@ -63,6 +63,11 @@
 //! three arguments, a seed that is not hex or not 64 bytes, a bad hostname or
 //! time) prints `kiln: error: thaw: ... (ignored)` and changes nothing.
 //!
+//! **`hosts [NAME=ADDR]...`**, sent by the VM's keeper whenever the members of
+//! its Kiln nets change: `/etc/hosts` becomes init's own lines followed by one
+//! line per peer, then `kiln: hosts N` (N peers). A malformed pair prints
+//! `kiln: warning: control: hosts: ...` and changes nothing.
+//!
 //! Any other line prints `kiln: warning: control: unknown command "..."`.
 
 use crate::snapshot::{self, Guest};
@@ -88,6 +93,8 @@ pub enum Command {
     Freeze,
     /// Give a resumed clone its own entropy, clock and name; then the host brings its link up.
     Thaw(Thaw),
+    /// The peers on the VM's Kiln nets, by name.
+    Hosts(Vec<(String, std::net::Ipv4Addr)>),
 }
 
 /// The arguments of `thaw`.
@@ -145,6 +152,8 @@ pub enum BadCommand<'a> {
     Unknown(&'a str),
     /// A malformed `thaw`.
     Thaw(ThawError),
+    /// A `hosts` pair that is not NAME=IPV4 (the pair).
+    Hosts(&'a str),
 }
 
 /// Decode hex digits (either case) into bytes; `None` for an odd length or a
@@ -203,6 +212,17 @@ pub fn parse_command(line: &str) -> Result<Option<Command>, BadCommand<'_>> {
         ("reboot", true) => Command::Reboot,
         ("freeze", true) => Command::Freeze,
         ("thaw", _) => Command::Thaw(parse_thaw(&args).map_err(BadCommand::Thaw)?),
+        ("hosts", _) => {
+            let mut peers = Vec::new();
+            for a in args {
+                let pair = a.split_once('=').and_then(|(n, ip)| {
+                    let ok = config::valid_hostname(n) && !n.contains(['=', '#']);
+                    Some((String::from(n), ip.parse().ok().filter(|_| ok)?))
+                });
+                peers.push(pair.ok_or(BadCommand::Hosts(a))?);
+            }
+            Command::Hosts(peers)
+        }
         _ => return Err(BadCommand::Unknown(line)),
     };
     Ok(Some(cmd))
@@ -269,7 +289,32 @@ fn handle_line(line: &[u8], guest: &Guest) {
         }
         Ok(Some(Command::Freeze)) => snapshot::freeze(),
         Ok(Some(Command::Thaw(t))) => snapshot::thaw(guest, &t, received_ns),
+        Ok(Some(Command::Hosts(peers))) => {
+            let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let text = crate::net::hosts_with_peers(name.trim(), guest.addr, &peers);
+            match std::fs::write("/etc/hosts", text) {
+                Ok(()) => sys::emit(
+                    &report::Line::new()
+                        .s("hosts ")
+                        .n(peers.len() as i64)
+                        .finish(),
+                ),
+                Err(e) => sys::emit(
+                    &report::Line::new()
+                        .s("warning: control: hosts: /etc/hosts: ")
+                        .s(&sys::io_error_text(&e))
+                        .finish(),
+                ),
+            }
+        }
         Err(BadCommand::Thaw(e)) => sys::emit(&e.line()),
+        Err(BadCommand::Hosts(pair)) => sys::emit(
+            &report::Line::new()
+                .s("warning: control: hosts: \"")
+                .s(pair)
+                .s("\" is not NAME=IPV4 (ignored)")
+                .finish(),
+        ),
         Err(BadCommand::Unknown(other)) => sys::emit(
             &report::Line::new()
                 .s("warning: control: unknown command \"")
@@ -319,7 +364,8 @@ fn listen(guest: Guest) {
             let line: Vec<u8> = pending.drain(..=pos).collect();
             handle_line(&line, &guest);
         }
-        if pending.len() > 4096 {
+        // The longest line is a `hosts` list of a few thousand peers.
+        if pending.len() > 256 * 1024 {
             pending.clear();
         }
     }
@@ -382,6 +428,23 @@ mod tests {
             Err(BadCommand::Unknown("poweroff -f"))
         );
         assert_eq!(parse_command("Thaw\n"), Err(BadCommand::Unknown("Thaw")));
+    }
+
+    #[test]
+    fn hosts_lists_parse_and_bad_pairs_are_named() {
+        use std::net::Ipv4Addr;
+        assert_eq!(parse_command("hosts\n"), Ok(Some(Command::Hosts(vec![]))));
+        assert_eq!(
+            parse_command("hosts db=10.88.0.9 web-2=10.88.0.4\n"),
+            Ok(Some(Command::Hosts(vec![
+                (String::from("db"), Ipv4Addr::new(10, 88, 0, 9)),
+                (String::from("web-2"), Ipv4Addr::new(10, 88, 0, 4)),
+            ])))
+        );
+        for bad in ["db", "db=10.88.0", "=10.88.0.9", "a#b=10.0.0.1"] {
+            let line = String::from("hosts ok=1.2.3.4 ") + bad + "\n";
+            assert_eq!(parse_command(&line), Err(BadCommand::Hosts(bad)), "{bad}");
+        }
     }
 
     #[test]

@@ -214,12 +214,30 @@ fn load_config(words: &[&str]) -> (Config, cmdline::Overrides) {
 
 /// Step 4: loopback, the interface, resolver files, and the gateway ARP poke.
 /// Returns the interface's address if it was configured.
-fn network(cfg: &Config) -> Option<std::net::Ipv4Addr> {
+fn network(cfg: &Config, lan_args: &[String]) -> Option<std::net::Ipv4Addr> {
     if let Err(e) = net::loopback_up() {
         warn2("network: lo: ", &e);
     }
+    let mut lans = Vec::new();
+    for v in lan_args {
+        match net::parse_lan(v) {
+            Some(l) => lans.push(l),
+            None => warn2("kernel command line: invalid kiln.lan value ", v),
+        }
+    }
+    // The NICs on Kiln nets are found by MAC; the user NIC is eth0 unless a net's took it.
+    let ifaces = if lans.is_empty() {
+        Vec::new()
+    } else {
+        net::wait_for_lans(&lans, IFACE_TIMEOUT_MS)
+    };
     let mut configured = None;
-    if let Some(n) = &cfg.net {
+    let user = cfg.net.as_ref().map(|n| {
+        let mut n = n.clone();
+        n.iface = net::user_iface(&n.iface, &ifaces, &lans);
+        n
+    });
+    if let Some(n) = &user {
         if !net::wait_for_iface(&n.iface, IFACE_TIMEOUT_MS) {
             let mut msg = String::from("network: ");
             msg.push_str(&n.iface);
@@ -234,6 +252,19 @@ fn network(cfg: &Config) -> Option<std::net::Ipv4Addr> {
                     warn2(&msg, &e);
                 }
             }
+        }
+    }
+    for l in &lans {
+        match ifaces.iter().find(|(_, m)| *m == l.mac) {
+            Some((iface, _)) => {
+                if let Err(e) = net::lan_up(iface, l) {
+                    let mut msg = String::from("network: ");
+                    msg.push_str(iface);
+                    msg.push_str(": ");
+                    warn2(&msg, &e);
+                }
+            }
+            None => warn2("network: no NIC with MAC ", &l.mac),
         }
     }
     let _ = std::fs::create_dir_all("/etc");
@@ -382,7 +413,7 @@ fn boot() -> ! {
     modules::load_all(&cfg.modules, &words);
     tl.modules = sys::boottime_ms();
 
-    let addr = network(&cfg);
+    let addr = network(&cfg, &extra.lans);
     tl.net = sys::boottime_ms();
 
     if !extra.shares.is_empty() {

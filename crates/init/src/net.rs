@@ -44,6 +44,107 @@ pub fn hosts(hostname: &str, addr: Option<Ipv4Addr>) -> String {
     s
 }
 
+/// A NIC on a Kiln net: found by its MAC, given a static address (no route:
+/// the net is one segment).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lan {
+    /// The MAC, lowercase `aa:bb:cc:dd:ee:ff` as sysfs writes it.
+    pub mac: String,
+    /// The address.
+    pub addr: Ipv4Addr,
+    /// The prefix length.
+    pub prefix: u8,
+}
+
+/// Parse a `kiln.lan=MAC,ADDR/PREFIX` value.
+pub fn parse_lan(v: &str) -> Option<Lan> {
+    let (mac, cidr) = v.split_once(',')?;
+    let mac = mac.to_ascii_lowercase();
+    let ok = mac.len() == 17
+        && mac.split(':').count() == 6
+        && mac
+            .split(':')
+            .all(|b| b.len() == 2 && b.bytes().all(|c| c.is_ascii_hexdigit()));
+    let (addr, prefix) = crate::config::parse_cidr(cidr)?;
+    ok.then_some(Lan { mac, addr, prefix })
+}
+
+/// The netmask of a prefix length.
+pub fn netmask(prefix: u8) -> Ipv4Addr {
+    Ipv4Addr::from(u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0))
+}
+
+/// The interfaces (not `lo`) with their MACs, from sysfs.
+pub fn ifaces() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/sys/class/net") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name == "lo" {
+            continue;
+        }
+        let mac = std::fs::read_to_string(e.path().join("address")).unwrap_or_default();
+        out.push((name, mac.trim().to_ascii_lowercase()));
+    }
+    out.sort();
+    out
+}
+
+/// Which interface is the user NIC when `wanted` (eth0) may have gone to a
+/// net's NIC: `wanted` unless its MAC is a lan's, else the first interface
+/// that is not a lan's.
+pub fn user_iface(wanted: &str, ifaces: &[(String, String)], lans: &[Lan]) -> String {
+    let is_lan = |mac: &str| lans.iter().any(|l| l.mac == mac);
+    match ifaces.iter().find(|(n, _)| n == wanted) {
+        Some((_, mac)) if is_lan(mac) => ifaces
+            .iter()
+            .find(|(_, m)| !is_lan(m))
+            .map(|(n, _)| n.clone())
+            .unwrap_or_else(|| String::from(wanted)),
+        _ => String::from(wanted),
+    }
+}
+
+/// Wait (up to `timeout_ms`) until every lan's NIC exists; the interfaces then.
+pub fn wait_for_lans(lans: &[Lan], timeout_ms: u64) -> Vec<(String, String)> {
+    let deadline = sys::boottime_ms() + timeout_ms;
+    loop {
+        let found = ifaces();
+        let all = lans.iter().all(|l| found.iter().any(|(_, m)| *m == l.mac));
+        if all || sys::boottime_ms() >= deadline {
+            return found;
+        }
+        sys::sleep_ms(5);
+    }
+}
+
+/// Bring a lan's NIC (`iface`) up with its address.
+pub fn lan_up(iface: &str, lan: &Lan) -> Result<(), String> {
+    let s = Sock::new().map_err(sys::strerror)?;
+    iface_up(&s, iface, lan.addr, netmask(lan.prefix))
+}
+
+/// `/etc/hosts` with the peers on Kiln nets after init's own lines.
+pub fn hosts_with_peers(
+    hostname: &str,
+    addr: Option<Ipv4Addr>,
+    peers: &[(String, Ipv4Addr)],
+) -> String {
+    let mut s = hosts(hostname, addr);
+    if !peers.is_empty() {
+        s.push_str("# Kiln nets (kept current by kiln-init)\n");
+    }
+    for (name, a) in peers {
+        push_ipv4(&mut s, *a);
+        s.push('\t');
+        s.push_str(name);
+        s.push('\n');
+    }
+    s
+}
+
 /// `struct ifreq`: 16-byte name plus a 24-byte union (sockaddr or flags).
 #[repr(C)]
 struct IfReq {
@@ -275,6 +376,33 @@ mod tests {
             "nameserver 10.0.2.3\nnameserver fd00::3\n"
         );
         assert_eq!(resolv_conf(&[]), "");
+    }
+
+    #[test]
+    fn lans_parse_and_the_user_nic_is_not_taken_for_one() {
+        let l = parse_lan("02:6B:00:00:00:01,10.88.0.5/24").expect("lan");
+        assert_eq!(l.mac, "02:6b:00:00:00:01");
+        assert_eq!(l.addr, Ipv4Addr::new(10, 88, 0, 5));
+        assert_eq!(netmask(l.prefix), Ipv4Addr::new(255, 255, 255, 0));
+        for bad in [
+            "02:6b:00:00:00:01",
+            "02:6b:00:00:01,10.88.0.5/24",
+            "zz:6b:00:00:00:01,1.2.3.4/8",
+            "02:6b:00:00:00:01,10.88.0.5/40",
+        ] {
+            assert_eq!(parse_lan(bad), None, "{bad}");
+        }
+        let ifs = vec![
+            ("eth0".to_string(), "02:6b:00:00:00:01".to_string()),
+            ("eth1".to_string(), "52:54:00:12:34:56".to_string()),
+        ];
+        assert_eq!(user_iface("eth0", &ifs, std::slice::from_ref(&l)), "eth1");
+        assert_eq!(user_iface("eth0", &ifs, &[]), "eth0");
+        let peers = vec![("db".to_string(), Ipv4Addr::new(10, 88, 0, 9))];
+        let h = hosts_with_peers("web", None, &peers);
+        assert!(h.starts_with(&hosts("web", None)), "{h}");
+        assert!(h.ends_with("10.88.0.9\tdb\n"), "{h}");
+        assert_eq!(hosts_with_peers("web", None, &[]), hosts("web", None));
     }
 
     #[test]

@@ -90,6 +90,20 @@ pub struct VportSpec {
     pub socket: PathBuf,
 }
 
+/// A second (third, …) NIC on a Kiln private net: a virtio-net device whose frames travel as
+/// unix datagrams between the VM's own socket and the net's switch (`-netdev dgram`). QEMU sends
+/// to the switch's path on every frame, so a restarted switch gets the VM's traffic again with
+/// nothing to reconnect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LanSpec {
+    /// The NIC's MAC address (`02:…`, locally administered).
+    pub mac: String,
+    /// The VM's end (QEMU binds it).
+    pub local: PathBuf,
+    /// The switch's socket.
+    pub switch: PathBuf,
+}
+
 /// Everything needed to start one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
@@ -109,6 +123,8 @@ pub struct VmSpec {
     pub accel: Accel,
     /// Networking.
     pub net: NetSpec,
+    /// NICs on Kiln's private nets, after `net`.
+    pub lans: Vec<LanSpec>,
     /// Serial console socket (QEMU listens).
     pub console_socket: PathBuf,
     /// QEMU waits for a console client before starting the guest (foreground runs).
@@ -210,6 +226,25 @@ pub fn net_args(net: &NetSpec) -> Vec<String> {
     ]
 }
 
+/// The NICs on private nets (`lan0`, `lan1`, …): datagram netdevs to the nets' switches.
+pub fn lan_args(lans: &[LanSpec]) -> Vec<String> {
+    let mut a = Vec::new();
+    for (i, l) in lans.iter().enumerate() {
+        a.push("-netdev".into());
+        a.push(format!(
+            "dgram,id=lan{i},local.type=unix,local.path={},remote.type=unix,remote.path={}",
+            opt_escape(&l.local.to_string_lossy()),
+            opt_escape(&l.switch.to_string_lossy())
+        ));
+        a.push("-device".into());
+        a.push(format!(
+            "virtio-net-device,netdev=lan{i},mac={}",
+            opt_escape(&l.mac)
+        ));
+    }
+    a
+}
+
 fn as_strs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
@@ -302,6 +337,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     push(&["-chardev", &con, "-serial", "chardev:con0"]);
 
     push(&as_strs(&net_args(&spec.net)));
+    push(&as_strs(&lan_args(&spec.lans)));
     for (i, d) in spec.drives.iter().enumerate() {
         let mut drive = format!(
             "file={},if=none,id=drive{i},format=raw",
@@ -416,6 +452,7 @@ mod tests {
                     "0.0.0.0:5353:53/udp".parse().expect("p"),
                 ],
             },
+            lans: vec![],
             console_socket: "/r/console.sock".into(),
             console_wait: true,
             console_log: Some("/r/console.log".into()),
@@ -437,6 +474,35 @@ mod tests {
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
             .collect()
+    }
+
+    #[test]
+    fn private_net_nics_follow_the_user_nic_as_datagram_netdevs() {
+        let mut s = spec();
+        s.lans = vec![
+            LanSpec {
+                mac: "02:6b:00:00:00:01".into(),
+                local: "/r/lan0.sock".into(),
+                switch: "/s/nets/a,b/switch.sock".into(),
+            },
+            LanSpec {
+                mac: "02:6b:00:00:00:02".into(),
+                local: "/r/lan1.sock".into(),
+                switch: "/s/nets/c/switch.sock".into(),
+            },
+        ];
+        let a = argv(&s);
+        let netdevs = after(&a, "-netdev");
+        assert_eq!(netdevs.len(), 3, "{netdevs:?}");
+        assert!(netdevs[0].starts_with("user,id=net0"), "{netdevs:?}");
+        assert_eq!(
+            netdevs[1],
+            "dgram,id=lan0,local.type=unix,local.path=/r/lan0.sock,\
+             remote.type=unix,remote.path=/s/nets/a,,b/switch.sock"
+        );
+        assert!(netdevs[2].starts_with("dgram,id=lan1,"), "{netdevs:?}");
+        let devices = after(&a, "-device");
+        assert!(devices.contains(&"virtio-net-device,netdev=lan1,mac=02:6b:00:00:00:02"));
     }
 
     #[test]

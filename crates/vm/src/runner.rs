@@ -180,6 +180,9 @@ pub fn spawn(
     for p in &spec.vports {
         let _ = std::fs::remove_file(&p.socket);
     }
+    for l in &spec.lans {
+        let _ = std::fs::remove_file(&l.local);
+    }
     // The published TCP ports are Kiln's (a real backlog); slirp's forwards move to private
     // loopback ports behind them.
     let (front, fronted);
@@ -565,6 +568,7 @@ mod tests {
             memory_mib: 64,
             accel: crate::Accel::Tcg,
             net: crate::NetSpec::None,
+            lans: vec![],
             console_socket: paths.console_socket.clone(),
             console_wait: false,
             console_log: None,

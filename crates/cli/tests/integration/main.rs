@@ -10,6 +10,7 @@ mod exec;
 mod faults;
 mod lifecycle;
 mod load;
+mod nets;
 mod refusals;
 mod services;
 mod templates;

@@ -41,6 +41,8 @@ fn command_like() -> impl Strategy<Value = String> {
         Just("poweroff".to_string()),
         Just("reboot".to_string()),
         Just("freeze".to_string()),
+        Just("hosts".to_string()),
+        "[a-z]{1,8}=[0-9.]{1,16}",
         "[0-9a-fA-F]{0,130}",
         "[^ \t\r\n]{1,70}",
         any::<u64>().prop_map(|n| n.to_string()),
@@ -64,6 +66,9 @@ proptest! {
             Ok(None) => prop_assert!(line.trim().is_empty() || line.split_ascii_whitespace().next().is_none()),
             Ok(Some(_)) => {}
             Err(BadCommand::Unknown(u)) => prop_assert_eq!(u, line.trim()),
+            Err(BadCommand::Hosts(pair)) => {
+                prop_assert!(line.split_ascii_whitespace().skip(1).any(|w| w == pair), "{pair}");
+            }
             Err(BadCommand::Thaw(e)) => {
                 let out = e.line();
                 prop_assert!(out.contains("thaw") && out.contains("(ignored)"), "{out}");
