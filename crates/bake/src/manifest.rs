@@ -108,6 +108,9 @@ pub struct BootConfig {
     pub ready_timeout: u32,
     /// "user" or "none".
     pub network: String,
+    /// Kiln nets the VM joins by default (`[network] nets`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub nets: Vec<String>,
     /// Which kernel: "debian", "tiny" (built by `kiln kernel build`: no ACPI, no modules) or
     /// "file".
     #[serde(default)]
@@ -146,6 +149,7 @@ impl BootConfig {
             ready: cfg.ready.as_conf(),
             ready_timeout: cfg.ready_timeout,
             network: cfg.network.mode.clone(),
+            nets: cfg.network.nets.clone(),
             guest: cfg.guest.name().into(),
             template: cfg.template.is_some(),
             kernel_kind: match cfg.kernel {

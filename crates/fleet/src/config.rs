@@ -399,21 +399,8 @@ impl fmt::Display for SerialTcp {
     }
 }
 
-/// Check a VM name: 1–63 of a-z 0-9 - _, starting with a letter or digit.
-pub fn check_name(n: &str) -> Result<(), String> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-        && n.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "name `{n}`: use 1–63 of a-z 0-9 - _, starting with a letter or digit"
-        ))
-    }
-}
+/// Check a VM (or net) name: 1–63 of a-z 0-9 - _, starting with a letter or digit.
+pub use kiln_recipe::check_name;
 
 impl VmConfig {
     /// Check the values whose type admits more than Kiln does (ranges, names); Err is

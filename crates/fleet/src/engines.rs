@@ -104,6 +104,16 @@ pub fn export(engine: Engine, plan: &Plan) -> Result<Exported> {
             plan.name, plan.guest
         )));
     }
+    if !plan.config.nets.is_empty() {
+        return Err(FleetError::BadInput(format!(
+            "{}: Kiln nets ({}) live on this host's switches and do not travel to {}; export it \
+             without --net (or without the recipe's [network] nets: pass --net on another net \
+             there)",
+            plan.name,
+            plan.config.nets.join(", "),
+            format!("{engine:?}").to_lowercase()
+        )));
+    }
     let h = Handoff::from_plan(plan);
     Ok(match engine {
         Engine::Libvirt => libvirt(&h),

@@ -110,6 +110,10 @@ impl Fleet {
         self.ensure_template(&cfg, &image, progress)?;
         cfg.image = Some(image.dir.display().to_string());
         cfg.name.get_or_insert_with(|| image.manifest.name.clone());
+        if cfg.nets.is_empty() {
+            // The recipe's `[network] nets`, unless the spec names its own.
+            cfg.nets = image.manifest.boot.nets.clone();
+        }
         Ok(Prepared { config: cfg, image })
     }
 

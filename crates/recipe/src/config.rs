@@ -464,6 +464,22 @@ impl Default for Root {
     }
 }
 
+/// Check a VM or net name: 1–63 of a-z 0-9 - _, starting with a letter or digit.
+pub fn check_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && n.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "name `{n}`: use 1–63 of a-z 0-9 - _, starting with a letter or digit"
+        ))
+    }
+}
+
 /// `[network]`: the guest side of the network.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
@@ -480,6 +496,9 @@ pub struct Network {
     /// DNS server.
     #[serde(default = "default_dns")]
     pub dns: String,
+    /// Kiln nets the VM joins unless `kiln run --net` says otherwise (`kiln net create` them).
+    #[serde(default)]
+    pub nets: Vec<String>,
 }
 
 impl Default for Network {
@@ -489,6 +508,7 @@ impl Default for Network {
             address: default_address(),
             gateway: default_gateway(),
             dns: default_dns(),
+            nets: Vec::new(),
         }
     }
 }
@@ -527,6 +547,10 @@ impl Config {
             check_cidr(&self.network.address).map_err(|m| at("address", m))?;
             check_ip(&self.network.gateway).map_err(|m| at("gateway", m))?;
             check_ip(&self.network.dns).map_err(|m| at("dns", m))?;
+        }
+        for n in &self.network.nets {
+            check_name(n)
+                .map_err(|m| (find_key(text, "nets"), format!("network.nets: net {m}")))?;
         }
         if let (Some(f), false) = (
             self.kernel_fragments.first(),

@@ -161,6 +161,11 @@ fn bad_values_are_refused_with_their_line() {
             "not one of",
         ),
         ("name = \"x\"\nkernel = \"\"\n", 2, "kernel: empty"),
+        (
+            "name = \"x\"\n[network]\nnets = [\"back\", \"Front End\"]\n",
+            3,
+            "network.nets: net name `Front End`",
+        ),
     ];
     for (toml, want_line, want_msg) in cases {
         let (line, msg) = parse_err(toml);

@@ -148,6 +148,7 @@ pub fn document() -> Value {
                     "vports": {"type": ["integer", "array"], "items": {"type": "string"}, "description": "virtio-console ports: a count or names"},
                     "serial_tcp": {"type": "string", "description": "serial console over TCP too: PORT or ADDR:PORT"},
                     "network": {"type": "string", "description": "user, none, bridge:BRIDGE, tap:TAPIF (the last two need root)"},
+                    "nets": {"type": "array", "items": {"type": "string"}, "description": "Kiln nets to join (`kiln net create` them first): a NIC on each, peers by name"},
                     "readonly_root": {"type": "boolean"},
                     "no_lock": {"type": "boolean"},
                     "restart": {"type": "string", "enum": ["no", "on-failure", "always"]},

@@ -346,7 +346,7 @@ async fn create_boots_the_whole_requested_spec() {
     let port = free_port();
     let body = format!(
         r#"{{"recipe":"rescue","restart":"on-failure","vports":["data"],
-            "ports":["{port}:80"],"memory":64}}"#
+            "ports":["{port}:80"],"memory":64,"nets":["back"]}}"#
     );
     let (status, info) = env.call("POST", "/api/vms", Some(&body)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{info}");
@@ -362,6 +362,7 @@ async fn create_boots_the_whole_requested_spec() {
         ports: vec![format!("{port}:80").parse().expect("forward")],
         restart: Some(Restart::OnFailure),
         vports: Some(Vports::Names(vec!["data".into()])),
+        nets: vec!["back".into()],
         ..VmConfig::default()
     };
     assert_eq!(env.fake.created(), [expected]);
@@ -406,6 +407,7 @@ async fn create_with_a_refused_value_is_invalid_request() {
         r#"{"recipe":"rescue","memory":1}"#,
         r#"{"recipe":"rescue","cpus":0}"#,
         r#"{"recipe":"rescue","name":"Bad/Name"}"#,
+        r#"{"recipe":"rescue","nets":["Bad Net"]}"#,
     ] {
         let (status, err) = env.call("POST", "/api/vms", Some(body)).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {err}");
