@@ -15,6 +15,8 @@ PKGS=(
   e2fsprogs util-linux      # format = "disk": mke2fs -d and debugfs make the ext4 root, unshare maps the builder to root
   makefs                    # BSD guests: the FFS root image (NetBSD's makefs)
   build-essential pkg-config
+  libssl-dev                 # kiln-oci's HTTPS to registries (ureq + native-tls, the system's OpenSSL and CA store)
+  docker-registry skopeo umoci   # kiln-oci's tests: a real registry on loopback, images made with umoci, copied in with skopeo
   linux-source-6.1 flex bison bc libelf-dev   # kiln kernel build: the tiny kernel from source
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils   # kiln export --to libvirt is run under a private libvirtd; virt-xml-validate
@@ -40,6 +42,10 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   echo "setup: installing ${missing[*]}" >&2
   sudo_ env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Tests start registries of their own; the package's host-wide one (port 5000) is not Kiln's.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
+  sudo_ systemctl disable --now docker-registry >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -10,6 +10,7 @@ mod bsd;
 mod fingerprint;
 mod hidden;
 pub mod manifest;
+pub mod oci;
 mod packages;
 mod workdir;
 
@@ -95,6 +96,25 @@ pub enum BuildError {
         /// What is wrong.
         message: String,
     },
+    /// The recipe's `from` image cannot be used.
+    #[error("{location}: from: {message}")]
+    From {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The recipe's `user` is not in the root's user database.
+    #[error("{location}: user: {message}")]
+    User {
+        /// kiln.toml:LINE.
+        location: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// An OCI image could not be had or unpacked.
+    #[error(transparent)]
+    Oci(#[from] kiln_oci::OciError),
     /// kiln-init was not found.
     #[error("kiln-init (the guest init) not found at {}: build it with `make init`, or set KILN_INIT to its path", .0.display())]
     NoInit(PathBuf),
@@ -128,7 +148,10 @@ impl BuildError {
             | BuildError::File { .. }
             | BuildError::Modules { .. }
             | BuildError::BadKernel { .. }
+            | BuildError::From { .. }
+            | BuildError::User { .. }
             | BuildError::BadImage { .. } => true,
+            BuildError::Oci(e) => e.is_user_error(),
             BuildError::Rootfs(
                 R::Elf(_)
                 | R::Index(_)
@@ -155,7 +178,7 @@ impl BuildError {
     }
 }
 
-fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
+pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> BuildError {
     let path = path.into();
     move |error| BuildError::Io { path, error }
 }
@@ -266,7 +289,7 @@ pub fn build_variant(
     }
 
     let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
-    let mut st = b.stage_skeleton(&staging_dir, inputs.busybox.as_ref())?;
+    let mut st = b.stage_skeleton(&staging_dir, inputs.busybox.as_ref(), inputs.base.as_ref())?;
     b.stage_packages(&mut st, &inputs)?;
     let package_root = inputs.pkgs.as_ref().map(|p| p.root.dir.as_path());
     install_binaries(recipe, &mut st, package_root)?;
@@ -301,6 +324,8 @@ struct Inputs {
     pkgs: Option<packages::Provisioned>,
     /// The index file in effect, if any.
     index: Option<PathBuf>,
+    /// The recipe's `from` image, pulled.
+    base: Option<kiln_oci::Pulled>,
 }
 
 impl Build<'_> {
@@ -315,11 +340,13 @@ impl Build<'_> {
             Some(packages::provision(self.recipe, cache, self.opts.refresh)?)
         };
         let index = self.variant.index(self.recipe);
+        let base = oci::pull_base(self.recipe, &self.opts.cache_root, self.progress)?;
         Ok(Inputs {
             kernel,
             busybox,
             pkgs,
             index,
+            base,
         })
     }
 
@@ -376,6 +403,10 @@ impl Build<'_> {
     /// The build's fingerprint: the recipe and its inputs, the package set and the index's hash.
     fn fingerprint(&self, inputs: &Inputs) -> Result<String, BuildError> {
         let mut extra = self.variant.describe(self.recipe);
+        if let Some(b) = &inputs.base {
+            // A tag that moves to another image is another build.
+            extra.push_str(&format!("\nfrom {}", b.manifest_digest));
+        }
         if let Some(p) = &inputs.pkgs {
             extra.push('\n');
             extra.push_str(&p.set.identity());
@@ -402,12 +433,18 @@ impl Build<'_> {
         &self,
         staging_dir: &Path,
         busybox: Option<&(PathBuf, String)>,
+        base: Option<&kiln_oci::Pulled>,
     ) -> Result<Staging, BuildError> {
         self.progress.phase("root filesystem");
         let mut st = Staging::new(staging_dir)?;
-        skeleton(&mut st)?;
+        // An OCI image is the bottom layer: what Kiln adds below fills in only what it lacks.
+        if let Some(base) = base {
+            oci::stage_base(&mut st, base)?;
+        }
+        let keep = base.is_some();
+        skeleton(&mut st, keep)?;
         if let Some((bb, from)) = busybox {
-            install_busybox(&mut st, bb, from)?;
+            install_busybox(&mut st, bb, from, keep)?;
         }
         st.copy_file(
             Path::new("/init"),
@@ -621,7 +658,15 @@ fn write_init_conf(
     recipe: &Recipe,
     modules: &ModuleLines,
 ) -> Result<(), BuildError> {
-    let init_conf = init_conf(recipe, modules);
+    let mut init_conf = init_conf(recipe, modules);
+    if let Some(u) = &recipe.config.user {
+        let (uid, gid) =
+            oci::resolve_user(st.root(), u.get_ref()).map_err(|message| BuildError::User {
+                location: recipe.locate(u.span()),
+                message,
+            })?;
+        init_conf.push_str(&format!("user={uid}:{gid}\n"));
+    }
     st.write_file(
         Path::new("/etc/kiln/init.conf"),
         init_conf.as_bytes(),
@@ -935,7 +980,8 @@ const SKELETON_DIRS: &[(&str, u32)] = &[
     ("/mnt", 0o755),
 ];
 
-fn skeleton(st: &mut Staging) -> Result<(), BuildError> {
+/// The root skeleton; with `keep`, files already staged (an OCI image's) are kept.
+fn skeleton(st: &mut Staging, keep: bool) -> Result<(), BuildError> {
     for (d, mode) in SKELETON_DIRS {
         st.mkdir(Path::new(d), *mode, "root skeleton")?;
     }
@@ -969,6 +1015,9 @@ fn skeleton(st: &mut Staging) -> Result<(), BuildError> {
         ("/etc/shadow", "root:*:0:0:99999:7:::\n"),
     ];
     for (p, text) in etc {
+        if keep && oci::staged(st, Path::new(p)) {
+            continue;
+        }
         let mode = if p.ends_with("shadow") { 0o600 } else { 0o644 };
         st.write_file(
             Path::new(p),
@@ -984,7 +1033,13 @@ fn skeleton(st: &mut Staging) -> Result<(), BuildError> {
 /// Applets that must not shadow kiln-init (or busybox itself).
 const SKIP_APPLETS: &[&str] = &["init", "linuxrc", "busybox"];
 
-fn install_busybox(st: &mut Staging, busybox: &Path, from: &str) -> Result<(), BuildError> {
+/// busybox and its applet links; with `keep`, paths already staged (an OCI image's) are kept.
+fn install_busybox(
+    st: &mut Staging,
+    busybox: &Path,
+    from: &str,
+    keep: bool,
+) -> Result<(), BuildError> {
     st.copy_file(
         Path::new("/usr/bin/busybox"),
         busybox,
@@ -1008,6 +1063,9 @@ fn install_busybox(st: &mut Staging, busybox: &Path, from: &str) -> Result<(), B
             continue;
         }
         let guest = Path::new("/").join(applet);
+        if keep && oci::staged(st, &guest) {
+            continue;
+        }
         st.symlink(
             &guest,
             Path::new("/usr/bin/busybox"),

@@ -174,7 +174,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BuildArgs {
-    /// The recipe folder.
+    /// The recipe folder, or an OCI image (HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE).
     recipe: PathBuf,
     /// Output image folder (default: out/NAME).
     #[arg(short, long)]
@@ -266,7 +266,14 @@ fn exit_code(e: &anyhow::Error) -> u8 {
 fn dispatch(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Build(a) => {
-            let mut recipe = Recipe::load(&a.recipe)?;
+            let text = a.recipe.to_string_lossy().into_owned();
+            let recipe_dir = if !a.recipe.exists() && kiln_oci::is_image_reference(&text) {
+                // An OCI image: the recipe Kiln makes from it (docs/oci.md).
+                kiln_bake::oci::recipe_for(&text, &dirs::cache_root())?
+            } else {
+                a.recipe.clone()
+            };
+            let mut recipe = Recipe::load(&recipe_dir)?;
             if let Some(k) = &a.kernel {
                 recipe.config.kernel = kiln_recipe::KernelChoice::parse_override(k)
                     .map_err(|e| BadInput(format!("--kernel: {e}")))?;

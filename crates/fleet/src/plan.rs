@@ -42,9 +42,20 @@ pub fn resolve_image(target: &Path, cache_root: &Path, progress: &dyn Progress) 
             built: None,
         });
     }
+    let text = target.to_string_lossy();
+    let made;
+    let target = if !target.exists() && kiln_oci::is_image_reference(&text) {
+        // An OCI image: a recipe made from it (cached per image digest), built like any other.
+        progress.phase("OCI image");
+        made = kiln_bake::oci::recipe_for(&text, cache_root)?;
+        made.as_path()
+    } else {
+        target
+    };
     if !target.join("kiln.toml").is_file() && !target.exists() {
         return Err(bad(format!(
-            "{}: no such recipe or image folder",
+            "{}: no such recipe or image folder (nor an OCI image reference: \
+             HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG] or docker-archive:FILE)",
             target.display()
         )));
     }

@@ -14,6 +14,7 @@
 //! dns=10.0.2.3                       # one or more addresses | none
 //! ready=tcp:80                       # tcp:PORT | exit | none
 //! rc=/etc/rc
+//! user=1000:1000                     # UID:GID rc runs as (default: root)
 //! # env (repeatable): the value runs to the end of the line, `#` included
 //! env=FOO=bar
 //! ```
@@ -94,6 +95,8 @@ pub struct Config {
     pub rc: String,
     /// Extra environment for rc, in file order.
     pub env: Vec<(String, String)>,
+    /// The user and group rc runs as (an OCI image's `User`); root when unset.
+    pub user: Option<(u32, u32)>,
 }
 
 impl Default for Config {
@@ -107,6 +110,7 @@ impl Default for Config {
             ready: Ready::None,
             rc: String::from("/etc/rc"),
             env: Vec::new(),
+            user: None,
         }
     }
 }
@@ -263,6 +267,13 @@ pub fn parse(text: &str) -> (Config, Vec<String>) {
                 }
                 _ => false,
             },
+            "user" => match value.split_once(':').map(|(u, g)| (u.parse(), g.parse())) {
+                Some((Ok(u), Ok(g))) => {
+                    cfg.user = Some((u, g));
+                    true
+                }
+                _ => false,
+            },
             "hostname" | "module" | "share_module" | "rc" => false,
             _ => {
                 let mut w = String::from("init.conf line ");
@@ -371,6 +382,18 @@ mod tests {
             ]
         );
         assert_eq!(cfg.hostname, "h");
+    }
+
+    #[test]
+    fn rc_runs_as_a_numeric_user_and_group() {
+        let (cfg, w) = parse("user=1000:100\n");
+        assert!(w.is_empty(), "{w:?}");
+        assert_eq!(cfg.user, Some((1000, 100)));
+        for bad in ["user=www\n", "user=1000\n", "user=1:x\n", "user=-1:0\n"] {
+            let (cfg, w) = parse(bad);
+            assert_eq!(cfg.user, None, "{bad}");
+            assert_eq!(w.len(), 1, "{bad}: {w:?}");
+        }
     }
 
     #[test]

@@ -316,6 +316,10 @@ fn spawn_rc(cfg: &Config) -> Result<i32, String> {
         return Err(sys::io_error_text(&e));
     }
     let mut cmd = shell(&cfg.rc, &cfg.env);
+    if let Some((uid, gid)) = cfg.user {
+        // Supplementary groups are dropped with the change (std's setgroups(0)).
+        cmd.uid(uid).gid(gid);
+    }
     // SAFETY: the closure only makes async-signal-safe system calls
     // (sigprocmask, setsid, ioctl) and allocates nothing.
     unsafe {

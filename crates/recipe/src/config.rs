@@ -78,6 +78,14 @@ pub struct Config {
     /// Free text shown by `kiln ps` and the web console.
     #[serde(default)]
     pub description: String,
+    /// An OCI image the root starts from (`localhost:5000/app:1`, `oci:DIR[:TAG]`,
+    /// `docker-archive:FILE`): its files first, everything the recipe adds on top.
+    #[serde(default)]
+    pub from: Option<Spanned<String>>,
+    /// Who etc/rc runs as: a user of the root's /etc/passwd, `USER:GROUP`, or `UID[:GID]`
+    /// (default root).
+    #[serde(default)]
+    pub user: Option<Spanned<String>>,
     /// The guest's operating system: Linux (default: Kiln's init, busybox, the host's
     /// binaries) or a BSD made from sets and a kernel the user supplies.
     #[serde(default)]
@@ -265,7 +273,7 @@ impl KernelChoice {
 
 /// `s` as a TOML basic string, written by hand: toml's own string writer overflows a counter
 /// on long runs of quotes (found by `make fuzz`; a panic in debug builds).
-pub(crate) fn toml_string(s: &str) -> String {
+pub fn toml_string(s: &str) -> String {
     let mut quoted = String::with_capacity(s.len() + 2);
     quoted.push('"');
     for c in s.chars() {

@@ -2,6 +2,8 @@
 //! sleep), child processes that are killed when the test ends however it ends, free ports,
 //! and finding QEMU processes left behind.
 
+pub mod registry;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};

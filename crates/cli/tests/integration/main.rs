@@ -11,6 +11,7 @@ mod faults;
 mod lifecycle;
 mod load;
 mod nets;
+mod oci;
 mod refusals;
 mod services;
 mod templates;

@@ -1,0 +1,395 @@
+//! OCI images in the build: a recipe's `from = "REF"` (the image's files are the root's first
+//! layer, the recipe's go on top), and a recipe made from an image alone ([`recipe_for`]: its
+//! Entrypoint and Cmd as etc/rc, its Env, WorkingDir, User and ExposedPorts as the recipe's), so
+//! `kiln run REF` and `kiln build REF` go through the one pipeline every recipe does.
+
+use crate::BuildError;
+use kiln_oci::{ImageConfig, PullOptions, Pulled, Source};
+use kiln_recipe::Recipe;
+use kiln_rootfs::Staging;
+use std::path::{Path, PathBuf};
+
+/// The OCI cache under the cache root: blobs, and the recipes made from images.
+pub fn cache_dir(cache_root: &Path) -> PathBuf {
+    cache_root.join("oci")
+}
+
+/// Pull options for the cache root (`insecure`: plain HTTP to the registry).
+pub fn pull_options(cache_root: &Path, insecure: bool) -> PullOptions {
+    PullOptions {
+        cache: cache_dir(cache_root),
+        insecure,
+        docker_config: None,
+    }
+}
+
+/// Whether plain HTTP is allowed: `KILN_INSECURE_REGISTRY=1`, or a registry on loopback.
+pub fn insecure_for(reference: &str) -> bool {
+    std::env::var("KILN_INSECURE_REGISTRY").is_ok_and(|v| v == "1")
+        || ["localhost:", "127.0.0.1:", "[::1]:"]
+            .iter()
+            .any(|p| reference.starts_with(p))
+}
+
+/// Pull the recipe's `from` image (if any), its blobs verified into the cache.
+pub(crate) fn pull_base(
+    recipe: &Recipe,
+    cache_root: &Path,
+    progress: &dyn crate::Progress,
+) -> Result<Option<Pulled>, BuildError> {
+    let Some(from) = &recipe.config.from else {
+        return Ok(None);
+    };
+    let src: Source = from.get_ref().parse().map_err(|e| BuildError::From {
+        location: recipe.locate(from.span()),
+        message: format!("{e}"),
+    })?;
+    progress.phase("OCI image");
+    let opts = pull_options(cache_root, insecure_for(from.get_ref()));
+    let pulled = kiln_oci::pull(&src, &opts, &|_, _, _| {})?;
+    Ok(Some(pulled))
+}
+
+/// Unpack the image's layers as the bottom of the staging tree; every path is recorded as
+/// coming from the image.
+pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildError> {
+    let report = kiln_oci::unpack(&base.layers, st.root())?;
+    for (path, why) in &report.skipped {
+        tracing::warn!(path = %path, "not taken from the OCI image: {why}");
+    }
+    let root = st.root().to_path_buf();
+    let source = format!("{}@{}", base.reference, base.manifest_digest);
+    for e in walkdir::WalkDir::new(&root)
+        .min_depth(1)
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(rel) = e.path().strip_prefix(&root) {
+            st.adopt(&Path::new("/").join(rel), &source, "from the OCI image");
+        }
+    }
+    Ok(())
+}
+
+/// Whether guest path `guest` exists in the staging tree (a link counts, followed or not).
+pub(crate) fn staged(st: &Staging, guest: &Path) -> bool {
+    st.host_path(guest)
+        .is_ok_and(|h| std::fs::symlink_metadata(h).is_ok())
+}
+
+/// `user` (a name, `NAME:GROUP`, `UID` or `UID:GID`) as numbers, from the staged root's
+/// /etc/passwd and /etc/group.
+pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
+    let read = |f: &str| std::fs::read_to_string(root.join(f)).unwrap_or_default();
+    let (passwd, group) = (read("etc/passwd"), read("etc/group"));
+    let (u, g) = match user.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (user, None),
+    };
+    let entry = |db: &str, name: &str| -> Option<Vec<String>> {
+        db.lines()
+            .map(|l| l.split(':').map(String::from).collect::<Vec<_>>())
+            .find(|f| f.first().map(String::as_str) == Some(name))
+    };
+    let (uid, primary) = match u.parse::<u32>() {
+        Ok(n) => (
+            n,
+            passwd
+                .lines()
+                .map(|l| l.split(':').collect::<Vec<_>>())
+                .find(|f| f.get(2).and_then(|x| x.parse::<u32>().ok()) == Some(n))
+                .and_then(|f| f.get(3).and_then(|x| x.parse().ok())),
+        ),
+        Err(_) => {
+            let f = entry(&passwd, u)
+                .ok_or_else(|| format!("user `{u}` is not in the image's /etc/passwd"))?;
+            let uid = f.get(2).and_then(|x| x.parse().ok());
+            let gid = f.get(3).and_then(|x| x.parse().ok());
+            (
+                uid.ok_or_else(|| format!("user `{u}`: its /etc/passwd line has no number"))?,
+                gid,
+            )
+        }
+    };
+    let gid = match g {
+        Some(g) => match g.parse::<u32>() {
+            Ok(n) => n,
+            Err(_) => entry(&group, g)
+                .and_then(|f| f.get(2).and_then(|x| x.parse().ok()))
+                .ok_or_else(|| format!("group `{g}` is not in the image's /etc/group"))?,
+        },
+        None => primary.unwrap_or(uid),
+    };
+    Ok((uid, gid))
+}
+
+/// Quote a word for /bin/sh.
+fn sh_quote(w: &str) -> String {
+    format!("'{}'", w.replace('\'', r"'\''"))
+}
+
+/// The host port a guest port is published on by default: the same port from 1024 up, 8000
+/// more below it (80 → 8080), so no default needs root.
+pub fn default_host_port(guest: u16) -> u16 {
+    if guest >= 1024 {
+        guest
+    } else {
+        guest + 8000
+    }
+}
+
+/// A name for a recipe made from `reference`: its repository's last component, as a VM name.
+pub fn name_for(reference: &str) -> String {
+    let path = reference
+        .trim_start_matches("oci:")
+        .trim_start_matches("docker-archive:");
+    let last = path.rsplit('/').next().unwrap_or(path);
+    let last = last.split(['@', ':']).next().unwrap_or(last);
+    let last = last.trim_end_matches(".tar");
+    let mut name: String = last
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '-' | '_') => c,
+            _ => '-',
+        })
+        .collect();
+    name = name.trim_start_matches(['-', '_']).to_string();
+    name.truncate(63);
+    if name.is_empty() {
+        "oci".into()
+    } else {
+        name
+    }
+}
+
+/// kiln.toml and etc/rc of a recipe made from an image with `config`, pulled from `from`
+/// (pinned by digest for a registry).
+pub fn recipe_text(
+    name: &str,
+    from: &str,
+    config: &ImageConfig,
+) -> Result<(String, String), kiln_oci::OciError> {
+    let argv = config.argv(from)?;
+    let q = kiln_recipe::toml_string;
+    let mut toml = format!(
+        "# made by kiln from the OCI image {from}\nname = {}\ndescription = {}\nfrom = {}\n\
+         memory = 128\n",
+        q(name),
+        q(&format!("OCI image {from}")),
+        q(from)
+    );
+    let tcp: Vec<u16> = config
+        .exposed_ports
+        .iter()
+        .filter(|(_, p)| p == "tcp")
+        .map(|(n, _)| *n)
+        .collect();
+    let ports: Vec<String> = config
+        .exposed_ports
+        .iter()
+        .map(|(n, p)| {
+            let f = format!("{}:{n}", default_host_port(*n));
+            if p == "udp" {
+                format!("{}/udp", f)
+            } else {
+                f
+            }
+        })
+        .collect();
+    if !ports.is_empty() {
+        let list: Vec<String> = ports.iter().map(|p| q(p)).collect();
+        toml.push_str(&format!("ports = [{}]\n", list.join(", ")));
+    }
+    match tcp.first() {
+        Some(p) => toml.push_str(&format!("ready = \"tcp:{p}\"\n")),
+        None => toml.push_str("ready = \"none\"\n"),
+    }
+    if let Some(u) = config.user.as_deref().filter(|u| !u.is_empty()) {
+        toml.push_str(&format!("user = {}\n", q(u)));
+    }
+    // busybox only fills in what the image lacks (a shell for etc/rc, tools for `kiln exec`).
+    toml.push_str("\n[root]\nbusybox = true\n");
+    let env: Vec<(&str, &str)> = config
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    if !env.is_empty() {
+        toml.push_str("\n[env]\n");
+        for (k, v) in env {
+            toml.push_str(&format!("{} = {}\n", q(k), q(v)));
+        }
+    }
+    let dir = config
+        .working_dir
+        .as_deref()
+        .filter(|d| !d.is_empty())
+        .unwrap_or("/");
+    let words: Vec<String> = argv.iter().map(|w| sh_quote(w)).collect();
+    let rc = format!(
+        "#!/bin/sh\n# made by kiln: the OCI image's Entrypoint and Cmd, in its WorkingDir\n\
+         cd {} || exit 126\nexec {}\n",
+        sh_quote(dir),
+        words.join(" ")
+    );
+    Ok((toml, rc))
+}
+
+/// A recipe folder made from the image `reference` (pulled first), in the cache; rebuilt only
+/// when the image changes. Registry references are pinned to the digest pulled.
+pub fn recipe_for(reference: &str, cache_root: &Path) -> Result<PathBuf, BuildError> {
+    let src: Source = reference.parse()?;
+    let opts = pull_options(cache_root, insecure_for(reference));
+    let pulled = kiln_oci::pull(&src, &opts, &|_, _, _| {})?;
+    let from = match &src {
+        Source::Registry(_) => pin(reference, &pulled.manifest_digest),
+        _ => reference.to_string(),
+    };
+    let name = name_for(reference);
+    let digest = pulled
+        .manifest_digest
+        .trim_start_matches("sha256:")
+        .chars()
+        .take(12)
+        .collect::<String>();
+    let dir = cache_dir(cache_root)
+        .join("recipes")
+        .join(format!("{name}-{digest}"));
+    if dir.join("kiln.toml").is_file() {
+        return Ok(dir);
+    }
+    let (toml, rc) = recipe_text(&name, &from, &pulled.config)?;
+    let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+    std::fs::create_dir_all(&parent).map_err(crate::io(&parent))?;
+    let tmp = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(&parent)
+        .map_err(crate::io(&parent))?;
+    let t = tmp.path();
+    std::fs::create_dir_all(t.join("etc")).map_err(crate::io(t))?;
+    std::fs::write(t.join("kiln.toml"), toml).map_err(crate::io(t))?;
+    std::fs::write(t.join("etc/rc"), rc).map_err(crate::io(t))?;
+    let made = tmp.keep();
+    if let Err(e) = std::fs::rename(&made, &dir) {
+        let _ = std::fs::remove_dir_all(&made);
+        if !dir.join("kiln.toml").is_file() {
+            return Err(crate::io(&dir)(e));
+        }
+    }
+    Ok(dir)
+}
+
+/// `reference` pinned to `digest` (`host/repo:tag` → `host/repo@sha256:…`).
+fn pin(reference: &str, digest: &str) -> String {
+    let repo = match reference.split_once('@') {
+        Some((r, _)) => r,
+        None => {
+            // A tag is the part after the last ':' that follows the last '/'.
+            let slash = reference.rfind('/').unwrap_or(0);
+            match reference[slash..].rfind(':') {
+                Some(i) => &reference[..slash + i],
+                None => reference,
+            }
+        }
+    };
+    format!("{repo}@{digest}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/bin/httpd".into(), "-f".into()],
+            cmd: vec!["-p".into(), "80".into(), "it's".into()],
+            env: vec!["PATH=/usr/bin:/bin".into(), "GREETING=a b=c".into()],
+            working_dir: Some("/srv/www".into()),
+            user: Some("www:www".into()),
+            exposed_ports: vec![(80, "tcp".into()), (5353, "udp".into())],
+            os: "linux".into(),
+            architecture: "amd64".into(),
+        }
+    }
+
+    #[test]
+    fn an_image_config_becomes_a_recipe_that_parses() {
+        let (toml, rc) =
+            recipe_text("httpd", "localhost:5000/httpd@sha256:ab", &config()).expect("ok");
+        let cfg = kiln_recipe::Config::parse(&toml)
+            .map_err(|e| e.1)
+            .expect("parses");
+        assert_eq!(cfg.name, "httpd");
+        assert_eq!(
+            cfg.from.as_ref().map(|f| f.get_ref().as_str()),
+            Some("localhost:5000/httpd@sha256:ab")
+        );
+        assert_eq!(cfg.ready.as_conf(), "tcp:80");
+        let ports: Vec<String> = cfg.ports.iter().map(|p| p.to_string()).collect();
+        assert_eq!(ports, ["127.0.0.1:8080:80/tcp", "127.0.0.1:5353:5353/udp"]);
+        assert_eq!(cfg.env["GREETING"], "a b=c");
+        assert!(cfg.root.busybox, "busybox fills in what the image lacks");
+        assert_eq!(
+            cfg.user.as_ref().map(|u| u.get_ref().as_str()),
+            Some("www:www")
+        );
+        assert!(rc.contains("cd '/srv/www' || exit 126\n"), "{rc}");
+        assert!(
+            rc.contains(r"exec '/bin/httpd' '-f' '-p' '80' 'it'\''s'"),
+            "{rc}"
+        );
+    }
+
+    #[test]
+    fn an_image_with_nothing_to_run_is_refused() {
+        let mut c = config();
+        c.entrypoint.clear();
+        c.cmd.clear();
+        let e = recipe_text("x", "oci:/d", &c).expect_err("refused");
+        assert!(e.to_string().contains("no Entrypoint and no Cmd"), "{e}");
+        assert!(e.is_user_error());
+    }
+
+    #[test]
+    fn names_ports_and_pins() {
+        assert_eq!(name_for("localhost:5000/team/Web.App:1"), "web-app");
+        assert_eq!(name_for("oci:/tmp/layout:v2"), "layout");
+        assert_eq!(name_for("docker-archive:/tmp/hello.tar"), "hello");
+        assert_eq!(default_host_port(80), 8080);
+        assert_eq!(default_host_port(6379), 6379);
+        assert_eq!(
+            pin("localhost:5000/app:1", "sha256:ff"),
+            "localhost:5000/app@sha256:ff"
+        );
+        assert_eq!(
+            pin("localhost:5000/app", "sha256:ff"),
+            "localhost:5000/app@sha256:ff"
+        );
+        assert_eq!(
+            pin("localhost:5000/app@sha256:00", "sha256:ff"),
+            "localhost:5000/app@sha256:ff"
+        );
+    }
+
+    #[test]
+    fn users_resolve_from_the_image_databases() {
+        let d = tempfile::tempdir().expect("tmp");
+        std::fs::create_dir_all(d.path().join("etc")).expect("etc");
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0::/root:/bin/sh\nwww:x:33:34::/var/www:/bin/false\n",
+        )
+        .expect("passwd");
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").expect("group");
+        assert_eq!(resolve_user(d.path(), "www"), Ok((33, 34)));
+        assert_eq!(resolve_user(d.path(), "www:staff"), Ok((33, 50)));
+        assert_eq!(resolve_user(d.path(), "1000"), Ok((1000, 1000)));
+        assert_eq!(resolve_user(d.path(), "33:7"), Ok((33, 7)));
+        assert!(resolve_user(d.path(), "nobody")
+            .expect_err("unknown")
+            .contains("not in the image's /etc/passwd"));
+        assert!(resolve_user(d.path(), "www:wheel")
+            .expect_err("unknown group")
+            .contains("/etc/group"));
+    }
+}

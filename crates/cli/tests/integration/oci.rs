@@ -1,0 +1,155 @@
+//! OCI images as microVMs (issue 14, part 1) against a real registry: Debian's docker-registry on
+//! a loopback port, an image made with umoci from the host's static busybox and copied in with
+//! skopeo. `kiln run REF` serves it; its Env and WorkingDir are the service's; whiteouts are
+//! honoured; a container's exit code is `kiln run`'s; bad references are refused clearly.
+
+use super::lifecycle::Fleet;
+use super::*;
+use kiln_test_support::registry::{httpd_layout, tools_missing, Registry};
+use kiln_test_support::{curl, free_port, wait_until};
+use std::time::Duration;
+
+fn skip() -> bool {
+    if let Some(t) = tools_missing() {
+        eprintln!("skipped: {t} is not installed (scripts/setup.sh installs it)");
+        return true;
+    }
+    false
+}
+
+fn out(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+#[test]
+fn an_oci_image_from_a_registry_runs_as_a_microvm() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    reg.push_layout(&layout, "1", "httpd:1");
+    let mut f = Fleet::new();
+    let name = f.name("oci");
+    let port = free_port();
+    let reference = reg.reference("httpd:1");
+    f.ok(&[
+        "run",
+        "-d",
+        "--ready-timeout",
+        "150",
+        "-p",
+        &format!("{port}:80"),
+        "--name",
+        &name,
+        &reference,
+    ]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let (_, body) = wait_until(
+        "the image's httpd",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+    );
+    assert!(body.contains("Hello from an OCI image"), "{body}");
+    // The service runs in the image's WorkingDir with its Env.
+    let sh = |script: &str| out(&f.ok(&["exec", &name, "--", "sh", "-c", script]));
+    let cwd = sh("readlink /proc/$(pidof httpd)/cwd");
+    assert_eq!(cwd.trim(), "/www");
+    let env = sh("tr '\\0' '\\n' < /proc/$(pidof httpd)/environ");
+    assert!(env.lines().any(|l| l == "GREETING=hello from OCI"), "{env}");
+    // Layer 2's whiteouts removed layer 1's files.
+    let www = sh("ls /www");
+    assert!(
+        www.contains("index.html") && !www.contains("secret"),
+        "{www}"
+    );
+    let data = sh("ls /data");
+    assert_eq!(data.split_whitespace().collect::<Vec<_>>(), ["new.txt"]);
+    f.ok(&["rm", "-f", &name]);
+
+    // The same image from its OCI layout folder builds without the registry.
+    let built = tmp.path().join("out");
+    let o = f.ok(&[
+        "build",
+        &format!("oci:{}:1", layout.display()),
+        "-o",
+        built.to_str().expect("utf-8"),
+    ]);
+    assert!(built.join("manifest.json").is_file(), "{}", text(&o));
+
+    // Refusals: a tag the registry does not have, a registry nobody serves, an image with
+    // nothing to run.
+    let o = f.run(&["build", &reg.reference("httpd:nosuch")]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("nosuch"), "{}", text(&o));
+    let dead = format!("127.0.0.1:{}/httpd:1", free_port());
+    let o = f.run(&["build", &dead]);
+    assert!(!o.status.success(), "{}", text(&o));
+    assert!(
+        text(&o).contains(&dead[..dead.find('/').unwrap_or(0)]),
+        "{}",
+        text(&o)
+    );
+    let empty = tmp.path().join("empty");
+    for args in [
+        vec!["init", "--layout", empty.to_str().expect("utf-8")],
+        vec!["new", "--image", &format!("{}:1", empty.display())],
+    ] {
+        let o = std::process::Command::new("umoci")
+            .args(&args)
+            .output()
+            .expect("umoci");
+        assert!(o.status.success(), "{}", text(&o));
+    }
+    let o = f.run(&["build", &format!("oci:{}:1", empty.display())]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("no Entrypoint and no Cmd"),
+        "{}",
+        text(&o)
+    );
+}
+
+#[test]
+fn a_containers_exit_code_is_kiln_runs() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    let image = format!("{}:1", layout.display());
+    let o = std::process::Command::new("umoci")
+        .args([
+            "config",
+            "--image",
+            &image,
+            "--tag",
+            "hello",
+            "--clear=config.cmd",
+            "--clear=config.exposedports",
+            "--config.entrypoint",
+            "/bin/sh",
+            "--config.cmd",
+            "-c",
+            "--config.cmd",
+            "echo hello from $GREETING in $(pwd); exit 3",
+        ])
+        .output()
+        .expect("umoci");
+    assert!(o.status.success(), "{}", text(&o));
+    let f = Fleet::new();
+    let o = f.run(&[
+        "run",
+        "--ready-timeout",
+        "150",
+        &format!("oci:{}:hello", layout.display()),
+    ]);
+    assert_eq!(o.status.code(), Some(3), "{}", text(&o));
+    assert!(
+        text(&o).contains("hello from hello from OCI in /www"),
+        "{}",
+        text(&o)
+    );
+}
