@@ -12,6 +12,7 @@ mod hidden;
 pub mod manifest;
 pub mod oci;
 mod packages;
+pub mod travel;
 mod workdir;
 
 pub use packages::{Variant, TRACE_MARKER};
@@ -812,7 +813,11 @@ fn work_dir(out_dir: &Path) -> Result<WorkDir, BuildError> {
 /// exchanged with the new one in one step, so `out_dir` is always one or the other, even for a
 /// build killed meanwhile; the old one, now in `work`, goes with it. Where the filesystem
 /// cannot exchange, the old image is moved aside, and put back if the swap fails.
-fn swap_into_place(work: WorkDir, image_dir: &Path, out_dir: &Path) -> Result<(), BuildError> {
+pub(crate) fn swap_into_place(
+    work: WorkDir,
+    image_dir: &Path,
+    out_dir: &Path,
+) -> Result<(), BuildError> {
     let old = work.path().join("old");
     let had_old = out_dir.exists();
     if had_old {

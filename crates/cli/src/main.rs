@@ -161,6 +161,21 @@ enum Command {
         /// The VM's name.
         name: String,
     },
+    /// Send an image folder to a registry as a Kiln OCI artifact (blobs it has are skipped).
+    Push {
+        /// The image folder (`kiln build -o DIR`).
+        image: PathBuf,
+        /// Where: HOST[:PORT]/REPO[:TAG] (plain HTTP for a registry on loopback).
+        reference: String,
+    },
+    /// Fetch a Kiln image from a registry into an image folder, every blob verified.
+    Pull {
+        /// HOST[:PORT]/REPO[:TAG] or REPO@sha256:DIGEST.
+        reference: String,
+        /// The image folder to write (default: out/NAME).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
     /// Private networks between VMs: create, ls, rm.
     #[command(subcommand)]
     Net(net::NetCmd),
@@ -372,6 +387,37 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ps { json } => vms::ps(json),
         Command::Net(cmd) => net::net(cmd),
+        Command::Push { image, reference } => {
+            let p = kiln_bake::travel::push_image(
+                &image,
+                &reference,
+                &dirs::cache_root(),
+                &|_, _, _| {},
+            )?;
+            eprintln!(
+                "kiln: pushed {} to {reference} ({}): {} blobs sent ({}), {} already there",
+                image.display(),
+                p.digest,
+                p.sent,
+                human(p.bytes_sent),
+                p.skipped
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Pull { reference, output } => {
+            let out = output
+                .unwrap_or_else(|| PathBuf::from("out").join(kiln_bake::oci::name_for(&reference)));
+            match kiln_bake::travel::pull_image(&reference, &out, &dirs::cache_root(), &|_, _, _| {})? {
+                Some(m) => {
+                    eprintln!("kiln: pulled {reference} ({}) into {}", m.name, out.display());
+                    Ok(ExitCode::SUCCESS)
+                }
+                None => Err(BadInput(format!(
+                    "{reference} is not a Kiln image (a container image? `kiln run {reference}` or `kiln build {reference}` makes a microVM of it)"
+                ))
+                .into()),
+            }
+        }
         Command::NetSwitch { name } => {
             dirs::fleet()?.run_switch(&name)?;
             Ok(ExitCode::SUCCESS)

@@ -45,8 +45,26 @@ pub fn resolve_image(target: &Path, cache_root: &Path, progress: &dyn Progress) 
     let text = target.to_string_lossy();
     let made;
     let target = if !target.exists() && kiln_oci::is_image_reference(&text) {
-        // An OCI image: a recipe made from it (cached per image digest), built like any other.
         progress.phase("OCI image");
+        // A Kiln image pushed with `kiln push`: pulled into the cache as it is.
+        if matches!(text.parse(), Ok(kiln_oci::Source::Registry(_))) {
+            let key = hex::encode(&sha2::Sha256::digest(text.as_bytes())[..6]);
+            let out = cache_root
+                .join("images")
+                .join(format!("{}-pulled-{key}", kiln_bake::oci::name_for(&text)));
+            if let Some(manifest) =
+                kiln_bake::travel::pull_image(&text, &out, cache_root, &|_, _, _| {})?
+            {
+                let dir = std::fs::canonicalize(&out).unwrap_or(out);
+                return Ok(Image {
+                    dir,
+                    manifest,
+                    built: None,
+                });
+            }
+        }
+        // An OCI container image: a recipe made from it (cached per image digest), built like
+        // any other.
         made = kiln_bake::oci::recipe_for(&text, cache_root)?;
         made.as_path()
     } else {

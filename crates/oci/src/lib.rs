@@ -28,6 +28,7 @@
 //! ```
 
 mod archive;
+pub mod artifact;
 mod cache;
 mod error;
 mod image;

@@ -176,6 +176,14 @@ pub struct Client {
     authorization: Option<String>,
 }
 
+/// What a request sends.
+#[derive(Clone, Copy)]
+enum Body<'a> {
+    None,
+    Bytes(&'a [u8]),
+    File(&'a Path),
+}
+
 /// A response body with what the registry said about it.
 pub struct Fetched {
     /// The URL it came from.
@@ -285,6 +293,126 @@ impl Client {
                 Err(ureq::Error::Transport(t)) => {
                     return Err(OciError::Registry {
                         url,
+                        why: format!("cannot reach the registry: {}", transport(&t)),
+                    })
+                }
+            }
+        }
+    }
+
+    /// Whether the repository has blob `digest` already (`HEAD`): a push skips it.
+    pub fn has_blob(&mut self, digest: &str) -> Result<bool, OciError> {
+        let path = format!("/v2/{}/blobs/{digest}", self.reference.repository);
+        match self.send("HEAD", &path, &[], Body::None, digest) {
+            Ok(_) => Ok(true),
+            Err(OciError::ManifestUnknown { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Upload the file `path` as blob `digest` (one `POST` for the session, one `PUT` with
+    /// the bytes).
+    pub fn push_blob(&mut self, digest: &str, path: &Path) -> Result<(), OciError> {
+        let start = format!("/v2/{}/blobs/uploads/", self.reference.repository);
+        let resp = self.send("POST", &start, &[], Body::None, digest)?;
+        let location = resp
+            .header("Location")
+            .ok_or_else(|| OciError::Registry {
+                url: format!("{}{start}", self.base),
+                why: "the upload session has no Location".into(),
+            })?
+            .to_string();
+        let url = if location.starts_with("http://") || location.starts_with("https://") {
+            location
+        } else {
+            format!("{}{location}", self.base)
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let put = format!("{url}{sep}digest={digest}");
+        self.send_url(
+            "PUT",
+            &put,
+            &[("Content-Type", "application/octet-stream")],
+            Body::File(path),
+            digest,
+        )?;
+        Ok(())
+    }
+
+    /// Put a manifest under `tag`; the digest the registry gives it.
+    pub fn put_manifest(
+        &mut self,
+        tag: &str,
+        bytes: &[u8],
+        media_type: &str,
+    ) -> Result<String, OciError> {
+        let path = format!("/v2/{}/manifests/{tag}", self.reference.repository);
+        let resp = self.send(
+            "PUT",
+            &path,
+            &[("Content-Type", media_type)],
+            Body::Bytes(bytes),
+            tag,
+        )?;
+        Ok(resp
+            .header("Docker-Content-Digest")
+            .map(str::to_string)
+            .unwrap_or_else(|| crate::Digest::of(bytes).to_string()))
+    }
+
+    fn send(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+        what: &str,
+    ) -> Result<ureq::Response, OciError> {
+        let url = format!("{}{path}", self.base);
+        self.send_url(method, &url, headers, body, what)
+    }
+
+    /// One request with the auth retry of [`Client::get`]; the body is sent again after it.
+    fn send_url(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        body: Body<'_>,
+        what: &str,
+    ) -> Result<ureq::Response, OciError> {
+        let mut tried_auth = false;
+        loop {
+            let mut req = self.agent.request(method, url);
+            for (k, v) in headers {
+                req = req.set(k, v);
+            }
+            if let Some(auth) = &self.authorization {
+                req = req.set("Authorization", auth);
+            }
+            let sent = match body {
+                Body::None => req.call(),
+                Body::Bytes(b) => req.send_bytes(b),
+                Body::File(p) => {
+                    let f = std::fs::File::open(p).map_err(|e| OciError::io(p, e))?;
+                    let len = f.metadata().map_err(|e| OciError::io(p, e))?.len();
+                    req.set("Content-Length", &len.to_string()).send(f)
+                }
+            };
+            match sent {
+                Ok(resp) => return Ok(resp),
+                Err(ureq::Error::Status(401, resp)) if !tried_auth => {
+                    tried_auth = true;
+                    let challenge = resp.header("WWW-Authenticate").map(str::to_string);
+                    self.authenticate(url, challenge.as_deref())?;
+                }
+                Err(ureq::Error::Status(code, resp)) => {
+                    let body = registry_message(resp);
+                    return Err(self.status_error(url, code, &body, what));
+                }
+                Err(ureq::Error::Transport(t)) => {
+                    return Err(OciError::Registry {
+                        url: url.to_string(),
                         why: format!("cannot reach the registry: {}", transport(&t)),
                     })
                 }

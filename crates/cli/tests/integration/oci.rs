@@ -153,3 +153,89 @@ fn a_containers_exit_code_is_kiln_runs() {
         text(&o)
     );
 }
+
+/// The files of an image folder with their bytes (the template, machine-made, aside).
+fn folder(dir: &Path) -> Vec<(String, Vec<u8>)> {
+    let mut v: Vec<(String, Vec<u8>)> = std::fs::read_dir(dir)
+        .expect("read image folder")
+        .flatten()
+        .filter(|e| e.path().is_file())
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                std::fs::read(e.path()).expect("read"),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn a_kiln_image_travels_through_a_registry_byte_for_byte() {
+    if skip() {
+        return;
+    }
+    let reg = Registry::start();
+    let f = Fleet::new();
+    let image = httpd_image();
+    let reference = reg.reference("kiln-httpd:1");
+    let o = f.ok(&["push", image.to_str().expect("utf-8"), &reference]);
+    assert!(text(&o).contains("3 blobs sent"), "{}", text(&o));
+    // Again: nothing is sent twice.
+    let o = f.ok(&["push", image.to_str().expect("utf-8"), &reference]);
+    assert!(
+        text(&o).contains("0 blobs sent") && text(&o).contains("3 already there"),
+        "{}",
+        text(&o)
+    );
+    let tmp = tempfile::tempdir().expect("tmp");
+    let pulled = tmp.path().join("pulled");
+    f.ok(&["pull", &reference, "-o", pulled.to_str().expect("utf-8")]);
+    assert_eq!(
+        folder(&pulled),
+        folder(image),
+        "the pulled folder is the pushed one"
+    );
+
+    // `kiln run REF` of a Kiln image boots it as it is.
+    let mut f = f;
+    let name = f.name("pulled");
+    let port = free_port();
+    f.ok(&[
+        "run",
+        "-d",
+        "--ready-timeout",
+        "150",
+        "-p",
+        &format!("{port}:80"),
+        "--name",
+        &name,
+        &reference,
+    ]);
+    let url = format!("http://127.0.0.1:{port}/");
+    wait_until(
+        "the pulled image's httpd",
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+    );
+    f.ok(&["rm", "-f", &name]);
+
+    // A container image is not a Kiln image: pull says what to do instead.
+    let layout = httpd_layout(tmp.path());
+    reg.push_layout(&layout, "1", "httpd:1");
+    let o = f.run(&[
+        "pull",
+        &reg.reference("httpd:1"),
+        "-o",
+        pulled.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("not a Kiln image"), "{}", text(&o));
+    assert_eq!(
+        folder(&pulled),
+        folder(image),
+        "a refused pull leaves the folder alone"
+    );
+}
