@@ -239,3 +239,114 @@ fn a_kiln_image_travels_through_a_registry_byte_for_byte() {
         "a refused pull leaves the folder alone"
     );
 }
+
+#[test]
+fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    let recipe = tmp.path().join("recipe");
+    std::fs::create_dir_all(recipe.join("etc")).expect("mkdir");
+    std::fs::create_dir_all(recipe.join("files/www")).expect("mkdir");
+    std::fs::write(
+        recipe.join("kiln.toml"),
+        format!(
+            "name = \"fromimage\"\nfrom = \"oci:{}:1\"\nuser = \"www\"\nready = \"tcp:8080\"\n\
+             ports = [\"8080:8080\"]\nmemory = 64\n",
+            layout.display()
+        ),
+    )
+    .expect("kiln.toml");
+    std::fs::write(
+        recipe.join("etc/rc"),
+        "#!/bin/sh\nexec httpd -f -p 8080 -h /www\n",
+    )
+    .expect("rc");
+    std::fs::write(recipe.join("files/www/extra.html"), "from the recipe\n").expect("extra");
+    let mut f = Fleet::new();
+    let name = f.name("from");
+    let port = free_port();
+    f.ok(&[
+        "run",
+        "-d",
+        "--ready-timeout",
+        "150",
+        "-p",
+        &format!("{port}:8080"),
+        "--name",
+        &name,
+        recipe.to_str().expect("utf-8"),
+    ]);
+    for (page, want) in [
+        ("index.html", "Hello from an OCI image"),
+        ("extra.html", "from the recipe"),
+    ] {
+        let url = format!("http://127.0.0.1:{port}/{page}");
+        let (_, body) = wait_until(
+            page,
+            Duration::from_secs(30),
+            Duration::from_millis(100),
+            || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+        );
+        assert!(body.contains(want), "{page}: {body}");
+    }
+    let status = out(&f.ok(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "grep -E '^(Uid|Gid):' /proc/$(pidof httpd)/status",
+    ]));
+    let ids: Vec<Vec<&str>> = status
+        .lines()
+        .map(|l| l.split_whitespace().skip(1).collect())
+        .collect();
+    assert_eq!(ids, [vec!["33"; 4], vec!["33"; 4]], "{status}");
+    f.ok(&["rm", "-f", &name]);
+
+    // A `docker save` tarball of the same image builds too.
+    let archive = tmp.path().join("httpd.tar");
+    let o = std::process::Command::new("skopeo")
+        .args([
+            "copy",
+            "-q",
+            &format!("oci:{}:1", layout.display()),
+            &format!("docker-archive:{}:httpd:1", archive.display()),
+        ])
+        .output()
+        .expect("skopeo");
+    assert!(o.status.success(), "{}", text(&o));
+    let built = tmp.path().join("from-archive");
+    f.ok(&[
+        "build",
+        &format!("docker-archive:{}", archive.display()),
+        "-o",
+        built.to_str().expect("utf-8"),
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(built.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    assert_eq!(m["name"], "httpd");
+    // An unknown user is refused with its kiln.toml line.
+    let toml = std::fs::read_to_string(recipe.join("kiln.toml")).expect("read");
+    std::fs::write(
+        recipe.join("kiln.toml"),
+        toml.replace("\"www\"", "\"nosuch\""),
+    )
+    .expect("w");
+    let o = f.run(&[
+        "build",
+        recipe.to_str().expect("utf-8"),
+        "-o",
+        built.to_str().expect("utf-8"),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains("kiln.toml:3") && text(&o).contains("nosuch"),
+        "{}",
+        text(&o)
+    );
+}
