@@ -5,7 +5,9 @@
 # Last, starts from a template: clone boots beside cold boots and the baseline, CLONES clones
 # at once (default 20) and the host memory each idle clone takes. Then published ports under load:
 # redis-benchmark and wrk against recipes/redis and recipes/nginx beside the same servers on the
-# host (scripts/bench-ports.sh).
+# host (scripts/bench-ports.sh). Finally, Kiln nets: VM-to-VM throughput and latency on a net beside
+# the same two VMs through slirp, and host-to-VM throughput through Kiln's published port beside
+# passt started by hand (scripts/bench-nets.sh).
 # BOOTS=N changes the number of boots (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,3 +22,7 @@ echo "== recipes/httpd from a template (clones), beside cold boots and the basel
 "$KILN" bench recipes/httpd --template --boots "$BOOTS" --baseline --clones "${CLONES:-20}" "$@"
 echo "== published ports under load: recipes/redis and recipes/nginx beside the same servers on the host"
 KILN="$KILN" ./scripts/bench-ports.sh
+echo "== Kiln nets: VM to VM on a net beside slirp; host to VM through slirp beside passt"
+KILN="$KILN" ./scripts/bench-nets.sh
+echo "== OCI images: kiln run REF (cold and warm cache) beside recipes/httpd; push and pull"
+KILN="$KILN" ./scripts/bench-oci.sh
