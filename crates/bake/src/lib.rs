@@ -332,6 +332,8 @@ struct Inputs {
 impl Build<'_> {
     /// Provision the kernel, busybox and the packages, and find the index in effect.
     fn provision(&self, cache: &Cache) -> Result<Inputs, BuildError> {
+        // The image first: a bad reference is refused before minutes of kernel building.
+        let base = oci::pull_base(self.recipe, &self.opts.cache_root, self.progress)?;
         let kernel = self.provision_kernel(cache)?;
         let busybox = self.provision_busybox(cache)?;
         let pkgs = if self.recipe.config.packages.is_empty() {
@@ -341,7 +343,6 @@ impl Build<'_> {
             Some(packages::provision(self.recipe, cache, self.opts.refresh)?)
         };
         let index = self.variant.index(self.recipe);
-        let base = oci::pull_base(self.recipe, &self.opts.cache_root, self.progress)?;
         Ok(Inputs {
             kernel,
             busybox,

@@ -53,8 +53,11 @@ pub fn net(cmd: NetCmd) -> Result<ExitCode> {
                     "NAME", "SUBNET", "SWITCH", "RST"
                 );
                 for r in rows {
-                    let members: Vec<String> =
-                        r.members.iter().map(|(n, a)| format!("{n}={a}")).collect();
+                    let members: Vec<String> = r
+                        .members
+                        .iter()
+                        .map(|m| format!("{}={}", m.name, m.addr))
+                        .collect();
                     println!(
                         "{:<16} {:<18} {:>8} {:>4}  {}",
                         r.name,

@@ -114,6 +114,10 @@ impl Fleet {
             // The recipe's `[network] nets`, unless the spec names its own.
             cfg.nets = image.manifest.boot.nets.clone();
         }
+        for n in &cfg.nets {
+            // Refused before anything starts (the accelerator probe boots a VM).
+            self.net_record(n)?;
+        }
         Ok(Prepared { config: cfg, image })
     }
 

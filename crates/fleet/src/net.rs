@@ -147,7 +147,16 @@ pub struct NetRow {
     /// Restarts of its switch.
     pub restarts: u32,
     /// The running VMs on it, with their addresses.
-    pub members: Vec<(String, Ipv4Addr)>,
+    pub members: Vec<NetMember>,
+}
+
+/// A VM on a net.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NetMember {
+    /// The VM's name.
+    pub name: String,
+    /// Its address on the net.
+    pub addr: Ipv4Addr,
 }
 
 /// A VM's NIC on a net, as planned.
@@ -310,6 +319,16 @@ impl Fleet {
     /// Make net `name` (on `subnet`, or the first free 10.88.N.0/24) and start its switch.
     pub fn net_create(&self, name: &str, subnet: Option<Subnet>) -> Result<NetRow> {
         crate::config::check_name(name).map_err(|m| FleetError::BadInput(format!("net {m}")))?;
+        let slirp = Subnet {
+            addr: Ipv4Addr::new(10, 0, 2, 0),
+            prefix: 24,
+        };
+        if let Some(s) = subnet.filter(|s| s.overlaps(slirp)) {
+            return Err(FleetError::BadInput(format!(
+                "--subnet {s} overlaps {slirp}, the user network every VM's eth0 is on; \
+                 choose another"
+            )));
+        }
         let _lock = self.store().lock()?;
         let dir = self.net_dir(name);
         check_socket_path(&dir.join(SWITCH_SOCKET))?;
@@ -338,7 +357,7 @@ impl Fleet {
                     addr: Ipv4Addr::new(10, 88, n, 0),
                     prefix: 24,
                 })
-                .find(|s| !others.iter().any(|o| o.subnet.overlaps(*s)))
+                .find(|s| !s.overlaps(slirp) && !others.iter().any(|o| o.subnet.overlaps(*s)))
                 .ok_or_else(|| {
                     FleetError::BadInput("10.88.0.0/16 is used up: give --subnet".into())
                 })?,
@@ -420,8 +439,21 @@ impl Fleet {
             .map_err(FleetError::io("binding", &sock))?;
         let stop = crate::watch::stop_on_signals()
             .map_err(|e| FleetError::Other(format!("signal handlers: {e}")))?;
-        tracing::info!(net = name, subnet = %rec.subnet, "switch running");
-        let served = crate::switch::serve(&s, &stop).map_err(FleetError::io("serving", &sock));
+        // The members' sockets, so a restarted switch reaches VMs that stay silent.
+        let seed: Vec<PathBuf> = self
+            .store()
+            .list()
+            .into_iter()
+            .filter(|r| r.state.is_active())
+            .filter_map(|r| {
+                let i = r.config.nets.iter().position(|n| n == name)?;
+                Some(self.store().vm_dir(&r.name).join(format!("lan{i}.sock")))
+            })
+            .filter(|p| p.exists())
+            .collect();
+        tracing::info!(net = name, subnet = %rec.subnet, members = seed.len(), "switch running");
+        let served =
+            crate::switch::serve(&s, &stop, seed).map_err(FleetError::io("serving", &sock));
         let _ = std::fs::remove_file(&sock);
         served
     }
@@ -459,7 +491,11 @@ impl Fleet {
             subnet: rec.subnet,
             switch_pid: running.then_some(rec.switch_pid),
             restarts: rec.restarts,
-            members: self.members(name, records)?.into_iter().collect(),
+            members: self
+                .members(name, records)?
+                .into_iter()
+                .map(|(name, addr)| NetMember { name, addr })
+                .collect(),
         })
     }
 
@@ -479,6 +515,7 @@ impl Fleet {
 
     /// Stop net `name`'s switch and forget the net; refused while a VM is on it.
     pub fn net_rm(&self, name: &str) -> Result<()> {
+        self.net_record(name)?;
         let _lock = self.store().lock()?;
         let rec = self.net_record(name)?;
         let users: Vec<String> = self

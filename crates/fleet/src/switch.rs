@@ -65,6 +65,12 @@ impl Table {
         self.macs.retain(|_, p| p.as_path() != port);
     }
 
+    /// A port known before it sends (a member, when a restarted switch starts): broadcasts
+    /// reach it, so its peers' ARP finds it again.
+    pub fn add_port(&mut self, port: PathBuf) {
+        self.ports.insert(port);
+    }
+
     /// The ports known.
     pub fn ports(&self) -> usize {
         self.ports.len()
@@ -74,9 +80,12 @@ impl Table {
 /// Move frames on `sock` until `stop` is raised (checked every half second). A port whose socket
 /// is gone is forgotten; a frame a busy VM cannot take now is dropped, as a switch drops on a
 /// full queue, so one stuck VM never holds up the others.
-pub fn serve(sock: &UnixDatagram, stop: &AtomicBool) -> std::io::Result<()> {
+pub fn serve(sock: &UnixDatagram, stop: &AtomicBool, seed: Vec<PathBuf>) -> std::io::Result<()> {
     sock.set_nonblocking(true)?;
     let mut table = Table::default();
+    for p in seed {
+        table.add_port(p);
+    }
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
         let (n, from) = match sock.recv_from(&mut buf) {
@@ -188,7 +197,7 @@ mod tests {
         let sw = UnixDatagram::bind(&sw_path).expect("bind");
         let stop = std::sync::Arc::new(AtomicBool::new(false));
         let s2 = stop.clone();
-        let t = std::thread::spawn(move || serve(&sw, &s2));
+        let t = std::thread::spawn(move || serve(&sw, &s2, vec![]));
         let a = UnixDatagram::bind(d.path().join("a")).expect("a");
         let b = UnixDatagram::bind(d.path().join("b")).expect("b");
         a.set_read_timeout(Some(std::time::Duration::from_secs(5)))

@@ -137,8 +137,8 @@ fn vms_on_a_net_reach_each_other_by_name_and_others_cannot() {
     let addr_of = |vm: &str| -> String {
         members
             .iter()
-            .find(|m| m[0] == vm)
-            .and_then(|m| m[1].as_str())
+            .find(|m| m["name"] == vm)
+            .and_then(|m| m["addr"].as_str())
             .expect("member")
             .to_string()
     };
