@@ -21,6 +21,7 @@ PKGS=(
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils   # kiln export --to libvirt is run under a private libvirtd; virt-xml-validate
   tmux                       # `kiln exec -t` is tested in a real terminal
+  containerd                 # containerd 1.6 and ctr: the tests run containerd-shim-kiln-v2 under a private containerd
 )
 # Node.js for the browser test: Debian's packages only where no node/npm is installed already
 # (a machine with another Node.js build has npm inside it, and Debian's npm would conflict).
@@ -46,6 +47,10 @@ fi
 # Tests start registries of their own; the package's host-wide one (port 5000) is not Kiln's.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
   sudo_ systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# Likewise containerd: the shim's tests start one with a config, root and socket of their own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled containerd >/dev/null 2>&1; then
+  sudo_ systemctl disable --now containerd >/dev/null 2>&1 || true
 fi
 
 if ! command -v cargo >/dev/null 2>&1; then

@@ -2,6 +2,9 @@
 //! layer, the recipe's go on top), and a recipe made from an image alone ([`recipe_for`]: its
 //! Entrypoint and Cmd as etc/rc, its Env, WorkingDir, User and ExposedPorts as the recipe's), so
 //! `kiln run REF` and `kiln build REF` go through the one pipeline every recipe does.
+//! `from = "dir:PATH"` takes an unpacked root folder (a container bundle's rootfs) as that
+//! bottom layer instead, and [`rootfs_recipe_text`] makes the recipe a container runtime
+//! (`containerd-shim-kiln-v2`) builds from a bundle's rootfs and its process's args/env/cwd.
 
 use crate::BuildError;
 use kiln_oci::{ImageConfig, PullOptions, Pulled, Source};
@@ -40,24 +43,53 @@ pub(crate) fn pull_base(
     let Some(from) = &recipe.config.from else {
         return Ok(None);
     };
+    if let Some(dir) = from.get_ref().strip_prefix(DIR_SOURCE) {
+        let dir = recipe.resolve(dir);
+        if !dir.is_dir() {
+            return Err(BuildError::From {
+                location: recipe.locate(from.span()),
+                message: format!("{}: not a folder", dir.display()),
+            });
+        }
+        return Ok(Some(Pulled {
+            config: ImageConfig::default(),
+            layers: Vec::new(),
+            manifest_digest: tree_digest(&dir),
+            reference: format!("{DIR_SOURCE}{}", dir.display()),
+        }));
+    }
     let src: Source = from.get_ref().parse().map_err(|e| BuildError::From {
         location: recipe.locate(from.span()),
         message: format!("{e}"),
     })?;
     progress.phase("OCI image");
     let opts = pull_options(cache_root, insecure_for(from.get_ref()));
-    let pulled = kiln_oci::pull(&src, &opts, &|_, _, _| {})?;
+    let pulled = kiln_oci::pull(&src, &opts, &|_, _, _| {}).map_err(|e| {
+        if e.is_user_error() {
+            // The user's reference: the kiln.toml line it is on.
+            BuildError::From {
+                location: recipe.locate(from.span()),
+                message: e.to_string(),
+            }
+        } else {
+            e.into()
+        }
+    })?;
     Ok(Some(pulled))
 }
 
 /// Unpack the image's layers as the bottom of the staging tree; every path is recorded as
 /// coming from the image.
 pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildError> {
-    let report = kiln_oci::unpack(&base.layers, st.root())?;
-    for (path, why) in &report.skipped {
-        tracing::warn!(path = %path, "not taken from the OCI image: {why}");
-    }
     let root = st.root().to_path_buf();
+    if let Some(dir) = base.reference.strip_prefix(DIR_SOURCE) {
+        copy_tree(Path::new(dir), &root)?;
+    } else {
+        let report = kiln_oci::unpack(&base.layers, st.root())?;
+        for (path, why) in &report.skipped {
+            tracing::warn!(path = %path, "not taken from the OCI image: {why}");
+        }
+    }
     let source = format!("{}@{}", base.reference, base.manifest_digest);
     for e in walkdir::WalkDir::new(&root)
         .min_depth(1)
@@ -66,6 +98,71 @@ pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildErr
     {
         if let Ok(rel) = e.path().strip_prefix(&root) {
             st.adopt(&Path::new("/").join(rel), &source, "from the OCI image");
+        }
+    }
+    Ok(())
+}
+
+/// The prefix of a `from` that names an unpacked root folder rather than an image.
+pub const DIR_SOURCE: &str = "dir:";
+
+/// A cheap identity of the tree at `dir` for the build's fingerprint: every entry's path,
+/// type, mode, size and modification time, hashed.
+fn tree_digest(dir: &Path) -> String {
+    use sha2::Digest;
+    use std::os::unix::fs::MetadataExt;
+    let mut h = sha2::Sha256::new();
+    for e in walkdir::WalkDir::new(dir)
+        .sort_by_file_name()
+        .into_iter()
+        .flatten()
+    {
+        if let Ok(m) = e.path().symlink_metadata() {
+            let rel = e.path().strip_prefix(dir).unwrap_or(e.path());
+            h.update(format!(
+                "{}\0{:o}\0{}\0{}.{}\n",
+                rel.display(),
+                m.mode(),
+                m.size(),
+                m.mtime(),
+                m.mtime_nsec()
+            ));
+        }
+    }
+    format!("dir:{}", hex::encode(h.finalize()))
+}
+
+/// Copy the root folder `src` into the empty staging root `dst`: folders with their modes,
+/// symlinks as links, regular files; device nodes, FIFOs and sockets are skipped and logged.
+fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuildError> {
+    use std::os::unix::fs::PermissionsExt;
+    for e in walkdir::WalkDir::new(src).min_depth(1) {
+        let e = e.map_err(|e| {
+            let path = e.path().unwrap_or(src).to_path_buf();
+            crate::io(&path)(e.into())
+        })?;
+        let rel = e.path().strip_prefix(src).unwrap_or(e.path());
+        let to = dst.join(rel);
+        let ft = e.file_type();
+        if ft.is_dir() {
+            std::fs::create_dir_all(&to).map_err(crate::io(&to))?;
+            let mode = e
+                .metadata()
+                .map(|m| m.permissions().mode())
+                .unwrap_or(0o755);
+            // Writable by the build, whatever the image says (the staging tree is filled later).
+            std::fs::set_permissions(
+                &to,
+                std::fs::Permissions::from_mode((mode & 0o7777) | 0o200),
+            )
+            .map_err(crate::io(&to))?;
+        } else if ft.is_symlink() {
+            let target = std::fs::read_link(e.path()).map_err(crate::io(e.path()))?;
+            std::os::unix::fs::symlink(&target, &to).map_err(crate::io(&to))?;
+        } else if ft.is_file() {
+            std::fs::copy(e.path(), &to).map_err(crate::io(&to))?;
+        } else {
+            tracing::warn!(path = %rel.display(), "not taken from the root folder: not a file, folder or link");
         }
     }
     Ok(())
@@ -235,6 +332,73 @@ pub fn recipe_text(
     Ok((toml, rc))
 }
 
+/// The process a container runs, from its OCI runtime spec: what [`rootfs_recipe_text`] turns
+/// into etc/rc and the recipe's keys.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Process {
+    /// The program and its arguments (`process.args`).
+    pub args: Vec<String>,
+    /// `KEY=VALUE` pairs (`process.env`).
+    pub env: Vec<String>,
+    /// The working folder (`process.cwd`); `/` when empty.
+    pub cwd: String,
+    /// `UID:GID` to run as (`process.user`); root when `None`.
+    pub user: Option<(u32, u32)>,
+}
+
+/// kiln.toml and etc/rc of a recipe whose root is the unpacked folder `rootfs` (`from =
+/// "dir:ROOTFS"`: its files first, Kiln's fill in what it lacks) and whose service is
+/// `process`: no readiness check (a container is started, not waited on), `memory` MiB.
+pub fn rootfs_recipe_text(
+    name: &str,
+    rootfs: &Path,
+    process: &Process,
+    memory: u32,
+) -> Result<(String, String), BuildError> {
+    if process.args.is_empty() {
+        return Err(BuildError::BadImage {
+            path: rootfs.to_path_buf(),
+            message: "the container's process has no args: nothing to run".into(),
+        });
+    }
+    let q = kiln_recipe::toml_string;
+    let mut toml = format!(
+        "# made by kiln from a container's root folder and process\nname = {}\n\
+         description = {}\nfrom = {}\nmemory = {memory}\nready = \"none\"\n",
+        q(name),
+        q(&format!("container {name}")),
+        q(&format!("{DIR_SOURCE}{}", rootfs.display())),
+    );
+    if let Some((uid, gid)) = process.user.filter(|u| *u != (0, 0)) {
+        toml.push_str(&format!("user = \"{uid}:{gid}\"\n"));
+    }
+    toml.push_str("\n[root]\nbusybox = true\n");
+    let env: Vec<(&str, &str)> = process
+        .env
+        .iter()
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    if !env.is_empty() {
+        toml.push_str("\n[env]\n");
+        for (k, v) in env {
+            toml.push_str(&format!("{} = {}\n", q(k), q(v)));
+        }
+    }
+    let dir = if process.cwd.is_empty() {
+        "/"
+    } else {
+        &process.cwd
+    };
+    let words: Vec<String> = process.args.iter().map(|w| sh_quote(w)).collect();
+    let rc = format!(
+        "#!/bin/sh\n# made by kiln: the container's process, in its cwd\n\
+         cd {} || exit 126\nexec {}\n",
+        sh_quote(dir),
+        words.join(" ")
+    );
+    Ok((toml, rc))
+}
+
 /// A recipe folder made from the image `reference` (pulled first), in the cache; rebuilt only
 /// when the image changes. Registry references are pinned to the digest pulled.
 pub fn recipe_for(reference: &str, cache_root: &Path) -> Result<PathBuf, BuildError> {
@@ -338,6 +502,57 @@ mod tests {
             rc.contains(r"exec '/bin/httpd' '-f' '-p' '80' 'it'\''s'"),
             "{rc}"
         );
+    }
+
+    #[test]
+    fn a_container_process_becomes_a_recipe_that_parses() {
+        let p = Process {
+            args: vec!["/bin/sh".into(), "-c".into(), "echo hi; exit 3".into()],
+            env: vec!["PATH=/bin".into(), "A=b c".into()],
+            cwd: "/www".into(),
+            user: Some((33, 33)),
+        };
+        let (toml, rc) =
+            rootfs_recipe_text("t1", Path::new("/run/bundle/rootfs"), &p, 128).expect("ok");
+        let cfg = kiln_recipe::Config::parse(&toml)
+            .map_err(|e| e.1)
+            .expect("parses");
+        assert_eq!(
+            cfg.from.as_ref().map(|f| f.get_ref().as_str()),
+            Some("dir:/run/bundle/rootfs")
+        );
+        assert_eq!(cfg.ready.as_conf(), "none");
+        assert_eq!(cfg.env["A"], "b c");
+        assert_eq!(
+            cfg.user.as_ref().map(|u| u.get_ref().as_str()),
+            Some("33:33")
+        );
+        assert!(rc.contains("cd '/www' || exit 126\n"), "{rc}");
+        assert!(rc.contains("exec '/bin/sh' '-c' 'echo hi; exit 3'"), "{rc}");
+        let none = Process::default();
+        assert!(rootfs_recipe_text("t", Path::new("/r"), &none, 128).is_err());
+    }
+
+    #[test]
+    fn a_root_folder_is_copied_with_its_links() {
+        let d = tempfile::tempdir().expect("tmp");
+        let (src, dst) = (d.path().join("src"), d.path().join("dst"));
+        std::fs::create_dir_all(src.join("bin")).expect("mkdir");
+        std::fs::write(src.join("bin/busybox"), "x").expect("w");
+        std::os::unix::fs::symlink("busybox", src.join("bin/sh")).expect("link");
+        std::fs::create_dir_all(&dst).expect("mkdir");
+        copy_tree(&src, &dst).expect("copied");
+        assert_eq!(
+            std::fs::read_to_string(dst.join("bin/busybox")).expect("r"),
+            "x"
+        );
+        assert_eq!(
+            std::fs::read_link(dst.join("bin/sh")).expect("link"),
+            Path::new("busybox")
+        );
+        let before = tree_digest(&src);
+        std::fs::write(src.join("bin/new"), "y").expect("w");
+        assert_ne!(before, tree_digest(&src));
     }
 
     #[test]
