@@ -26,3 +26,5 @@ echo "== Kiln nets: VM to VM on a net beside slirp; host to VM through slirp bes
 KILN="$KILN" ./scripts/bench-nets.sh
 echo "== OCI images: kiln run REF (cold and warm cache) beside recipes/httpd; push and pull"
 KILN="$KILN" ./scripts/bench-oci.sh
+echo "== containerd: ctr run --rm with the kiln runtime beside runc"
+./scripts/bench-containerd.sh
