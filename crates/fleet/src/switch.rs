@@ -2,7 +2,8 @@
 //! the net has a NIC whose QEMU backend (`-netdev dgram`) sends every frame as one datagram from
 //! the VM's own socket to the switch's; the switch learns which socket each source MAC lives
 //! behind and forwards by destination MAC (broadcast, multicast and unknown destinations go to
-//! every other port). Nothing here is an IP stack: the switch only moves frames between the
+//! every other port); a member whose socket queue is full has its frames held and sent as it
+//! drains. Nothing here is an IP stack: the switch only moves frames between the
 //! sockets of the net's members, so a VM not on the net has no way in.
 //!
 //! Why not `vde_switch` (Debian's vde2): QEMU's `vde` netdev connects once, and after the switch
@@ -10,7 +11,7 @@
 //! new switch lists no ports). With datagrams addressed by path, a restarted switch bound to the
 //! same path gets the VMs' next frames with nothing to reconnect.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,21 +78,48 @@ impl Table {
     }
 }
 
-/// Move frames on `sock` until `stop` is raised (checked every half second). A port whose socket
-/// is gone is forgotten; a frame a busy VM cannot take now is dropped, as a switch drops on a
-/// full queue, so one stuck VM never holds up the others.
+/// Frames held for one member whose socket queue is full (the kernel keeps only
+/// `net.unix.max_dgram_qlen` datagrams, 10 by default): past this many, new ones are dropped.
+pub const BACKLOG_MAX: usize = 512;
+
+/// What sending one frame to a member came to.
+enum Sent {
+    Done,
+    Full,
+    Gone,
+}
+
+fn send(sock: &UnixDatagram, frame: &[u8], to: &Path) -> Sent {
+    match sock.send_to(frame, to) {
+        Ok(_) => Sent::Done,
+        Err(e) => match e.raw_os_error() {
+            Some(libc::EAGAIN) | Some(libc::ENOBUFS) => Sent::Full,
+            Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => Sent::Gone,
+            // Anything else (a frame too big for the socket): that frame is lost, as on a wire.
+            _ => Sent::Done,
+        },
+    }
+}
+
+/// Move frames on `sock` until `stop` is raised (checked every half second); `seed` are the
+/// members known before they send. A member whose queue is full gets its frames held (up to
+/// [`BACKLOG_MAX`], in order) and sent as it drains, so a burst is not lost and one stuck VM
+/// never holds up the others; a member whose socket is gone is forgotten.
 pub fn serve(sock: &UnixDatagram, stop: &AtomicBool, seed: Vec<PathBuf>) -> std::io::Result<()> {
     sock.set_nonblocking(true)?;
     let mut table = Table::default();
     for p in seed {
         table.add_port(p);
     }
+    let mut held: HashMap<PathBuf, VecDeque<Vec<u8>>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     while !stop.load(Ordering::Relaxed) {
+        flush(sock, &mut held, &mut table);
         let (n, from) = match sock.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                wait_readable(sock, 500);
+                // With frames held, look again soon: a receiving queue gives no wake-up here.
+                wait_readable(sock, if held.is_empty() { 500 } else { 1 });
                 continue;
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -101,18 +129,44 @@ pub fn serve(sock: &UnixDatagram, stop: &AtomicBool, seed: Vec<PathBuf>) -> std:
             continue;
         };
         for to in table.route(&buf[..n], from) {
-            if let Err(e) = sock.send_to(&buf[..n], &to) {
-                match e.raw_os_error() {
-                    Some(libc::ECONNREFUSED) | Some(libc::ENOENT) => {
-                        tracing::info!(port = %to.display(), "a member left");
-                        table.forget(&to);
-                    }
-                    _ => {}
+            if let Some(q) = held.get_mut(&to) {
+                if q.len() < BACKLOG_MAX {
+                    q.push_back(buf[..n].to_vec());
+                }
+                continue;
+            }
+            match send(sock, &buf[..n], &to) {
+                Sent::Done => {}
+                Sent::Full => {
+                    held.entry(to).or_default().push_back(buf[..n].to_vec());
+                }
+                Sent::Gone => {
+                    tracing::info!(port = %to.display(), "a member left");
+                    table.forget(&to);
                 }
             }
         }
     }
     Ok(())
+}
+
+/// Send what is held, in order, while the members take it.
+fn flush(sock: &UnixDatagram, held: &mut HashMap<PathBuf, VecDeque<Vec<u8>>>, table: &mut Table) {
+    held.retain(|to, q| {
+        while let Some(f) = q.front() {
+            match send(sock, f, to) {
+                Sent::Done => {
+                    q.pop_front();
+                }
+                Sent::Full => return true,
+                Sent::Gone => {
+                    table.forget(to);
+                    return false;
+                }
+            }
+        }
+        false
+    });
 }
 
 fn wait_readable(sock: &UnixDatagram, ms: i32) {
@@ -188,6 +242,35 @@ mod tests {
             [p("/c")],
             "unknown again: floods"
         );
+    }
+
+    #[test]
+    fn a_burst_to_a_slow_member_is_held_and_delivered_in_order() {
+        let d = tempfile::tempdir().expect("tmp");
+        let sw_path = d.path().join("sw");
+        let sw = UnixDatagram::bind(&sw_path).expect("bind");
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let s2 = stop.clone();
+        let t = std::thread::spawn(move || serve(&sw, &s2, vec![]));
+        let a = UnixDatagram::bind(d.path().join("a")).expect("a");
+        let b = UnixDatagram::bind(d.path().join("b")).expect("b");
+        b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .expect("timeout");
+        let mut buf = [0u8; 100];
+        // b makes itself known; a learns nothing it needs (unknown destinations flood to b).
+        b.send_to(&frame(ALL, B), &sw_path).expect("hello");
+        // 200 frames while b reads nothing: far more than a unix socket queues (10 here).
+        for i in 0..200u8 {
+            let mut f = frame(B, A);
+            f.push(i);
+            a.send_to(&f, &sw_path).expect("send");
+        }
+        for i in 0..200u8 {
+            let n = b.recv(&mut buf).expect("every frame arrives");
+            assert_eq!(buf[n - 1], i, "in order");
+        }
+        stop.store(true, Ordering::Relaxed);
+        t.join().expect("join").expect("served");
     }
 
     #[test]
