@@ -11,7 +11,7 @@ use crate::{io, load_image, manifest::ImageManifest, BuildError, MANIFEST};
 use kiln_oci::artifact::{self, Part, Pushed, TITLE};
 use kiln_oci::Source;
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
@@ -35,18 +35,7 @@ fn registry_ref(reference: &str) -> Result<kiln_oci::Reference, BuildError> {
 }
 
 fn sha256_file(path: &Path) -> Result<String, BuildError> {
-    use sha2::Digest;
-    let mut f = std::fs::File::open(path).map_err(io(path))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    loop {
-        let n = f.read(&mut buf).map_err(io(path))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(format!("sha256:{}", hex::encode(h.finalize())))
+    Ok(format!("sha256:{}", kiln_debpkg::sha256_file(path)?))
 }
 
 /// `src` zstd-compressed into the cache (`oci/compressed/<hex>.zst`, made once per content);

@@ -14,6 +14,7 @@
 use crate::error::{FleetError, Result};
 use crate::fleet::Fleet;
 use crate::host::same_process;
+use crate::store::{lock_file, write_json};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -261,22 +262,6 @@ fn check_socket_path(p: &Path) -> Result<()> {
         )));
     }
     Ok(())
-}
-
-fn write_json<T: Serialize>(path: &Path, v: &T) -> Result<()> {
-    let json = serde_json::to_vec_pretty(v).map_err(|e| FleetError::Other(e.to_string()))?;
-    kiln_image::atomic_write(path, &json).map_err(FleetError::io("writing", path))
-}
-
-fn lock_file(path: &Path) -> Result<std::fs::File> {
-    let f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-        .map_err(FleetError::io("opening", path))?;
-    f.lock().map_err(FleetError::io("locking", path))?;
-    Ok(f)
 }
 
 impl Fleet {

@@ -59,9 +59,7 @@ impl Store {
     pub fn write(&self, rec: &VmRecord) -> Result<()> {
         let dir = self.vm_dir(&rec.name);
         std::fs::create_dir_all(&dir).map_err(FleetError::io("creating", &dir))?;
-        let json = serde_json::to_vec_pretty(rec).map_err(|e| FleetError::Other(e.to_string()))?;
-        let path = dir.join(RECORD);
-        kiln_image::atomic_write(&path, &json).map_err(FleetError::io("writing", &path))
+        write_json(&dir.join(RECORD), rec)
     }
 
     /// Read VM `name`'s record as stored.
@@ -131,16 +129,28 @@ impl Store {
     /// and disk checked, record written), so concurrent starts cannot both take a name.
     pub fn lock(&self) -> Result<StateLock> {
         std::fs::create_dir_all(&self.root).map_err(FleetError::io("creating", &self.root))?;
-        let path = self.root.join(".lock");
-        let f = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&path)
-            .map_err(FleetError::io("opening", &path))?;
-        f.lock().map_err(FleetError::io("locking", &path))?;
-        Ok(StateLock { _file: f })
+        Ok(StateLock {
+            _file: lock_file(&self.root.join(".lock"))?,
+        })
     }
+}
+
+/// Write `v` as pretty JSON to `path`, atomically.
+pub(crate) fn write_json<T: serde::Serialize>(path: &Path, v: &T) -> Result<()> {
+    let json = serde_json::to_vec_pretty(v).map_err(|e| FleetError::Other(e.to_string()))?;
+    kiln_image::atomic_write(path, &json).map_err(FleetError::io("writing", path))
+}
+
+/// Open (creating) `path` and block until its exclusive lock is ours; released with the file.
+pub(crate) fn lock_file(path: &Path) -> Result<std::fs::File> {
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)
+        .map_err(FleetError::io("opening", path))?;
+    f.lock().map_err(FleetError::io("locking", path))?;
+    Ok(f)
 }
 
 /// The state folder's lock; released when dropped.

@@ -9,7 +9,6 @@ use crate::registry::{default_docker_config, docker_credentials, Client};
 use crate::{OciError, PullOptions, Reference};
 use serde_json::json;
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 /// The artifact type of a Kiln image.
@@ -66,29 +65,6 @@ pub struct Artifact {
     pub manifest_digest: String,
 }
 
-fn file_digest(path: &Path) -> Result<(Digest, u64), OciError> {
-    use sha2::Digest as _;
-    let mut f = std::fs::File::open(path).map_err(|e| OciError::io(path, e))?;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    let mut n_total = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| OciError::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        n_total += n as u64;
-    }
-    let d = Digest::parse(&format!("sha256:{}", hex::encode(h.finalize()))).map_err(|why| {
-        OciError::BadDigest {
-            digest: path.display().to_string(),
-            why,
-        }
-    })?;
-    Ok((d, n_total))
-}
-
 fn client(reference: &Reference, opts: &PullOptions) -> Result<Client, OciError> {
     let config_path = opts.docker_config.clone().or_else(default_docker_config);
     let credentials = match &config_path {
@@ -133,7 +109,7 @@ pub fn push(
         bytes_sent: 0,
     };
     let mut send = |path: &Path, label: &str| -> Result<(Digest, u64), OciError> {
-        let (d, size) = file_digest(path)?;
+        let (d, size) = Digest::of_file(path)?;
         if c.has_blob(&d.to_string())? {
             pushed.skipped += 1;
         } else {

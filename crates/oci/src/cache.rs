@@ -61,6 +61,20 @@ impl Digest {
         }
     }
 
+    /// The digest of a file's content, and its size.
+    pub fn of_file(path: &Path) -> Result<(Digest, u64), OciError> {
+        let file = File::open(path).map_err(|e| OciError::io(path, e))?;
+        let mut hasher = Sha256::new();
+        let size = io::copy(&mut io::BufReader::new(file), &mut HashWriter(&mut hasher))
+            .map_err(|e| OciError::io(path, e))?;
+        Ok((
+            Digest {
+                hex: hex::encode(hasher.finalize()),
+            },
+            size,
+        ))
+    }
+
     /// The 64 hex digits.
     pub fn hex(&self) -> &str {
         &self.hex
@@ -111,15 +125,12 @@ impl BlobCache {
     /// A blob that no longer matches is removed (and `None` returned).
     pub fn lookup(&self, digest: &Digest) -> Result<Option<PathBuf>, OciError> {
         let path = self.path(digest);
-        let file = match File::open(&path) {
-            Ok(f) => f,
+        match fs::metadata(&path) {
+            Ok(_) => {}
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(OciError::io(&path, e)),
-        };
-        let mut hasher = Sha256::new();
-        io::copy(&mut io::BufReader::new(file), &mut HashWriter(&mut hasher))
-            .map_err(|e| OciError::io(&path, e))?;
-        if hex::encode(hasher.finalize()) == digest.hex() {
+        }
+        if &Digest::of_file(&path)?.0 == digest {
             return Ok(Some(path));
         }
         fs::remove_file(&path).map_err(|e| OciError::io(&path, e))?;
