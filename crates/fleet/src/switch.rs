@@ -244,18 +244,50 @@ mod tests {
         );
     }
 
+    /// A switch serving in a thread on a socket in a temp folder; its members bind beside it.
+    struct Running {
+        dir: tempfile::TempDir,
+        path: PathBuf,
+        stop: std::sync::Arc<AtomicBool>,
+        thread: std::thread::JoinHandle<std::io::Result<()>>,
+    }
+
+    impl Running {
+        fn start() -> Running {
+            let dir = tempfile::tempdir().expect("tmp");
+            let path = dir.path().join("sw");
+            let sw = UnixDatagram::bind(&path).expect("bind");
+            let stop = std::sync::Arc::new(AtomicBool::new(false));
+            let s2 = stop.clone();
+            let thread = std::thread::spawn(move || serve(&sw, &s2, vec![]));
+            Running {
+                dir,
+                path,
+                stop,
+                thread,
+            }
+        }
+
+        /// A member's socket `name`, its reads bounded by `secs`.
+        fn member(&self, name: &str, secs: u64) -> UnixDatagram {
+            let m = UnixDatagram::bind(self.dir.path().join(name)).expect("member");
+            m.set_read_timeout(Some(std::time::Duration::from_secs(secs)))
+                .expect("timeout");
+            m
+        }
+
+        fn finish(self) {
+            self.stop.store(true, Ordering::Relaxed);
+            self.thread.join().expect("join").expect("served");
+        }
+    }
+
     #[test]
     fn a_burst_to_a_slow_member_is_held_and_delivered_in_order() {
-        let d = tempfile::tempdir().expect("tmp");
-        let sw_path = d.path().join("sw");
-        let sw = UnixDatagram::bind(&sw_path).expect("bind");
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let t = std::thread::spawn(move || serve(&sw, &s2, vec![]));
-        let a = UnixDatagram::bind(d.path().join("a")).expect("a");
-        let b = UnixDatagram::bind(d.path().join("b")).expect("b");
-        b.set_read_timeout(Some(std::time::Duration::from_secs(10)))
-            .expect("timeout");
+        let sw = Running::start();
+        let sw_path = sw.path.clone();
+        let a = sw.member("a", 10);
+        let b = sw.member("b", 10);
         let mut buf = [0u8; 100];
         // b makes itself known; a learns nothing it needs (unknown destinations flood to b).
         b.send_to(&frame(ALL, B), &sw_path).expect("hello");
@@ -269,24 +301,15 @@ mod tests {
             let n = b.recv(&mut buf).expect("every frame arrives");
             assert_eq!(buf[n - 1], i, "in order");
         }
-        stop.store(true, Ordering::Relaxed);
-        t.join().expect("join").expect("served");
+        sw.finish();
     }
 
     #[test]
     fn serves_real_sockets_and_drops_a_member_that_is_gone() {
-        let d = tempfile::tempdir().expect("tmp");
-        let sw_path = d.path().join("sw");
-        let sw = UnixDatagram::bind(&sw_path).expect("bind");
-        let stop = std::sync::Arc::new(AtomicBool::new(false));
-        let s2 = stop.clone();
-        let t = std::thread::spawn(move || serve(&sw, &s2, vec![]));
-        let a = UnixDatagram::bind(d.path().join("a")).expect("a");
-        let b = UnixDatagram::bind(d.path().join("b")).expect("b");
-        a.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
-        b.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
+        let sw = Running::start();
+        let sw_path = sw.path.clone();
+        let a = sw.member("a", 5);
+        let b = sw.member("b", 5);
         let mut buf = [0u8; 100];
         a.send_to(&frame(ALL, A), &sw_path).expect("send");
         b.send_to(&frame(ALL, B), &sw_path).expect("send");
@@ -295,16 +318,13 @@ mod tests {
         b.send_to(&frame(A, B), &sw_path).expect("send");
         a.recv(&mut buf).expect("a hears b again");
         drop(a);
-        std::fs::remove_file(d.path().join("a")).expect("rm");
+        std::fs::remove_file(sw.dir.path().join("a")).expect("rm");
         // A frame for the departed member is dropped; the switch goes on serving b.
         b.send_to(&frame(A, B), &sw_path).expect("send");
-        let c = UnixDatagram::bind(d.path().join("c")).expect("c");
-        c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .expect("timeout");
+        let c = sw.member("c", 5);
         c.send_to(&frame(ALL, C), &sw_path).expect("send");
         b.recv(&mut buf).expect("b hears c");
         assert_eq!(&buf[6..12], &C);
-        stop.store(true, Ordering::Relaxed);
-        t.join().expect("join").expect("served");
+        sw.finish();
     }
 }

@@ -17,6 +17,37 @@ fn skip() -> bool {
     false
 }
 
+/// `kiln run -d` of `target` named with `prefix`, guest port `guest` published on a free host
+/// port: (its name, the host port).
+fn run_detached(f: &mut Fleet, prefix: &str, target: &str, guest: u16) -> (String, u16) {
+    let name = f.name(prefix);
+    let port = free_port();
+    f.ok(&[
+        "run",
+        "-d",
+        "--ready-timeout",
+        "150",
+        "-p",
+        &format!("{port}:{guest}"),
+        "--name",
+        &name,
+        target,
+    ]);
+    (name, port)
+}
+
+/// The body of `http://127.0.0.1:PORT/PATH` once it answers 200.
+fn page(port: u16, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}/{path}");
+    wait_until(
+        &url,
+        Duration::from_secs(30),
+        Duration::from_millis(100),
+        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+    )
+    .1
+}
+
 fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
@@ -31,27 +62,8 @@ fn an_oci_image_from_a_registry_runs_as_a_microvm() {
     let layout = httpd_layout(tmp.path());
     reg.push_layout(&layout, "1", "httpd:1");
     let mut f = Fleet::new();
-    let name = f.name("oci");
-    let port = free_port();
-    let reference = reg.reference("httpd:1");
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:80"),
-        "--name",
-        &name,
-        &reference,
-    ]);
-    let url = format!("http://127.0.0.1:{port}/");
-    let (_, body) = wait_until(
-        "the image's httpd",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
-    );
+    let (name, port) = run_detached(&mut f, "oci", &reg.reference("httpd:1"), 80);
+    let body = page(port, "");
     assert!(body.contains("Hello from an OCI image"), "{body}");
     // The service runs in the image's WorkingDir with its Env.
     let sh = |script: &str| out(&f.ok(&["exec", &name, "--", "sh", "-c", script]));
@@ -200,26 +212,8 @@ fn a_kiln_image_travels_through_a_registry_byte_for_byte() {
 
     // `kiln run REF` of a Kiln image boots it as it is.
     let mut f = f;
-    let name = f.name("pulled");
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:80"),
-        "--name",
-        &name,
-        &reference,
-    ]);
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_until(
-        "the pulled image's httpd",
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
-    );
+    let (name, port) = run_detached(&mut f, "pulled", &reference, 80);
+    page(port, "");
     f.ok(&["rm", "-f", &name]);
 
     // A container image is not a Kiln image: pull says what to do instead.
@@ -266,31 +260,13 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
     .expect("rc");
     std::fs::write(recipe.join("files/www/extra.html"), "from the recipe\n").expect("extra");
     let mut f = Fleet::new();
-    let name = f.name("from");
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:8080"),
-        "--name",
-        &name,
-        recipe.to_str().expect("utf-8"),
-    ]);
-    for (page, want) in [
+    let (name, port) = run_detached(&mut f, "from", recipe.to_str().expect("utf-8"), 8080);
+    for (path, want) in [
         ("index.html", "Hello from an OCI image"),
         ("extra.html", "from the recipe"),
     ] {
-        let url = format!("http://127.0.0.1:{port}/{page}");
-        let (_, body) = wait_until(
-            page,
-            Duration::from_secs(30),
-            Duration::from_millis(100),
-            || curl(&url, 2.0).filter(|(c, _)| *c == 200),
-        );
-        assert!(body.contains(want), "{page}: {body}");
+        let body = page(port, path);
+        assert!(body.contains(want), "{path}: {body}");
     }
     let status = out(&f.ok(&[
         "exec",
