@@ -22,6 +22,9 @@ PKGS=(
   libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libxml2-utils   # kiln export --to libvirt is run under a private libvirtd; virt-xml-validate
   tmux                       # `kiln exec -t` is tested in a real terminal
   containerd                 # containerd 1.6 and ctr: the tests run containerd-shim-kiln-v2 under a private containerd
+  erofs-utils squashfs-tools qemu-utils   # format = "erofs" | "squashfs" | "qcow2": mkfs.erofs, mksquashfs, qemu-img
+  xorriso isolinux syslinux-common        # format = "iso": a hybrid ISO booted by ISOLINUX
+  ipxe-qemu tftpd-hpa                     # kiln netboot: iPXE ROMs for QEMU's virtio-net-pci, a TFTP server for --listen
 )
 # Node.js for the browser test: Debian's packages only where no node/npm is installed already
 # (a machine with another Node.js build has npm inside it, and Debian's npm would conflict).
@@ -47,6 +50,10 @@ fi
 # Tests start registries of their own; the package's host-wide one (port 5000) is not Kiln's.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled docker-registry >/dev/null 2>&1; then
   sudo_ systemctl disable --now docker-registry >/dev/null 2>&1 || true
+fi
+# Likewise tftpd-hpa: kiln netboot --listen starts one of its own in a folder of its own.
+if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled tftpd-hpa >/dev/null 2>&1; then
+  sudo_ systemctl disable --now tftpd-hpa >/dev/null 2>&1 || true
 fi
 # Likewise containerd: the shim's tests start one with a config, root and socket of their own.
 if command -v systemctl >/dev/null 2>&1 && systemctl is-enabled containerd >/dev/null 2>&1; then

@@ -160,6 +160,7 @@ pub(crate) fn build_bsd(
         packages: vec![],
         excluded_packages: vec![],
         selection: String::new(),
+        pc: None,
     };
     install(work, &image_dir, manifest, opts, started)
 }

@@ -592,6 +592,7 @@ impl Build<'_> {
             } else {
                 String::new()
             },
+            pc: None,
         }
     }
 }
@@ -850,6 +851,17 @@ pub(crate) fn swap_into_place(
     Ok(())
 }
 
+/// Kiln's own fragments a recipe's tiny kernel needs for its root format: erofs, squashfs and
+/// overlayfs for a read-only root, PCI and virtio-pci for an ISO that boots on a PC.
+pub fn builtin_fragments(image: &kiln_recipe::ImageFormat) -> Vec<kiln_kernel::tiny::Builtin> {
+    use kiln_kernel::tiny::Builtin;
+    match image.format.as_str() {
+        "erofs" | "squashfs" => vec![Builtin::Roots],
+        "iso" => vec![Builtin::Pc],
+        _ => vec![],
+    }
+}
+
 /// Kiln's tiny kernel with the recipe's fragments: from the cache, or built now (minutes).
 fn tiny_kernel(
     recipe: &Recipe,
@@ -857,6 +869,7 @@ fn tiny_kernel(
     progress: &dyn Progress,
 ) -> Result<kiln_kernel::Kernel, BuildError> {
     let mut topts = kiln_kernel::tiny::TinyOptions::new(cache_root);
+    topts.builtin = builtin_fragments(&recipe.config.image);
     topts.extra_fragments = recipe
         .config
         .kernel_fragments

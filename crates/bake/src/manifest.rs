@@ -38,6 +38,28 @@ pub struct ImageManifest {
     /// How the package files were chosen: "all", "index FILE", or "all, traced".
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selection: String,
+    /// A PC's boot files (`format = "iso"`): the bzImage a boot loader or iPXE loads with the
+    /// initramfs, and the hybrid ISO.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pc: Option<PcInfo>,
+}
+
+/// What boots the image on a PC (QEMU's `pc` machine, bhyve, a BIOS machine): the same
+/// initramfs with a kernel that has PCI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PcInfo {
+    /// The bzImage's file name in the image folder.
+    pub kernel: String,
+    /// Its size in bytes.
+    pub kernel_size: u64,
+    /// The whole kernel command line for a PC (serial console on ttyS0).
+    pub cmdline: String,
+    /// The hybrid ISO's file name in the image folder.
+    pub iso: String,
+    /// Its size in bytes.
+    pub iso_size: u64,
+    /// Its sha256 (lowercase hex).
+    pub iso_sha256: String,
 }
 
 /// The kernel of an image.
@@ -65,7 +87,9 @@ pub struct KernelInfo {
 pub struct InitramfsInfo {
     /// File name in the image folder.
     pub file: String,
-    /// "initramfs" (loaded with the kernel) or "disk" (ext4 on the first virtio-blk drive).
+    /// "initramfs" (loaded with the kernel; also "iso", whose ISO is in [`PcInfo`]), "disk" or
+    /// "qcow2" (ext4 on the first virtio-blk drive), "erofs" or "squashfs" (read-only, on the
+    /// first virtio-blk drive, with a tmpfs overlay).
     #[serde(default = "initramfs_format")]
     pub format: String,
     /// zstd, xz, gzip or none (always none for a disk).
@@ -85,9 +109,35 @@ fn initramfs_format() -> String {
 }
 
 impl InitramfsInfo {
-    /// Whether the root is a disk image rather than an initramfs.
+    /// Whether the root is a filesystem image on the first drive rather than an initramfs.
     pub fn is_disk(&self) -> bool {
-        self.format == "disk"
+        matches!(
+            self.format.as_str(),
+            "disk" | "qcow2" | "erofs" | "squashfs"
+        )
+    }
+
+    /// Whether the root is a read-only compressed filesystem (erofs or squashfs).
+    pub fn is_read_only(&self) -> bool {
+        matches!(self.format.as_str(), "erofs" | "squashfs")
+    }
+
+    /// The filesystem the kernel mounts as root (`rootfstype=`), for a root on a drive.
+    pub fn root_fstype(&self) -> &'static str {
+        match self.format.as_str() {
+            "erofs" => "erofs",
+            "squashfs" => "squashfs",
+            _ => "ext4",
+        }
+    }
+
+    /// QEMU's format of the root drive: `qcow2` or `raw`.
+    pub fn drive_format(&self) -> &'static str {
+        if self.format == "qcow2" {
+            "qcow2"
+        } else {
+            "raw"
+        }
     }
 }
 

@@ -16,6 +16,11 @@ pub enum KernelCmd {
         /// An extra config fragment (repeatable), e.g. crates/kernel/fragments/ufs.config.
         #[arg(long = "fragment", short = 'f')]
         fragments: Vec<PathBuf>,
+        /// One of Kiln's own fragments (repeatable): `roots` (erofs, squashfs, overlayfs:
+        /// what `format = "erofs" | "squashfs"` adds) or `pc` (PCI and virtio-pci: what
+        /// `format = "iso"` and `kiln netboot` add).
+        #[arg(long = "with", value_enum)]
+        with: Vec<BuiltinArg>,
         /// A kernel source tree to build instead of Debian's linux-source-6.1.
         #[arg(long)]
         source: Option<PathBuf>,
@@ -27,15 +32,35 @@ pub enum KernelCmd {
     List,
 }
 
+/// Kiln's built-in fragments as `--with` names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+pub enum BuiltinArg {
+    /// erofs, squashfs and overlayfs.
+    Roots,
+    /// PCI and virtio-pci.
+    Pc,
+}
+
+impl From<BuiltinArg> for tiny::Builtin {
+    fn from(b: BuiltinArg) -> Self {
+        match b {
+            BuiltinArg::Roots => tiny::Builtin::Roots,
+            BuiltinArg::Pc => tiny::Builtin::Pc,
+        }
+    }
+}
+
 /// Run a `kiln kernel` command.
 pub fn run(cmd: KernelCmd) -> Result<ExitCode> {
     match cmd {
         KernelCmd::Build {
             fragments,
+            with,
             source,
             jobs,
         } => {
             let mut opts = TinyOptions::new(dirs::cache_root());
+            opts.builtin = with.into_iter().map(Into::into).collect();
             opts.extra_fragments = fragments;
             if let Some(s) = source {
                 opts.source = TinySource::Tree(s);

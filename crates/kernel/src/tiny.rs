@@ -40,6 +40,33 @@ pub use fragment::{
 pub const BASE_FRAGMENT: &str = include_str!("../fragments/kiln-base.config");
 /// The name the base fragment has in messages and `kernel.json`.
 pub const BASE_FRAGMENT_NAME: &str = "kiln-base.config";
+
+/// Fragments Kiln adds to the base for a recipe's needs, built into the binary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Builtin {
+    /// erofs, squashfs and overlayfs built in: read-only compressed roots on virtio-blk.
+    Roots,
+    /// PCI and virtio-pci: the kernel of a bootable ISO or a netbooted PC.
+    Pc,
+}
+
+impl Builtin {
+    /// The fragment's file name (in `crates/kernel/fragments/`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::Roots => "roots.config",
+            Builtin::Pc => "pc.config",
+        }
+    }
+
+    /// The fragment's text.
+    pub fn text(self) -> &'static str {
+        match self {
+            Builtin::Roots => include_str!("../fragments/roots.config"),
+            Builtin::Pc => include_str!("../fragments/pc.config"),
+        }
+    }
+}
 /// An example recipe fragment: UFS (BSD FFS) read support.
 pub const UFS_FRAGMENT: &str = include_str!("../fragments/ufs.config");
 
@@ -279,7 +306,9 @@ impl Default for TinySource {
 pub struct TinyOptions {
     /// The kernel source.
     pub source: TinySource,
-    /// Fragments applied after the base fragment, in order (later wins).
+    /// Kiln's own fragments applied after the base fragment, in order.
+    pub builtin: Vec<Builtin>,
+    /// Fragments applied after the base and built-in fragments, in order (later wins).
     pub extra_fragments: Vec<PathBuf>,
     /// `make -j`; 0 means the number of available CPUs.
     pub jobs: usize,
@@ -292,6 +321,7 @@ impl TinyOptions {
     pub fn new(cache_root: impl Into<PathBuf>) -> Self {
         TinyOptions {
             source: TinySource::default(),
+            builtin: Vec::new(),
             extra_fragments: Vec::new(),
             jobs: default_jobs(),
             cache_root: cache_root.into(),
@@ -492,7 +522,12 @@ pub fn build_tiny(
     opts: &TinyOptions,
     progress: &dyn Fn(TinyProgress),
 ) -> Result<TinyKernel, TinyError> {
-    let fragments = load_fragments(&opts.extra_fragments)?;
+    let mut fragments = load_fragments(&opts.extra_fragments)?;
+    let builtin = opts.builtin.iter().map(|b| Fragment {
+        name: b.name().to_string(),
+        text: b.text().to_string(),
+    });
+    fragments.splice(1..1, builtin);
     let mut requested = Vec::new();
     for f in &fragments {
         requested.extend(parse_fragment(&f.name, &f.text)?);

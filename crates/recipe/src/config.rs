@@ -388,12 +388,18 @@ fn de_template_at<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::E
     }
 }
 
+/// The root formats `[image] format` takes.
+pub const FORMATS: &[&str] = &["initramfs", "disk", "erofs", "squashfs", "qcow2", "iso"];
+
 /// `[image]`: how the root filesystem is packed.
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
 pub struct ImageFormat {
-    /// `"initramfs"` (default: the root unpacked into RAM) or `"disk"` (an ext4 disk image,
-    /// the root on virtio-blk, for roots too big to keep in RAM).
+    /// `"initramfs"` (default: the root unpacked into RAM), `"disk"` (an ext4 disk image,
+    /// the root on virtio-blk, for roots too big to keep in RAM), `"erofs"` or `"squashfs"`
+    /// (a compressed read-only root on virtio-blk that many VMs share, writes going to a tmpfs
+    /// overlay), `"qcow2"` (the ext4 disk as qcow2) or `"iso"` (the initramfs, plus a hybrid
+    /// ISO that boots it on a PC).
     #[serde(default = "default_format", deserialize_with = "de_format")]
     pub format: String,
     /// `zstd` (default), `xz` (CRC32, as the kernel needs), `gzip` or `none`; initramfs only.
@@ -403,6 +409,23 @@ pub struct ImageFormat {
     /// and 8 MiB of room.
     #[serde(default, deserialize_with = "de_size_mib")]
     pub size_mib: Option<u32>,
+}
+
+impl ImageFormat {
+    /// The root is a filesystem image on the first virtio-blk drive (no initramfs).
+    pub fn root_on_drive(&self) -> bool {
+        matches!(self.format.as_str(), "disk" | "erofs" | "squashfs" | "qcow2")
+    }
+
+    /// The root is a read-only compressed filesystem the kernel mounts itself.
+    pub fn read_only_root(&self) -> bool {
+        matches!(self.format.as_str(), "erofs" | "squashfs")
+    }
+
+    /// The image has a size (`size_mib`): an ext4 disk, raw or qcow2.
+    pub fn sized(&self) -> bool {
+        matches!(self.format.as_str(), "disk" | "qcow2")
+    }
 }
 
 impl Default for ImageFormat {
@@ -544,10 +567,31 @@ impl Config {
     fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
         self.validate_guest(text)?;
         // A BSD guest's root is always a disk (docs/bsd.md: `[image] size_mib` alone).
-        if self.image.size_mib.is_some() && self.image.format != "disk" && !self.guest.is_bsd() {
+        if self.image.size_mib.is_some() && !self.image.sized() && !self.guest.is_bsd() {
             return Err((
                 find_key(text, "size_mib"),
-                "image.size_mib: only a disk image has a size; set format = \"disk\"".into(),
+                format!(
+                    "image.size_mib: a {} root has no fixed size (it is as big as its files); remove size_mib, or set format = \"disk\" or \"qcow2\"",
+                    self.image.format
+                ),
+            ));
+        }
+        if let (true, KernelChoice::Debian(pkg)) = (self.image.read_only_root(), &self.kernel) {
+            return Err((
+                find_key(text, "format"),
+                format!(
+                    "image.format: Debian's kernel ({pkg}) has {} only as a module, and a root on {} is mounted before any module can load; use kernel = \"tiny\" (Kiln builds {} into it) or format = \"initramfs\"",
+                    self.image.format, self.image.format, self.image.format
+                ),
+            ));
+        }
+        if self.image.root_on_drive() && find_key(text, "compression").is_some() {
+            return Err((
+                find_key(text, "compression"),
+                format!(
+                    "image.compression: a {} root is not an initramfs; remove compression (erofs is lz4hc, squashfs zstd)",
+                    self.image.format
+                ),
             ));
         }
         if self.network.mode == "user" {
@@ -842,11 +886,16 @@ fn de_hook_timeout<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
 
 fn de_format<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     let s = String::deserialize(d)?;
-    if s == "initramfs" || s == "disk" {
+    if FORMATS.contains(&s.as_str()) {
         Ok(s)
     } else {
         Err(serde::de::Error::custom(format!(
-            "image.format: `{s}` is not supported; use \"initramfs\" or \"disk\""
+            "image.format: `{s}` is not a root format; use one of {}",
+            FORMATS
+                .iter()
+                .map(|f| format!("\"{f}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
         )))
     }
 }

@@ -9,6 +9,7 @@ mod port;
 pub mod smolbsd;
 
 pub use config::{
+    FORMATS,
     check_name, hidden_by_mount, hidden_message, split_file_spec, toml_string, Compression, Config,
     Guest, ImageFormat, KernelChoice, Network, Ready, Root, DEFAULT_HOOK_TIMEOUT, ENV_TOTAL_MAX,
     ENV_VALUE_MAX, GUEST_MOUNTS, KERNEL_CMDLINE_MAX, KILN_CMDLINE_RESERVE, MAX_HOOK_TIMEOUT,
