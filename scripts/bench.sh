@@ -7,7 +7,7 @@
 # redis-benchmark and wrk against recipes/redis and recipes/nginx beside the same servers on the
 # host (scripts/bench-ports.sh). Finally, Kiln nets: VM-to-VM throughput and latency on a net beside
 # the same two VMs through slirp, and host-to-VM throughput through Kiln's published port beside
-# passt started by hand (scripts/bench-nets.sh).
+# passt started by hand (scripts/bench-nets.sh). Last, the root formats side by side (scripts/bench-formats.sh).
 # BOOTS=N changes the number of boots (default 10).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,3 +28,5 @@ echo "== OCI images: kiln run REF (cold and warm cache) beside recipes/httpd; pu
 KILN="$KILN" ./scripts/bench-oci.sh
 echo "== containerd: ctr run --rm with the kiln runtime beside runc"
 ./scripts/bench-containerd.sh
+echo "== root formats: recipes/httpd as initramfs, disk, qcow2, erofs, squashfs and iso; the ISO on -M pc"
+KILN="$KILN" ./scripts/bench-formats.sh

@@ -8,6 +8,7 @@
 
 mod bsd;
 mod fingerprint;
+pub mod formats;
 mod hidden;
 pub mod manifest;
 pub mod oci;
@@ -303,7 +304,9 @@ pub fn build_variant(
 
     let root_image = b.pack_root(&staging_dir, &image_dir, &fp)?;
     let kernel = place_kernel(&inputs.kernel, &opts.cache_root, &image_dir)?;
-    let manifest = b.manifest(&inputs, fp, kernel, root_image, module_names, files);
+    let pc = b.pack_iso(&inputs.kernel, &root_image, &image_dir)?;
+    let mut manifest = b.manifest(&inputs, fp, kernel, root_image, module_names, files);
+    manifest.pc = pc;
     install(work, &image_dir, manifest, opts, started)
 }
 
@@ -487,11 +490,39 @@ impl Build<'_> {
         image_dir: &Path,
         fp: &str,
     ) -> Result<InitramfsInfo, BuildError> {
-        if self.recipe.config.image.format == "disk" {
-            self.pack_disk(staging_dir, image_dir, fp)
-        } else {
-            self.pack_initramfs(staging_dir, image_dir)
+        match self.recipe.config.image.format.as_str() {
+            "disk" => self.pack_disk(staging_dir, image_dir, fp),
+            "qcow2" => formats::to_qcow2(self.pack_disk(staging_dir, image_dir, fp)?, image_dir),
+            f @ ("erofs" | "squashfs") => {
+                self.progress.phase(&format!("{f} image"));
+                formats::pack_read_only(f, staging_dir, image_dir, &uuid_from(fp))
+            }
+            _ => self.pack_initramfs(staging_dir, image_dir),
         }
+    }
+
+    /// The PC kernel and the hybrid ISO, for `format = "iso"`.
+    fn pack_iso(
+        &self,
+        kernel: &kiln_kernel::Kernel,
+        root: &InitramfsInfo,
+        image_dir: &Path,
+    ) -> Result<Option<manifest::PcInfo>, BuildError> {
+        let cfg = &self.recipe.config;
+        if cfg.image.format != "iso" {
+            return Ok(None);
+        }
+        self.progress.phase("iso");
+        let location = self.recipe.locate_key("kernel");
+        formats::pack_iso(
+            kernel,
+            &location,
+            &cfg.name,
+            &BootConfig::from_recipe(cfg).cmdline,
+            root,
+            image_dir,
+        )
+        .map(Some)
     }
 
     /// Pack the staging tree as an ext4 root disk (its UUID derived from the fingerprint).
@@ -916,10 +947,15 @@ pub fn load_image(dir: &Path) -> Result<ImageManifest, BuildError> {
         message: format!("not a Kiln manifest ({e}); rebuild the image"),
     })?;
     let disk = m.initramfs.format == "disk";
-    for (f, size) in [
+    let mut files = vec![
         (&m.kernel.file, Some(m.kernel.file_size)),
         (&m.initramfs.file, (!disk).then_some(m.initramfs.size)),
-    ] {
+    ];
+    if let Some(pc) = &m.pc {
+        files.push((&pc.kernel, Some(pc.kernel_size)));
+        files.push((&pc.iso, Some(pc.iso_size)));
+    }
+    for (f, size) in files {
         let plain = Path::new(f).components().count() == 1
             && matches!(
                 Path::new(f).components().next(),

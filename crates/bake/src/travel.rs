@@ -21,7 +21,9 @@ pub const KERNEL_ZSTD: &str = "application/vnd.kiln.kernel.v1+zstd";
 pub const ROOT: &str = "application/vnd.kiln.root.v1";
 /// A zstd-compressed root disk image.
 pub const ROOT_ZSTD: &str = "application/vnd.kiln.root.v1+zstd";
-/// The annotation with a compressed part's digest before compression.
+/// Media type of a PC boot file as it is (`format = "iso"`: the bzImage and the ISO).
+pub const PC_FILE: &str = "application/vnd.kiln.pc.v1";
+/// The annotation holding a compressed part's uncompressed digest.
 pub const UNCOMPRESSED: &str = "org.kiln.uncompressed.digest";
 
 fn registry_ref(reference: &str) -> Result<kiln_oci::Reference, BuildError> {
@@ -84,6 +86,11 @@ pub fn push_image(
     } else {
         let (rz, rd) = compressed(&root, cache_root)?;
         parts.push(part(ROOT_ZSTD, rz, &m.initramfs.file, Some(rd)));
+    }
+    if let Some(pc) = &m.pc {
+        for f in [&pc.kernel, &pc.iso] {
+            parts.push(part(PC_FILE, dir.join(f), f, None));
+        }
     }
     let opts = crate::oci::pull_options(cache_root, crate::oci::insecure_for(reference));
     Ok(artifact::push(
@@ -162,7 +169,7 @@ pub fn pull_image(
         let dest = image_dir.join(p.title());
         match p.media_type.as_str() {
             KERNEL_ZSTD | ROOT_ZSTD => link_or_copy(&expanded(p, cache_root)?, &dest)?,
-            ROOT => link_or_copy(&p.path, &dest)?,
+            ROOT | PC_FILE => link_or_copy(&p.path, &dest)?,
             other => {
                 return Err(BuildError::BadImage {
                     path: PathBuf::from(reference),

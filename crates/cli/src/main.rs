@@ -443,8 +443,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                 );
                 if m.initramfs.is_disk() {
                     println!(
-                        "disk       {} ext4 ({} used, {} entries)",
+                        "disk       {} {} ({} used, {} entries)",
                         human(m.initramfs.size),
+                        if m.initramfs.format == "disk" {
+                            "ext4"
+                        } else {
+                            m.initramfs.format.as_str()
+                        },
                         human(m.initramfs.uncompressed_size),
                         m.initramfs.entries
                     );
@@ -455,6 +460,15 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
                         m.initramfs.compression,
                         human(m.initramfs.uncompressed_size),
                         m.initramfs.entries
+                    );
+                }
+                if let Some(pc) = &m.pc {
+                    println!(
+                        "iso        {} {} (PC kernel {}, {})",
+                        pc.iso,
+                        human(pc.iso_size),
+                        pc.kernel,
+                        human(pc.kernel_size)
                     );
                 }
                 println!("modules    {}", m.modules.join(" "));
@@ -560,8 +574,13 @@ pub fn kernel_summary(k: &kiln_bake::manifest::KernelInfo) -> String {
 pub fn root_summary(r: &kiln_bake::manifest::InitramfsInfo, files: usize) -> String {
     if r.is_disk() {
         format!(
-            "disk {} (ext4, {} used, {files} files)",
+            "disk {} ({}, {} used, {files} files)",
             human(r.size),
+            if r.format == "disk" {
+                "ext4"
+            } else {
+                r.format.as_str()
+            },
             human(r.uncompressed_size)
         )
     } else {

@@ -9,7 +9,9 @@ use crate::template::{self, Restore, Signature};
 use kiln_bake::{ImageManifest, Progress};
 use kiln_recipe::{PortForward, Ready, Recipe};
 use kiln_vm::runner::RunPaths;
-use kiln_vm::{cmdline, Accel, DriveSpec, NetSpec, ShareKind, ShareSpec, VmSpec, VportSpec};
+use kiln_vm::{
+    cmdline, Accel, DriveFormat, DriveSpec, NetSpec, ShareKind, ShareSpec, VmSpec, VportSpec,
+};
 use sha2::Digest;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -442,22 +444,34 @@ fn drives(
             readonly: d.readonly,
             lock: !config.no_lock,
             snapshot: false,
+            format: DriveFormat::Raw,
         });
     }
     if m.initramfs.is_disk() {
-        // The root disk comes first (/dev/vda); writes go to an overlay QEMU drops, so any
-        // number of VMs boot the same image and each starts from the image as built.
+        // The root disk comes first (/dev/vda); writes go to an overlay QEMU drops (ext4) or
+        // to kiln-init's tmpfs overlay (erofs, squashfs: the drive is read-only), so any number
+        // of VMs boot the same image and each starts from the image as built.
+        let ro = m.initramfs.is_read_only();
         drives.insert(
             0,
             DriveSpec {
                 path: image.dir.join(&m.initramfs.file),
-                readonly: false,
+                readonly: ro,
                 lock: true,
-                snapshot: true,
+                snapshot: !ro,
+                format: if m.initramfs.drive_format() == "qcow2" {
+                    DriveFormat::Qcow2
+                } else {
+                    DriveFormat::Raw
+                },
             },
         );
         if !bsd {
-            args.prepend("root=/dev/vda rootfstype=ext4 rootwait rw init=/init");
+            args.prepend(&format!(
+                "root=/dev/vda rootfstype={} rootwait {} init=/init",
+                m.initramfs.root_fstype(),
+                if ro { "ro" } else { "rw" }
+            ));
         }
     }
     Ok((drives, drive))

@@ -42,8 +42,8 @@ fn refuse_template(image: &Image) -> Result<()> {
     }
     if m.initramfs.is_disk() {
         return Err(FleetError::BadInput(format!(
-            "{}: format = \"disk\" cannot be a template: the root disk's writes live in an overlay QEMU throws away, so a clone's memory would not match its disk; use the initramfs format",
-            m.name
+            "{}: format = \"{}\" cannot be a template: the root disk's writes live in an overlay thrown away with the VM, so a clone's memory would not match its disk; use the initramfs format",
+            m.name, m.initramfs.format
         )));
     }
     Ok(())

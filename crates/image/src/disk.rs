@@ -120,7 +120,7 @@ pub fn write_disk(
     .arg(staging)
     .arg(tmp.path())
     .arg(format!("{size_mib}M"))
-    .env("E2FSPROGS_FAKE_TIME", opts.mtime.to_string())
+    .env("E2FSPROGS_FAKE_TIME", fake_time(opts.mtime))
     .env("LC_ALL", "C");
     let out = cmd.output().map_err(|source| ImageError::Tool {
         tool: "mke2fs",
@@ -151,7 +151,7 @@ pub fn write_disk(
         .arg("-f")
         .arg(script_file.path())
         .arg(tmp.path())
-        .env("E2FSPROGS_FAKE_TIME", opts.mtime.to_string())
+        .env("E2FSPROGS_FAKE_TIME", fake_time(opts.mtime))
         .env("LC_ALL", "C")
         .output()
         .map_err(|source| ImageError::Tool {
@@ -171,6 +171,13 @@ pub fn write_disk(
         });
     }
     finish(tmp, dest, entries, used)
+}
+
+/// e2fsprogs' clock for the filesystem's own times (creation, last write, inodes' crtime).
+/// 0 would mean "not set" to e2fsprogs, which then takes the real time, and the image would
+/// differ from build to build: the epoch itself becomes its first second.
+fn fake_time(mtime: u64) -> String {
+    mtime.max(1).to_string()
 }
 
 /// `program`, run as uid 0: directly when we are root, else in a user namespace mapping us to
@@ -408,6 +415,28 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
             .collect();
         assert!(left.is_empty(), "temp files left");
+    }
+
+    /// With no SOURCE_DATE_EPOCH the times are 0, which e2fsprogs reads as "no fake time": the
+    /// filesystem's own times must still be fixed, not the clock's.
+    #[test]
+    fn an_epoch_of_zero_still_fixes_the_filesystems_own_times() {
+        let d = tempfile::tempdir().expect("tmp");
+        let tree = d.path().join("tree");
+        std::fs::create_dir_all(tree.join("etc")).expect("mkdir");
+        std::fs::write(tree.join("etc/rc"), "echo hi\n").expect("w");
+        let opts = DiskOptions {
+            fs: DiskFs::Ext4,
+            size_mib: None,
+            mtime: 0,
+            uuid: "6b696c6e-0000-4000-8000-000000000002".into(),
+        };
+        write_disk(&tree, &opts, &d.path().join("a.img")).expect("disk");
+        let img = std::fs::read(d.path().join("a.img")).expect("read");
+        let le32 =
+            |at: usize| u32::from_le_bytes(img[1024 + at..1024 + at + 4].try_into().expect("4"));
+        assert_eq!(le32(0x108), 1, "s_mkfs_time");
+        assert_eq!(le32(0x30), 1, "s_wtime");
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use crate::Compression;
 
 /// Everything that can go wrong while building, compressing, decompressing or
-/// reading an initramfs image.
+/// reading an initramfs image, or making a disk, read-only root, qcow2 or ISO image.
 ///
 /// An underlying I/O error is part of the message (the `error` fields), not a
 /// `source`: printed with its causes, the error would otherwise say it twice.
@@ -161,7 +161,7 @@ pub enum ImageError {
 
     /// Writing the image file failed.
     #[error(
-        "cannot write initramfs {path}: {error}; check free space and permissions of its directory"
+        "cannot write image {path}: {error}; check free space and permissions of its directory"
     )]
     Write {
         /// The destination image.
@@ -213,6 +213,64 @@ pub enum ImageError {
         path: PathBuf,
         /// mke2fs's message and exit status.
         detail: String,
+    },
+
+    /// A program that makes an image (mkfs.erofs, mksquashfs, qemu-img, xorriso) failed.
+    #[error("{tool} failed to make {path}: {detail}")]
+    ToolFailed {
+        /// The program.
+        tool: &'static str,
+        /// The destination image.
+        path: PathBuf,
+        /// The tail of what the program said, and its exit status.
+        detail: String,
+    },
+
+    /// A file a Debian package provides (a boot loader part) cannot be read.
+    #[error("cannot read {path}: {error}; install Debian's {package} (scripts/setup.sh does)")]
+    PackageFile {
+        /// The file.
+        path: PathBuf,
+        /// The Debian package that has it.
+        package: &'static str,
+        /// The underlying error.
+        error: io::Error,
+    },
+
+    /// A file to put on an ISO image (the kernel or the initrd) cannot be read.
+    #[error("cannot read {path} for the ISO image: {error}")]
+    IsoInput {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
+
+    /// A kernel command line that cannot go into a boot loader's config.
+    #[error("kernel command line {cmdline:?} {reason}")]
+    InvalidCmdline {
+        /// The command line given.
+        cmdline: String,
+        /// Why it is refused.
+        reason: &'static str,
+    },
+
+    /// A filesystem UUID that is not in the 8-4-4-4-12 hex form.
+    #[error("invalid filesystem UUID {uuid:?}: expected 8-4-4-4-12 hex digits, e.g. 6b696c6e-0000-4000-8000-000000000001")]
+    InvalidUuid {
+        /// The UUID given.
+        uuid: String,
+    },
+
+    /// A timestamp later than an image format can record.
+    #[error("mtime {mtime} is too late for a {format} image (at most {max}); use (or set SOURCE_DATE_EPOCH to) an earlier time")]
+    TimeOutOfRange {
+        /// The image format.
+        format: &'static str,
+        /// The rejected time.
+        mtime: u64,
+        /// The latest time the format records.
+        max: u64,
     },
 
     /// The disk image size asked for cannot hold the root.

@@ -12,6 +12,10 @@
 //! * [`atomic_write`] is the temp-file + fsync + rename helper other crates use too;
 //!   [`exchange`] swaps two paths in one step (a new image folder for the old one).
 //! * [`write_disk`] makes an ext4 disk image of the tree instead (`format = "disk"`).
+//! * [`write_erofs`] makes a read-only lz4hc erofs root of the tree (`format = "erofs"`).
+//! * [`write_squashfs`] makes a read-only zstd squashfs root of the tree (`format = "squashfs"`).
+//! * [`write_qcow2`] converts a raw disk image to compressed qcow2 (`format = "qcow2"`).
+//! * [`write_iso`] makes a hybrid ISO that ISOLINUX boots, kernel and initrd on it (`format = "iso"`).
 //! * [`WorkDir`] is a build's temporary folder beside its output, locked while its builder
 //!   lives, so later builds sweep only the folders of builders that are gone.
 
@@ -21,6 +25,8 @@ pub mod cpio;
 mod disk;
 mod error;
 mod initramfs;
+pub mod iso;
+pub mod rofs;
 mod workdir;
 
 pub use atomic::{atomic_write, exchange};
@@ -31,4 +37,6 @@ pub use initramfs::{
     source_date_epoch, write_initramfs, BuildOptions, ExtraEntry, ExtraKind, ImageStats,
     DEFAULT_DIR_MODE, SOURCE_DATE_EPOCH,
 };
+pub use iso::{write_iso, IsoOptions};
+pub use rofs::{write_erofs, write_qcow2, write_squashfs};
 pub use workdir::{sweep_stale, WorkDir};

@@ -1,7 +1,8 @@
 //! Run-time extras the host asks for on the kernel command line: host
 //! folders to mount (`kiln.share=TAG:PATH[:virtiofs|9p]`), named
 //! virtio-console ports to wait for and link under `/dev/virtio-ports/`
-//! (`kiln.vport=NAME`, as udev would), and a read-only root (`kiln.ro`).
+//! (`kiln.vport=NAME`, as udev would), a read-only root (`kiln.ro`), and the
+//! tmpfs overlay over a read-only compressed root (erofs, squashfs).
 //! Failures are warnings: the service still starts.
 
 use crate::{report, sys};
@@ -116,6 +117,53 @@ pub fn readonly_root() {
     if let Err(e) = sys::mount("none", "/", "", flags, "") {
         warn(&["read-only root: ", &sys::strerror(e)]);
     }
+}
+
+/// The folder a read-only compressed root (`format = "erofs" | "squashfs"`) is built with:
+/// its tmpfs holds the overlay's writable layer and the overlay's mount point.
+pub const OVERLAY_DIR: &str = "/.kiln-rw";
+
+/// If `/` is a read-only root built with [`OVERLAY_DIR`], lay a tmpfs overlay over it and make
+/// the overlay the root, so the service can write (writes live in RAM and end with the VM).
+/// Runs first, before anything is mounted on the old root. `Ok(false)`: nothing to do.
+pub fn overlay_root() -> Result<bool, String> {
+    if sys::writable("/") || !std::path::Path::new(OVERLAY_DIR).is_dir() {
+        return Ok(false);
+    }
+    let fail = |what: &str, e: sys::Errno| {
+        let mut m = String::from(what);
+        m.push_str(": ");
+        m.push_str(&sys::strerror(e));
+        m
+    };
+    let flags = libc::MS_NOSUID | libc::MS_NODEV;
+    sys::mount("tmpfs", OVERLAY_DIR, "tmpfs", flags, "mode=0755")
+        .map_err(|e| fail("tmpfs on /.kiln-rw", e))?;
+    for d in ["upper", "work", "root"] {
+        let mut p = String::from(OVERLAY_DIR);
+        p.push('/');
+        p.push_str(d);
+        std::fs::create_dir(&p).map_err(|e| {
+            let mut m = p.clone();
+            m.push_str(": ");
+            m.push_str(&sys::io_error_text(&e));
+            m
+        })?;
+    }
+    sys::mount(
+        "overlay",
+        "/.kiln-rw/root",
+        "overlay",
+        0,
+        "lowerdir=/,upperdir=/.kiln-rw/upper,workdir=/.kiln-rw/work",
+    )
+    .map_err(|e| fail("overlay", e))?;
+    // switch_root's dance: move the overlay onto / and make it this process's root.
+    std::env::set_current_dir("/.kiln-rw/root").map_err(|e| sys::io_error_text(&e))?;
+    sys::mount(".", "/", "", libc::MS_MOVE, "").map_err(|e| fail("move overlay to /", e))?;
+    std::os::unix::fs::chroot(".").map_err(|e| sys::io_error_text(&e))?;
+    std::env::set_current_dir("/").map_err(|e| sys::io_error_text(&e))?;
+    Ok(true)
 }
 
 #[cfg(test)]

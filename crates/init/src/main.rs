@@ -407,8 +407,12 @@ fn boot() -> ! {
     // main loop can collect these with sigtimedwait.
     sys::block_signals(&pid1::SIGNALS);
 
+    let overlay = extras::overlay_root();
     let devtmpfs = mount_all();
     setup_console(devtmpfs);
+    if let Err(e) = overlay {
+        warn2("overlay on the read-only root: ", &e);
+    }
 
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     let words = cmdline::words(&cmdline);

@@ -414,7 +414,10 @@ pub struct ImageFormat {
 impl ImageFormat {
     /// The root is a filesystem image on the first virtio-blk drive (no initramfs).
     pub fn root_on_drive(&self) -> bool {
-        matches!(self.format.as_str(), "disk" | "erofs" | "squashfs" | "qcow2")
+        matches!(
+            self.format.as_str(),
+            "disk" | "erofs" | "squashfs" | "qcow2"
+        )
     }
 
     /// The root is a read-only compressed filesystem the kernel mounts itself.
@@ -571,7 +574,7 @@ impl Config {
             return Err((
                 find_key(text, "size_mib"),
                 format!(
-                    "image.size_mib: a {} root has no fixed size (it is as big as its files); remove size_mib, or set format = \"disk\" or \"qcow2\"",
+                    "image.size_mib: only a disk image has a size (format = \"{}\" is as big as its files); remove size_mib, or set format = \"disk\" or \"qcow2\"",
                     self.image.format
                 ),
             ));
@@ -589,7 +592,7 @@ impl Config {
             return Err((
                 find_key(text, "compression"),
                 format!(
-                    "image.compression: a {} root is not an initramfs; remove compression (erofs is lz4hc, squashfs zstd)",
+                    "image.compression: format = \"{}\" is not an initramfs; remove compression (Kiln packs erofs with lz4hc, squashfs with zstd, qcow2 with zlib)",
                     self.image.format
                 ),
             ));
@@ -765,7 +768,7 @@ pub fn split_file_spec(s: &str) -> (&str, &str) {
 }
 
 /// The span of the first line that assigns `key` (for errors found after parsing).
-fn find_key(text: &str, key: &str) -> Option<Range<usize>> {
+pub(crate) fn find_key(text: &str, key: &str) -> Option<Range<usize>> {
     let mut offset = 0;
     for line in text.split_inclusive('\n') {
         let t = line.trim_start();

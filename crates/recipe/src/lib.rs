@@ -9,10 +9,10 @@ mod port;
 pub mod smolbsd;
 
 pub use config::{
-    FORMATS,
     check_name, hidden_by_mount, hidden_message, split_file_spec, toml_string, Compression, Config,
     Guest, ImageFormat, KernelChoice, Network, Ready, Root, DEFAULT_HOOK_TIMEOUT, ENV_TOTAL_MAX,
-    ENV_VALUE_MAX, GUEST_MOUNTS, KERNEL_CMDLINE_MAX, KILN_CMDLINE_RESERVE, MAX_HOOK_TIMEOUT,
+    ENV_VALUE_MAX, FORMATS, GUEST_MOUNTS, KERNEL_CMDLINE_MAX, KILN_CMDLINE_RESERVE,
+    MAX_HOOK_TIMEOUT,
 };
 pub use port::{PortForward, Protocol};
 
@@ -161,6 +161,11 @@ impl Recipe {
             self.config_path().display(),
             self.line_of(span.start)
         )
+    }
+
+    /// `kiln.toml:LINE` of the first line setting `key` (line 1 when it is not set).
+    pub fn locate_key(&self, key: &str) -> String {
+        self.locate(config::find_key(&self.source_text, key).unwrap_or(0..0))
     }
 
     /// The entry script, `etc/rc`.

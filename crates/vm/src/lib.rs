@@ -16,7 +16,9 @@ pub mod runner;
 
 pub use accel::{Accel, AccelChoice, AccelProbe};
 pub use console::{ConsoleEvent, LineParser};
-pub use qemu::{DriveSpec, LanSpec, NetSpec, RamBacking, ShareKind, ShareSpec, VmSpec, VportSpec};
+pub use qemu::{
+    DriveFormat, DriveSpec, LanSpec, NetSpec, RamBacking, ShareKind, ShareSpec, VmSpec, VportSpec,
+};
 pub use runner::{Launched, RunPaths, StopOutcome};
 
 use std::path::PathBuf;

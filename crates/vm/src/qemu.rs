@@ -54,6 +54,28 @@ pub struct DriveSpec {
     /// Writes go to a temporary overlay QEMU drops at exit, the image stays as built (the
     /// root disk of a `format = "disk"` image, which many VMs may boot at once).
     pub snapshot: bool,
+    /// The image's format: raw (default) or qcow2.
+    pub format: DriveFormat,
+}
+
+/// The on-disk format of a drive image.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DriveFormat {
+    /// A plain image.
+    #[default]
+    Raw,
+    /// QEMU's copy-on-write format.
+    Qcow2,
+}
+
+impl DriveFormat {
+    /// QEMU's name for it (`format=`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DriveFormat::Raw => "raw",
+            DriveFormat::Qcow2 => "qcow2",
+        }
+    }
 }
 
 /// How a host folder reaches the guest.
@@ -340,8 +362,9 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     push(&as_strs(&lan_args(&spec.lans)));
     for (i, d) in spec.drives.iter().enumerate() {
         let mut drive = format!(
-            "file={},if=none,id=drive{i},format=raw",
-            opt_escape(&d.path.to_string_lossy())
+            "file={},if=none,id=drive{i},format={}",
+            opt_escape(&d.path.to_string_lossy()),
+            d.format.as_str()
         );
         if d.readonly {
             drive.push_str(",readonly=on");
@@ -587,12 +610,14 @@ mod tests {
                 readonly: false,
                 lock: false,
                 snapshot: false,
+                format: DriveFormat::Raw,
             },
             DriveSpec {
                 path: "/i/root.ext4".into(),
                 readonly: false,
                 lock: true,
                 snapshot: true,
+                format: DriveFormat::Raw,
             },
         ];
         s.shares = vec![

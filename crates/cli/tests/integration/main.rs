@@ -8,6 +8,7 @@ mod corpus;
 mod engines;
 mod exec;
 mod faults;
+mod formats;
 mod lifecycle;
 mod load;
 mod nets;

@@ -96,17 +96,22 @@ fn modules_on_the_tiny_kernel_are_refused_with_their_line() {
 
 #[test]
 fn a_disk_too_small_for_the_root_is_refused_with_what_it_needs() {
-    let r = scratch_recipe("httpd");
-    edit_toml(&r, |t| {
-        t.replace("compression = \"zstd\"", "format = \"disk\"\nsize_mib = 8")
-    });
-    // More than 8 MiB of files.
-    std::fs::write(r.path().join("files/var/www/big.bin"), vec![1u8; 9 << 20]).expect("w");
-    let t = refused_build(r.path());
-    assert!(
-        t.contains("image.size_mib = 8 is too small") && t.contains("needs at least"),
-        "{t}"
-    );
+    for format in ["disk", "qcow2"] {
+        let r = scratch_recipe("httpd");
+        edit_toml(&r, |t| {
+            t.replace(
+                "compression = \"zstd\"",
+                &format!("format = \"{format}\"\nsize_mib = 8"),
+            )
+        });
+        // More than 8 MiB of files.
+        std::fs::write(r.path().join("files/var/www/big.bin"), vec![1u8; 9 << 20]).expect("w");
+        let t = refused_build(r.path());
+        assert!(
+            t.contains("image.size_mib = 8 is too small") && t.contains("needs at least"),
+            "{format}: {t}"
+        );
+    }
 }
 
 #[test]
