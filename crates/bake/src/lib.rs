@@ -11,6 +11,7 @@ mod fingerprint;
 pub mod formats;
 mod hidden;
 pub mod manifest;
+pub mod netboot;
 pub mod oci;
 mod packages;
 pub mod travel;

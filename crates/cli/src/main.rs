@@ -8,6 +8,7 @@ mod exec;
 mod export;
 mod kernel;
 mod net;
+mod netboot;
 mod run;
 mod serve;
 mod systemd;
@@ -179,6 +180,9 @@ enum Command {
     /// Private networks between VMs: create, ls, rm.
     #[command(subcommand)]
     Net(net::NetCmd),
+    /// Boot an image (`[image] format = "iso"`) on a PC from the network: its kernel and
+    /// initramfs served over TFTP (and HTTP) with an iPXE script.
+    Netboot(netboot::NetbootArgs),
     /// (internal) The switch of a Kiln net.
     #[command(name = "__net", hide = true)]
     NetSwitch {
@@ -387,6 +391,7 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Ps { json } => vms::ps(json),
         Command::Net(cmd) => net::net(cmd),
+        Command::Netboot(a) => netboot::netboot(a),
         Command::Push { image, reference } => {
             let p = kiln_bake::travel::push_image(
                 &image,

@@ -9,6 +9,7 @@ pub mod accel;
 pub mod cmdline;
 pub mod console;
 pub mod front;
+pub mod pc;
 pub mod ports;
 pub mod qemu;
 pub mod qmp;
@@ -16,6 +17,7 @@ pub mod runner;
 
 pub use accel::{Accel, AccelChoice, AccelProbe};
 pub use console::{ConsoleEvent, LineParser};
+pub use pc::{PcBoot, PcSerial, PcSpec};
 pub use qemu::{
     DriveFormat, DriveSpec, LanSpec, NetSpec, RamBacking, ShareKind, ShareSpec, VmSpec, VportSpec,
 };

@@ -11,6 +11,7 @@ mod faults;
 mod formats;
 mod lifecycle;
 mod load;
+mod netboot;
 mod nets;
 mod oci;
 mod refusals;
