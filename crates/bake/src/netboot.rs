@@ -8,11 +8,10 @@
 
 use crate::manifest::{ImageManifest, PcInfo};
 use crate::BuildError;
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -382,45 +381,43 @@ pub fn tftp_probe(addr: SocketAddr, file: &str, wait: Duration) -> Result<(), Pr
     }
 }
 
-/// A static HTTP/1.1 server for one folder's files (GET and HEAD; no listings, no sub-folders),
-/// one thread per connection; stopped on drop.
+/// A static HTTP server for one folder's files (GET and HEAD of plain file names; no listings,
+/// no sub-folders), on tiny_http, answering from a thread of its own; stopped on drop.
 pub struct HttpServer {
     addr: SocketAddr,
-    stop: Arc<AtomicBool>,
+    server: Arc<tiny_http::Server>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl HttpServer {
     /// Listen on `addr` (port 0: any free port) and serve `dir`.
     pub fn start(dir: &Path, addr: SocketAddr) -> Result<HttpServer, NetbootError> {
-        let listener =
-            TcpListener::bind(addr).map_err(|error| NetbootError::Http { addr, error })?;
-        let addr = listener
-            .local_addr()
-            .map_err(|error| NetbootError::Http { addr, error })?;
+        let server = tiny_http::Server::http(addr).map_err(|e| NetbootError::Http {
+            addr,
+            error: std::io::Error::other(e.to_string()),
+        })?;
+        let bound = server
+            .server_addr()
+            .to_ip()
+            .ok_or_else(|| NetbootError::Http {
+                addr,
+                error: std::io::Error::other("not an IP listener"),
+            })?;
         let dir = std::fs::canonicalize(dir).map_err(io(dir))?;
-        let stop = Arc::new(AtomicBool::new(false));
-        let stop2 = stop.clone();
+        let server = Arc::new(server);
+        let srv = server.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-http".into())
             .spawn(move || {
-                for conn in listener.incoming() {
-                    if stop2.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(conn) = conn else { continue };
-                    let dir = dir.clone();
-                    let _ = std::thread::Builder::new()
-                        .name("kiln-http-conn".into())
-                        .spawn(move || {
-                            let _ = serve_connection(conn, &dir);
-                        });
+                // `incoming_requests` ends when the server is unblocked on drop.
+                for req in srv.incoming_requests() {
+                    let _ = answer(req, &dir);
                 }
             })
             .map_err(io(PathBuf::from("kiln-http thread")))?;
         Ok(HttpServer {
-            addr,
-            stop,
+            addr: bound,
+            server,
             thread: Some(thread),
         })
     }
@@ -433,91 +430,33 @@ impl HttpServer {
 
 impl Drop for HttpServer {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_secs(1));
+        self.server.unblock();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Serve requests on one connection until the client closes it (keep-alive) or errs.
-fn serve_connection(conn: TcpStream, dir: &Path) -> std::io::Result<()> {
-    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
-    let mut reader = BufReader::new(conn.try_clone()?);
-    let mut out = conn;
-    loop {
-        let mut line = String::new();
-        if reader.read_line(&mut line)? == 0 {
-            return Ok(());
+/// Answer one request: the file for GET/HEAD of a plain name, 404 for anything else in the
+/// folder, 405 for other methods.
+fn answer(req: tiny_http::Request, dir: &Path) -> std::io::Result<()> {
+    use tiny_http::{Header, Method, Response};
+    let head = *req.method() == Method::Head;
+    if *req.method() != Method::Get && !head {
+        let allow = Header::from_bytes("Allow", "GET, HEAD").expect("valid header");
+        return req.respond(Response::empty(405).with_header(allow));
+    }
+    match resolve(dir, req.url()).and_then(|p| std::fs::File::open(p).ok()) {
+        Some(f) => {
+            let ctype = if req.url().ends_with(".ipxe") {
+                "text/plain"
+            } else {
+                "application/octet-stream"
+            };
+            let ctype = Header::from_bytes("Content-Type", ctype).expect("valid header");
+            req.respond(Response::from_file(f).with_header(ctype))
         }
-        let mut parts = line.split_whitespace();
-        let (method, target, version) = (
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-            parts.next().unwrap_or(""),
-        );
-        let mut close = version != "HTTP/1.1";
-        loop {
-            let mut h = String::new();
-            if reader.read_line(&mut h)? == 0 {
-                return Ok(());
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            if let Some((k, v)) = h.split_once(':') {
-                if k.eq_ignore_ascii_case("connection") {
-                    let v = v.trim();
-                    if v.eq_ignore_ascii_case("close") {
-                        close = true;
-                    } else if v.eq_ignore_ascii_case("keep-alive") {
-                        close = false;
-                    }
-                }
-            }
-        }
-        let conn_hdr = if close { "close" } else { "keep-alive" };
-        let head = method == "HEAD";
-        if method != "GET" && !head {
-            write!(
-                out,
-                "HTTP/1.1 405 Method Not Allowed\r\nAllow: GET, HEAD\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )?;
-            return Ok(());
-        }
-        match resolve(dir, target).and_then(|p| std::fs::File::open(p).ok()) {
-            Some(mut f) => {
-                let len = f.metadata()?.len();
-                let ctype = if target.ends_with(".ipxe") {
-                    "text/plain"
-                } else {
-                    "application/octet-stream"
-                };
-                write!(
-                    out,
-                    "HTTP/1.1 200 OK\r\nContent-Type: {ctype}\r\nContent-Length: {len}\r\nConnection: {conn_hdr}\r\n\r\n"
-                )?;
-                if !head {
-                    std::io::copy(&mut f, &mut out)?;
-                }
-            }
-            None => {
-                let body = "not found\n";
-                write!(
-                    out,
-                    "HTTP/1.1 404 Not Found\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: {conn_hdr}\r\n\r\n{}",
-                    body.len(),
-                    if head { "" } else { body }
-                )?;
-            }
-        }
-        out.flush()?;
-        if close {
-            return Ok(());
-        }
+        None => req.respond(Response::from_string("not found\n").with_status_code(404)),
     }
 }
 
@@ -538,6 +477,8 @@ fn resolve(dir: &Path, target: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::net::TcpStream;
 
     #[test]
     fn script_names_files_relatively() {
@@ -584,23 +525,21 @@ mod tests {
             c.read_to_string(&mut out).expect("read");
             out
         };
+        let status = |r: &str| r.split(' ').nth(1).unwrap_or("").to_string();
         let get = ask("GET /boot.ipxe HTTP/1.0\r\n\r\n");
-        assert!(get.starts_with("HTTP/1.1 200 OK\r\n"), "{get}");
+        assert_eq!(status(&get), "200", "{get}");
         assert!(get.contains("Content-Length: 7\r\n") && get.ends_with("\r\n\r\n#!ipxe\n"));
         let head = ask("HEAD /boot.ipxe HTTP/1.1\r\nConnection: close\r\n\r\n");
         assert!(
-            head.starts_with("HTTP/1.1 200") && head.ends_with("\r\n\r\n"),
+            status(&head) == "200" && head.ends_with("\r\n\r\n"),
             "{head}"
         );
         // Keep-alive: two requests on one connection.
         let two =
             ask("GET /boot.ipxe HTTP/1.1\r\n\r\nGET /nope HTTP/1.1\r\nConnection: close\r\n\r\n");
-        assert!(
-            two.contains("200 OK") && two.contains("404 Not Found"),
-            "{two}"
-        );
-        assert!(ask("PUT /boot.ipxe HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 405"));
-        assert!(ask("GET /../x HTTP/1.0\r\n\r\n").starts_with("HTTP/1.1 404"));
+        assert!(two.contains(" 200 ") && two.contains(" 404 "), "{two}");
+        assert_eq!(status(&ask("PUT /boot.ipxe HTTP/1.0\r\n\r\n")), "405");
+        assert_eq!(status(&ask("GET /../x HTTP/1.0\r\n\r\n")), "404");
     }
 
     #[test]
