@@ -3,7 +3,8 @@
 # disk, qcow2, erofs, squashfs, iso): the root image's size, the build time, and `kiln run` to the
 # first HTTP 200 (median of RUNS boots, `kiln bench`), with the ratio to the initramfs in the same
 # run. Then the ISO booted on QEMU's `pc` machine from the CD-ROM (ISOLINUX, bzImage, virtio-net-pci):
-# QEMU start to the first HTTP 200, median of ISO_RUNS.
+# QEMU start to the first HTTP 200, median of ISO_RUNS; and the same image netbooted
+# (`kiln netboot`: QEMU's TFTP, iPXE on virtio-net-pci), start to the first HTTP 200.
 #   RUNS=5 ISO_RUNS=3
 # Everything it starts is stopped on exit; images and state live in a folder of its own.
 set -euo pipefail
@@ -64,3 +65,20 @@ for _ in $(seq "$ISO_RUNS"); do
 done
 m=$(printf '%s\n' "${times[@]}" | median)
 echo "iso on -M pc: QEMU start to first HTTP 200 ${times[*]} ms, median $m ms ($(echo "$m / $base" | bc -l | cut -c1-4)x the initramfs microVM)"
+
+times=()
+for _ in $(seq "$ISO_RUNS"); do
+    p=$(port)
+    t0=$(now)
+    "$KILN" netboot "$WORK/img-iso" -p "127.0.0.1:$p:80" >/dev/null 2>&1 &
+    QPID=$!
+    deadline=$(( $(date +%s) + 180 ))
+    until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null; do
+        [ "$(date +%s)" -lt "$deadline" ] || { echo "bench-formats: the netbooted VM did not serve in 180 s" >&2; exit 1; }
+        sleep 0.1
+    done
+    times+=("$(echo "($(now) - $t0) * 1000" | bc | cut -d. -f1)")
+    kill "$QPID"; wait "$QPID" 2>/dev/null || true; QPID=
+done
+m=$(printf '%s\n' "${times[@]}" | median)
+echo "kiln netboot (QEMU TFTP, iPXE, -M pc): start to first HTTP 200 ${times[*]} ms, median $m ms ($(echo "$m / $base" | bc -l | cut -c1-4)x the initramfs microVM)"
