@@ -242,14 +242,28 @@ fn main() -> ExitCode {
 #[derive(Subcommand, Debug)]
 enum ImportCmd {
     /// A smolBSD service folder (service/NAME: etc/rc, postinst/, options.mk, and the tree's
-    /// common/) as a recipe for a NetBSD guest; every options.mk line is mapped or reported.
+    /// common/) as a recipe for a NetBSD guest (or a Linux one); every options.mk line is mapped
+    /// or reported.
     Smolbsd {
         /// The service folder.
         service: PathBuf,
         /// The recipe folder to create (must not exist).
         #[arg(short, long, value_name = "RECIPE")]
         output: PathBuf,
+        /// The guest: `netbsd` (the sets and kernel you supply) or `linux` (Kiln's tiny kernel,
+        /// busybox and kiln-init in place of NetBSD's; builds and boots here).
+        #[arg(long, value_enum, default_value = "netbsd")]
+        guest: ImportGuest,
     },
+}
+
+/// `kiln import smolbsd --guest`.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum ImportGuest {
+    /// NetBSD.
+    Netbsd,
+    /// Linux.
+    Linux,
 }
 
 fn exit_code(e: &anyhow::Error) -> u8 {
@@ -310,8 +324,16 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
         }
         Command::Run(a) => run::run(*a),
         Command::Export(a) => export::export(*a).map(|()| ExitCode::SUCCESS),
-        Command::Import(ImportCmd::Smolbsd { service, output }) => {
-            let r = kiln_recipe::smolbsd::import(&service, &output)?;
+        Command::Import(ImportCmd::Smolbsd {
+            service,
+            output,
+            guest,
+        }) => {
+            let guest = match guest {
+                ImportGuest::Netbsd => kiln_recipe::smolbsd::Guest::NetBsd,
+                ImportGuest::Linux => kiln_recipe::smolbsd::Guest::Linux,
+            };
+            let r = kiln_recipe::smolbsd::import(&service, &output, guest)?;
             eprintln!(
                 "kiln: imported {} into {}",
                 service.display(),
@@ -323,11 +345,13 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             for m in &r.not_mapped {
                 eprintln!("  not mapped: {m}");
             }
-            eprintln!(
-                "kiln: put these in {} before `kiln build`: {}",
-                output.display(),
-                r.to_supply.join(", ")
-            );
+            if !r.to_supply.is_empty() {
+                eprintln!(
+                    "kiln: put these in {} before `kiln build`: {}",
+                    output.display(),
+                    r.to_supply.join(", ")
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench(a) => bench::bench(a),

@@ -26,7 +26,7 @@ pub enum RecipeError {
     MissingConfig(PathBuf),
     /// The folder has no kiln.toml but is a smolBSD service (etc/rc with options.mk, postinst/
     /// or the tree's common/).
-    #[error("{}: a smolBSD service folder, not a Kiln recipe (no kiln.toml): convert it with `kiln import smolbsd {} -o RECIPE` (docs/bsd.md)", .0.display(), .0.display())]
+    #[error("{}: a smolBSD service folder, not a Kiln recipe (no kiln.toml): convert it with `kiln import smolbsd {} -o RECIPE` (add `--guest linux` to run it on Linux here; docs/bsd.md)", .0.display(), .0.display())]
     SmolbsdService(PathBuf),
     /// The recipe path is not a folder.
     #[error("{}: not a recipe folder (expected a folder holding kiln.toml)", .0.display())]

@@ -1,7 +1,9 @@
 //! smolBSD service folders as they are: `kiln import smolbsd SERVICE -o RECIPE` turns
 //! `service/NAME/` (etc/rc, postinst/*.sh, options.mk, and the tree's `service/common/`) into a
-//! Kiln recipe for a NetBSD guest, mapping what options.mk says that Kiln has a key for and
-//! reporting every line it does not map, never dropping one silently.
+//! Kiln recipe for a NetBSD guest, or with `--guest linux` for a Linux guest (busybox and
+//! kiln-init standing in for NetBSD's userland and init, Kiln's stand-ins for the
+//! `/etc/include` helpers the service sources but lacks), mapping what options.mk says that
+//! Kiln has a key for and reporting every line it does not map, never dropping one silently.
 //!
 //! The recipe is written into a temporary folder beside RECIPE and renamed into place whole.
 
@@ -274,10 +276,134 @@ pub fn map_service(name: &str, options: &[MkLine]) -> Report {
     r
 }
 
+/// The guest a smolBSD service is imported for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Guest {
+    /// NetBSD, from the sets and kernel the user supplies (smolBSD's own guest).
+    #[default]
+    NetBsd,
+    /// Linux: Kiln's tiny kernel, busybox and kiln-init in place of NetBSD's.
+    Linux,
+}
+
+/// The `/etc/include` helpers smolBSD services source, as Kiln provides them to a Linux guest
+/// whose service folder lacks them: (file name, text).
+pub const LINUX_HELPERS: &[(&str, &str)] = &[
+    (
+        "basicrc",
+        "# Kiln's stand-in for smolBSD's common/basicrc on a Linux guest: kiln-init has mounted\n\
+         # the filesystems and configured lo and eth0 (10.0.2.15/24 via 10.0.2.2) already.\n\
+         export HOME=/\n\
+         export PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/pkg/bin:/usr/pkg/sbin\n\
+         export TERM=dumb\n\
+         umask 022\n",
+    ),
+    (
+        "shutdown",
+        "# Kiln's stand-in for smolBSD's shutdown helper on a Linux guest: when rc ends,\n\
+         # kiln-init syncs and powers the VM off.\n\
+         sync\n\
+         exit 0\n",
+    ),
+];
+
+/// Map `name`'s options.mk lines for a Linux guest: IMGSIZE → an ext4 disk of that size,
+/// MOUNTRO → a read-only erofs root; NetBSD's sets and packages have no Linux meaning.
+pub fn map_service_linux(name: &str, options: &[MkLine]) -> Report {
+    let mut r = Report::default();
+    let mut size: Option<(String, u64)> = None;
+    let mut mountro: Option<String> = None;
+    for l in options {
+        match l {
+            MkLine::Other { line, text } => r.not_mapped.push(format!(
+                "options.mk:{line}: `{text}`: make(1) directives are not evaluated; what they guard is reported below"
+            )),
+            MkLine::Assign {
+                line,
+                key,
+                op,
+                value,
+                conditional,
+            } => {
+                let shown = format!("options.mk:{line}: {key}{op}{value}");
+                if *conditional {
+                    r.not_mapped.push(format!(
+                        "{shown}: inside a .if, not evaluated: set it in kiln.toml by hand if it applies"
+                    ));
+                    continue;
+                }
+                match key.as_str() {
+                    "IMGSIZE" => match value.parse::<u64>() {
+                        Ok(n) if (8..=65536).contains(&n) => size = Some((shown, n)),
+                        _ => r.not_mapped.push(format!(
+                            "{shown}: not a size in megabytes from 8 to 65536; set [image] size_mib by hand"
+                        )),
+                    },
+                    "MOUNTRO" => {
+                        if matches!(value.to_ascii_lowercase().as_str(), "y" | "yes" | "1" | "true") {
+                            mountro = Some(shown);
+                        } else {
+                            r.mapped.push(format!("{shown} → a writable root (the default)"));
+                        }
+                    }
+                    "SETS" | "ADDSETS" | "ADDPKGS" => r.not_mapped.push(format!(
+                        "{shown}: NetBSD sets and packages do not run on a Linux guest; its programs come from busybox, [root] binaries (host files with their libraries) or packages = [...] (Debian): list what the service needs there"
+                    )),
+                    "BASE" | "ARCH" | "PKGVERS" => r.not_mapped.push(format!(
+                        "{shown}: a NetBSD build setting; a Linux guest is built for amd64 from busybox and Debian"
+                    )),
+                    _ => r.not_mapped.push(format!(
+                        "{shown}: Kiln has no key for {key}; if postinst reads it, set it there"
+                    )),
+                }
+            }
+        }
+    }
+    let mut image = String::new();
+    match (&mountro, &size) {
+        (Some(ro), sized) => {
+            image.push_str("format = \"erofs\"\n");
+            r.mapped.push(format!(
+                "{ro} → [image] format = \"erofs\" (a read-only root many VMs share; writes go to RAM and end with the VM)"
+            ));
+            if let Some((shown, _)) = sized {
+                r.not_mapped.push(format!(
+                    "{shown}: an erofs root is as big as its files (MOUNTRO made it erofs); no size to set"
+                ));
+            }
+        }
+        (None, Some((shown, n))) => {
+            let _ = write!(image, "format = \"disk\"\nsize_mib = {n}\n");
+            r.mapped.push(format!(
+                "{shown} → [image] format = \"disk\", size_mib = {n} (an ext4 root of that size)"
+            ));
+        }
+        (None, None) => {}
+    }
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "# Imported from the smolBSD service `{name}` by `kiln import smolbsd --guest linux`\n\
+         # (see docs/bsd.md): a Linux guest, busybox and kiln-init in place of NetBSD's userland\n\
+         # and init; etc/rc runs once the network is up, and the VM powers off when it ends."
+    );
+    let _ = writeln!(t, "name = {}", crate::config::toml_string(name));
+    let _ = writeln!(
+        t,
+        "description = {}",
+        crate::config::toml_string(&format!("smolBSD service {name}, as a Linux guest"))
+    );
+    if !image.is_empty() {
+        let _ = write!(t, "\n[image]\n{image}");
+    }
+    r.kiln_toml = t;
+    r
+}
+
 /// Import the smolBSD service folder `service` into a new recipe folder `out`: kiln.toml from
 /// options.mk, `etc/rc`, the rest of `etc/` as `files/etc/`, `postinst/`, and `common/` (the
 /// service's own, else the tree's `service/common/`).
-pub fn import(service: &Path, out: &Path) -> Result<Report, ImportError> {
+pub fn import(service: &Path, out: &Path, guest: Guest) -> Result<Report, ImportError> {
     let not = |why: &str| ImportError::NotAService {
         path: service.to_path_buf(),
         why: why.into(),
@@ -306,7 +432,10 @@ pub fn import(service: &Path, out: &Path) -> Result<Report, ImportError> {
     } else {
         vec![]
     };
-    let mut report = map_service(&name, &options);
+    let mut report = match guest {
+        Guest::NetBsd => map_service(&name, &options),
+        Guest::Linux => map_service_linux(&name, &options),
+    };
 
     let parent = out
         .parent()
@@ -337,6 +466,19 @@ pub fn import(service: &Path, out: &Path) -> Result<Report, ImportError> {
             "{} → common/ (installed as /etc/include)",
             c.display()
         ));
+    }
+    if guest == Guest::Linux {
+        let dir = t.join("common");
+        for (file, text) in LINUX_HELPERS {
+            let p = dir.join(file);
+            if !p.exists() {
+                std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+                std::fs::write(&p, text).map_err(io(&p))?;
+                report.mapped.push(format!(
+                    "/etc/include/{file}: the service has none; Kiln's Linux stand-in provided (common/{file})"
+                ));
+            }
+        }
     }
     for e in std::fs::read_dir(service).map_err(io(service))?.flatten() {
         let n = e.file_name().to_string_lossy().into_owned();
@@ -456,5 +598,43 @@ mod tests {
             .contains("sets = [\"sets/base.tgz\", \"sets/etc.tgz\"]"));
         assert!(!r.kiln_toml.contains("[image]"));
         assert!(r.not_mapped.is_empty());
+    }
+
+    #[test]
+    fn a_linux_guest_maps_imgsize_to_a_disk_and_mountro_to_erofs() {
+        let r = map_service_linux(
+            "bozo",
+            &parse_options_mk("IMGSIZE=64\nADDPKGS=/p/bozo.tgz\n"),
+        );
+        assert!(
+            r.kiln_toml.contains("format = \"disk\"\nsize_mib = 64"),
+            "{}",
+            r.kiln_toml
+        );
+        assert!(!r.kiln_toml.contains("guest ="), "{}", r.kiln_toml);
+        assert!(r
+            .not_mapped
+            .iter()
+            .any(|m| m.starts_with("options.mk:2: ADDPKGS")));
+        assert!(r.to_supply.is_empty());
+        let r = map_service_linux("bozo", &parse_options_mk("MOUNTRO=y\nIMGSIZE=64\n"));
+        assert!(
+            r.kiln_toml.contains("format = \"erofs\""),
+            "{}",
+            r.kiln_toml
+        );
+        assert!(!r.kiln_toml.contains("size_mib"), "{}", r.kiln_toml);
+        assert!(r
+            .not_mapped
+            .iter()
+            .any(|m| m.starts_with("options.mk:2: IMGSIZE=64")));
+        let r = map_service_linux("x", &parse_options_mk("IMGSIZE=4\nMOUNTRO=no\n"));
+        assert!(!r.kiln_toml.contains("[image]"), "{}", r.kiln_toml);
+        assert!(r.not_mapped.iter().any(|m| m.contains("from 8 to 65536")));
+        assert!(r.mapped.iter().any(|m| m.contains("writable root")));
+        // What it writes is a valid recipe.
+        crate::Config::parse(&r.kiln_toml).expect("parses");
+        crate::Config::parse(&map_service_linux("y", &parse_options_mk("MOUNTRO=y")).kiln_toml)
+            .expect("parses");
     }
 }

@@ -219,49 +219,8 @@ fn rescue_shell_runs_commands_from_stdin() {
     let d = tempfile::tempdir().expect("tmp");
     let name = unique("rescue");
     let mut c = kiln(d.path());
-    c.args(["run", "--name", &name])
-        .arg(recipe("rescue"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = KillOnDrop(c.spawn().expect("spawn"));
-    // Type only once the shell prompts: bytes sent to the serial line while the guest boots
-    // are lost (CI saw "echo" arrive as "ho").
-    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
-    let mut stdout = child.0.stdout.take().expect("stdout");
-    let reader = std::thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = stdout.read(&mut buf) {
-            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
-                break;
-            }
-        }
-    });
-    let mut out = Vec::new();
-    let deadline = std::time::Instant::now() + BOOT;
-    while !String::from_utf8_lossy(&out).contains("rescue# ") {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(chunk) => out.extend(chunk),
-            Err(_) => panic!(
-                "no shell prompt within {BOOT:?}:\n{}",
-                String::from_utf8_lossy(&out)
-            ),
-        }
-    }
-    {
-        use std::io::Write;
-        let mut stdin = child.0.stdin.take().expect("stdin");
-        stdin
-            .write_all(b"echo answer-$((6*7))\nexit 0\n")
-            .expect("write");
-    }
-    let status = child
-        .wait_timeout(BOOT)
-        .expect("rescue VM powers off after `exit`");
-    reader.join().expect("reader");
-    out.extend(rx.try_iter().flatten());
-    let out = String::from_utf8_lossy(&out).into_owned();
+    c.args(["run", "--name", &name]).arg(recipe("rescue"));
+    let (status, out) = console_session(c, "rescue# ", b"echo answer-$((6*7))\nexit 0\n", BOOT);
     assert!(status.success(), "{status:?}\n{out}");
     assert!(out.contains("answer-42"), "{out}");
     assert!(qemu_pids_with(&format!("kiln-{name}")).is_empty());

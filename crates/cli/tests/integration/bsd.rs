@@ -446,3 +446,136 @@ fn a_smolbsd_service_folder_imports_and_builds() {
     assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
     assert!(reason_of(&m, "/etc/httpd.conf").contains("files/"));
 }
+
+/// smolBSD's bozohttpd-style and rescue-style service folders (written here after the layout
+/// in docs/bsd.md: service/NAME/etc/rc, postinst/, options.mk, the tree's service/common/)
+/// imported for a Linux guest, built and booted: busybox httpd stands in for bozohttpd and
+/// serves what postinst wrote, from the erofs root MOUNTRO asked for; the rescue shell runs
+/// commands on the console and ends through the `shutdown` helper Kiln provided; options.mk
+/// keys Kiln does not know are reported with their lines.
+#[test]
+fn smolbsd_service_folders_run_as_linux_guests() {
+    use kiln_test_support::{curl, free_port, wait_until};
+    let tree = tempfile::tempdir().expect("tmp");
+    let svc = tree.path().join("service");
+    for d in [
+        "bozohttpd/etc",
+        "bozohttpd/postinst",
+        "rescue/etc",
+        "common",
+    ] {
+        std::fs::create_dir_all(svc.join(d)).expect("mkdir");
+    }
+    // smolBSD's own basicrc, NetBSD commands and all (they fail harmlessly on Linux).
+    std::fs::write(
+        svc.join("common/basicrc"),
+        "export HOME=/\nexport PATH=/sbin:/bin:/usr/sbin:/usr/bin:/usr/pkg/bin:/usr/pkg/sbin\n\
+         umask 022\nmount -a 2>/dev/null\n\
+         if ifconfig vioif0 >/dev/null 2>&1; then\n\tifconfig vioif0 10.0.2.15/24\n\troute add default 10.0.2.2\nfi\n\
+         ifconfig lo0 127.0.0.1 up 2>/dev/null\nexport TERM=dumb\n",
+    )
+    .expect("basicrc");
+    std::fs::write(
+        svc.join("bozohttpd/etc/rc"),
+        "#!/bin/sh\n. /etc/include/basicrc\n# busybox httpd stands in for bozohttpd\nexec httpd -f -p 80 -h /var/www\n",
+    )
+    .expect("rc");
+    std::fs::write(
+        svc.join("bozohttpd/postinst/www.sh"),
+        "#!/bin/sh\nmkdir -p var/www\necho 'bozohttpd stand-in' > var/www/index.html\n",
+    )
+    .expect("hook");
+    std::fs::write(
+        svc.join("bozohttpd/options.mk"),
+        "IMGSIZE=48\nMOUNTRO=y\nWEBROOT=/var/www\n",
+    )
+    .expect("options.mk");
+    std::fs::write(
+        svc.join("rescue/etc/rc"),
+        "#!/bin/sh\n. /etc/include/basicrc\nexport PS1='smolrescue# '\n/bin/sh -i\n\
+         echo rescue-left-the-shell\n. /etc/include/shutdown\necho not-reached\n",
+    )
+    .expect("rc");
+    std::fs::write(svc.join("rescue/options.mk"), "IMGSIZE=32\n").expect("options.mk");
+
+    let d = tempfile::tempdir().expect("tmp");
+    let import = |name: &str| {
+        let out = tree.path().join(format!("{name}-linux"));
+        let mut c = kiln(d.path());
+        c.args(["import", "smolbsd", "--guest", "linux"])
+            .arg(svc.join(name))
+            .arg("-o")
+            .arg(&out);
+        let o = run(c);
+        assert!(o.status.success(), "{}", text(&o));
+        (out, text(&o))
+    };
+
+    let (bozo, t) = import("bozohttpd");
+    assert!(
+        t.contains("mapped: options.mk:2: MOUNTRO=y → [image] format = \"erofs\""),
+        "{t}"
+    );
+    assert!(
+        t.contains("not mapped: options.mk:1: IMGSIZE=48: an erofs root is as big as its files"),
+        "{t}"
+    );
+    assert!(
+        t.contains("not mapped: options.mk:3: WEBROOT=/var/www: Kiln has no key for WEBROOT"),
+        "{t}"
+    );
+    assert!(
+        t.contains("/etc/include/shutdown: the service has none"),
+        "{t}"
+    );
+    let (img, m) = build_ok(&bozo);
+    assert_eq!(m["initramfs"]["format"], "erofs");
+    assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
+    let mut f = super::lifecycle::Fleet::new();
+    let name = f.name("bozo-");
+    let port = free_port();
+    f.ok(&[
+        "run",
+        "-d",
+        "--ready-timeout",
+        "150",
+        "-p",
+        &format!("{port}:80"),
+        "--name",
+        &name,
+        img.path().join("img").to_str().expect("utf-8"),
+    ]);
+    let url = format!("http://127.0.0.1:{port}/");
+    let page = wait_until(
+        &url,
+        std::time::Duration::from_secs(60),
+        std::time::Duration::from_millis(200),
+        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+    )
+    .1;
+    assert!(page.contains("bozohttpd stand-in"), "{page}");
+
+    let (rescue, t) = import("rescue");
+    assert!(
+        t.contains("mapped: options.mk:1: IMGSIZE=32 → [image] format = \"disk\", size_mib = 32"),
+        "{t}"
+    );
+    let (img, m) = build_ok(&rescue);
+    assert_eq!(m["initramfs"]["format"], "disk");
+    let mut c = kiln(d.path());
+    c.args(["run", "--network", "none", "--name", &f.name("smolrescue-")])
+        .arg(img.path().join("img"));
+    let (status, out) = console_session(
+        c,
+        "smolrescue# ",
+        b"echo answer-$((6*7)) on $(uname -s)\nexit\n",
+        std::time::Duration::from_secs(120),
+    );
+    assert!(status.success(), "{status:?}\n{out}");
+    assert!(out.contains("answer-42 on Linux"), "{out}");
+    assert!(out.contains("rescue-left-the-shell"), "{out}");
+    assert!(
+        !out.contains("not-reached"),
+        "the shutdown helper did not end rc: {out}"
+    );
+}

@@ -21,7 +21,7 @@ mod web;
 
 use kiln_test_support::workspace_root;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 /// A `kiln` command with an isolated state folder (the download cache is shared).
@@ -154,4 +154,56 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
         }
     }
     out
+}
+
+/// Run `c` (a foreground `kiln run` with a shell on the console) and, once `prompt` shows on
+/// its output, type `input`; wait (up to `limit` for each) for the prompt and the VM's end.
+/// Bytes sent to the serial line while the guest boots are lost (CI saw "echo" arrive as
+/// "ho"), hence the wait for the prompt.
+pub fn console_session(
+    mut c: Command,
+    prompt: &str,
+    input: &[u8],
+    limit: std::time::Duration,
+) -> (std::process::ExitStatus, String) {
+    use std::io::{Read, Write};
+    c.stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = kiln_test_support::KillOnDrop(c.spawn().expect("spawn"));
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    let mut stdout = child.0.stdout.take().expect("stdout");
+    let reader = std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut out = Vec::new();
+    let deadline = std::time::Instant::now() + limit;
+    while !String::from_utf8_lossy(&out).contains(prompt) {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(chunk) => out.extend(chunk),
+            Err(_) => panic!(
+                "no `{prompt}` within {limit:?}:\n{}",
+                String::from_utf8_lossy(&out)
+            ),
+        }
+    }
+    child
+        .0
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write");
+    let status = child
+        .wait_timeout(limit)
+        .expect("the VM powers off after the session");
+    reader.join().expect("reader");
+    out.extend(rx.try_iter().flatten());
+    (status, String::from_utf8_lossy(&out).into_owned())
 }
