@@ -263,10 +263,11 @@ impl Valid {
         };
         t += &format!("kernel = {}\n", toml_str(&kernel));
         t += &format!("cmdline = {}\n", toml_str(&self.cmdline));
-        t += &format!(
-            "[image]\ncompression = {}\n",
-            toml_str(self.compression.as_str())
-        );
+        t += "[image]\n";
+        // Compression is an initramfs's: a disk has none.
+        if self.disk_size.is_none() {
+            t += &format!("compression = {}\n", toml_str(self.compression.as_str()));
+        }
         if let Some(size) = self.disk_size {
             t += "format = \"disk\"\n";
             if let Some(s) = size {
@@ -336,7 +337,9 @@ proptest! {
         prop_assert_eq!((c.ready_timeout, c.hook_timeout), (v.ready_timeout, v.hook_timeout));
         prop_assert_eq!(&c.kernel, &v.kernel);
         prop_assert_eq!(&c.cmdline, &v.cmdline);
-        prop_assert_eq!(c.image.compression, v.compression);
+        if v.disk_size.is_none() {
+            prop_assert_eq!(c.image.compression, v.compression);
+        }
         let format = if v.disk_size.is_some() { "disk" } else { "initramfs" };
         prop_assert_eq!(c.image.format.as_str(), format);
         prop_assert_eq!(c.image.size_mib, v.disk_size.flatten());

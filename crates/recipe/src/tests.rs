@@ -141,9 +141,9 @@ fn bad_values_are_refused_with_their_line() {
             "unknown variant",
         ),
         (
-            "name = \"x\"\n[image]\nformat = \"qcow2\"\n",
+            "name = \"x\"\n[image]\nformat = \"raw\"\n",
             3,
-            "not supported",
+            "not a root format",
         ),
         (
             "name = \"x\"\n[root]\nbinaries = [\"curl\"]\n",
@@ -315,9 +315,26 @@ fn disk_format_and_its_size() {
     let r = Recipe::load(d.path()).expect("load");
     assert_eq!(r.config.image.format, "disk");
     assert_eq!(r.config.image.size_mib, Some(64));
-    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"iso\"\n");
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"vhdx\"\n");
     assert_eq!(line, 3);
-    assert!(msg.contains("`iso` is not supported"), "{msg}");
+    assert!(msg.contains("`vhdx` is not a root format"), "{msg}");
+    for f in ["erofs", "squashfs", "qcow2", "iso"] {
+        let d = recipe_dir(&format!("name = \"x\"\n[image]\nformat = \"{f}\"\n"));
+        assert_eq!(Recipe::load(d.path()).expect("load").config.image.format, f);
+    }
+    let (line, msg) =
+        parse_err("name = \"x\"\nkernel = \"debian\"\n[image]\nformat = \"squashfs\"\n");
+    assert_eq!(line, 4);
+    assert!(msg.contains("has squashfs only as a module"), "{msg}");
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"erofs\"\nsize_mib = 64\n");
+    assert_eq!(line, 4);
+    assert!(msg.contains("only a disk image has a size"), "{msg}");
+    let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"disk\"\ncompression = \"xz\"\n");
+    assert_eq!(line, 4);
+    assert!(
+        msg.contains("image.compression: format = \"disk\" is not an initramfs"),
+        "{msg}"
+    );
     let (line, msg) = parse_err("name = \"x\"\n[image]\nformat = \"disk\"\nsize_mib = 4\n");
     assert_eq!(line, 4);
     assert!(msg.contains("out of range"), "{msg}");
