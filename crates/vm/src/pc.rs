@@ -70,7 +70,7 @@ pub fn argv(spec: &PcSpec) -> Vec<String> {
     push(&["-M", "pc,graphics=off", "-nodefaults", "-no-user-config"]);
     match spec.accel {
         Accel::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
-        Accel::Tcg => push(&["-accel", "tcg"]),
+        Accel::Tcg => push(&["-accel", crate::qemu::TCG_ACCEL]),
     }
     push(&[
         "-m",
@@ -173,7 +173,7 @@ mod tests {
             bootfile: "boot.ipxe".into(),
         }));
         assert_eq!(after(&a, "-M"), ["pc,graphics=off"]);
-        assert_eq!(after(&a, "-accel"), ["tcg"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=16"]);
         assert_eq!(after(&a, "-m"), ["128"]);
         assert_eq!(after(&a, "-serial"), ["stdio"]);
         assert_eq!(after(&a, "-display"), ["none"]);
