@@ -33,7 +33,7 @@ reliable() {
   done
 }
 smallest=
-for m in 32 40 48 56 64 72 80 88 96 112 128; do
+for m in 20 24 28 32 40 48 56 64 72 80 88 96 112 128; do
   if reliable "$m"; then smallest=$m; break; fi
   echo "  -m $m: did not boot and serve 3 times out of 3"
 done
@@ -46,6 +46,7 @@ for i in 1 2 3 4 5; do "$K" stop "stop$i" 2>&1 | grep -o 'in [0-9]* ms' | tr -d 
 avail0=$(awk '/MemAvailable/{print $2}' /proc/meminfo)
 n=0
 declare -a ports=()
+fleet_t0=$(date +%s.%N)
 while [ "$n" -lt "$MAX" ]; do
   p=$((port++))
   t0=$(date +%s.%N)
@@ -53,6 +54,7 @@ while [ "$n" -lt "$MAX" ]; do
   ports+=("$p"); n=$((n + 1))
   [ $((n % 10)) -eq 0 ] && echo "  $n VMs up (last start $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s)"
 done
+echo "all $n started and answering, one after another: $(echo "$(date +%s.%N) - $fleet_t0" | bc | cut -d. -f1) s"
 echo "accelerator: $("$K" ps --json | python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["accel"])')"
 pids=$("$K" ps --json | python3 -c 'import json,sys; print(" ".join(str(r["pid"]) for r in json.load(sys.stdin) if r["state"]=="running"))')
 rss=$(for p in $pids; do awk '/VmRSS/{print $2}' /proc/$p/status; done | sort -n)
