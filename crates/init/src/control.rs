@@ -338,6 +338,7 @@ fn listen(guest: Guest) {
         sys::sleep_ms(10);
     };
     let Ok(fd) = open_port(&dev) else { return };
+    let waiter = sys::PortWaiter::new(fd);
     let mut pending: Vec<u8> = Vec::new();
     let mut buf = [0u8; 256];
     loop {
@@ -347,7 +348,7 @@ fn listen(guest: Guest) {
             match sys::errno() {
                 libc::EINTR => continue,
                 libc::EAGAIN => {
-                    sys::sleep_ms(100);
+                    sys::wait_for_host(waiter.as_ref(), 100);
                     continue;
                 }
                 _ => return,
@@ -355,8 +356,8 @@ fn listen(guest: Guest) {
         }
         if n == 0 {
             // The host side is not connected: virtio-console reports EOF
-            // until it is. Check back later.
-            sys::sleep_ms(100);
+            // until it is. Sleep until it connects.
+            sys::wait_for_host(waiter.as_ref(), 100);
             continue;
         }
         pending.extend_from_slice(&buf[..n as usize]);

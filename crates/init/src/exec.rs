@@ -220,20 +220,21 @@ fn serve(env: Vec<(String, String)>) {
     });
     let mut decoder = kiln_wire::Decoder::new();
     let mut buf = vec![0u8; 64 * 1024];
+    let waiter = sys::PortWaiter::new(fd);
     loop {
         let n = match sys::read(fd, &mut buf) {
             Ok(n) => n,
             Err(libc::EAGAIN) => {
-                sys::sleep_ms(100);
+                sys::wait_for_host(waiter.as_ref(), 100);
                 continue;
             }
             Err(_) => return,
         };
         if n == 0 {
             // The host side is not connected (virtio-console reports EOF until it is): a
-            // frame cut short will not be finished.
+            // frame cut short will not be finished. Sleep until it connects.
             decoder.clear();
-            sys::sleep_ms(100);
+            sys::wait_for_host(waiter.as_ref(), 100);
             continue;
         }
         decoder.push(&buf[..n]);
