@@ -47,38 +47,28 @@ done
 
 iso=$WORK/img-iso/kiln.iso
 echo "iso: $(stat -c %s "$iso") bytes; booted on -M pc from the CD-ROM (TCG):"
-times=()
-for _ in $(seq "$ISO_RUNS"); do
-    p=$(port)
-    t0=$(now)
-    qemu-system-x86_64 -M pc -accel tcg -m 128 -nodefaults -no-user-config -display none -no-reboot \
-        -cdrom "$iso" -boot d -serial null \
-        -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:$p-:80" -device virtio-net-pci,netdev=n0 &
-    QPID=$!
-    deadline=$(( $(date +%s) + 180 ))
-    until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null; do
-        [ "$(date +%s)" -lt "$deadline" ] || { echo "bench-formats: the ISO did not serve in 180 s" >&2; exit 1; }
-        sleep 0.1
+# boot_times LABEL COMMAND...: run COMMAND ISO_RUNS times in the background (@PORT@ in its
+# arguments becomes a free port forwarded to the guest's 80) and print start → first HTTP 200.
+boot_times() {
+    local label=$1; shift
+    local times=() p t0 deadline m
+    for _ in $(seq "$ISO_RUNS"); do
+        p=$(port)
+        t0=$(now)
+        "${@//@PORT@/$p}" >/dev/null 2>&1 &
+        QPID=$!
+        deadline=$(( $(date +%s) + 180 ))
+        until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null; do
+            [ "$(date +%s)" -lt "$deadline" ] || { echo "bench-formats: $label did not serve in 180 s" >&2; exit 1; }
+            sleep 0.1
+        done
+        times+=("$(echo "($(now) - $t0) * 1000" | bc | cut -d. -f1)")
+        kill "$QPID"; wait "$QPID" 2>/dev/null || true; QPID=
     done
-    times+=("$(echo "($(now) - $t0) * 1000" | bc | cut -d. -f1)")
-    kill "$QPID"; wait "$QPID" 2>/dev/null || true; QPID=
-done
-m=$(printf '%s\n' "${times[@]}" | median)
-echo "iso on -M pc: QEMU start to first HTTP 200 ${times[*]} ms, median $m ms ($(echo "$m / $base" | bc -l | cut -c1-4)x the initramfs microVM)"
-
-times=()
-for _ in $(seq "$ISO_RUNS"); do
-    p=$(port)
-    t0=$(now)
-    "$KILN" netboot "$WORK/img-iso" -p "127.0.0.1:$p:80" >/dev/null 2>&1 &
-    QPID=$!
-    deadline=$(( $(date +%s) + 180 ))
-    until curl -fsS -m 2 -o /dev/null "http://127.0.0.1:$p/" 2>/dev/null; do
-        [ "$(date +%s)" -lt "$deadline" ] || { echo "bench-formats: the netbooted VM did not serve in 180 s" >&2; exit 1; }
-        sleep 0.1
-    done
-    times+=("$(echo "($(now) - $t0) * 1000" | bc | cut -d. -f1)")
-    kill "$QPID"; wait "$QPID" 2>/dev/null || true; QPID=
-done
-m=$(printf '%s\n' "${times[@]}" | median)
-echo "kiln netboot (QEMU TFTP, iPXE, -M pc): start to first HTTP 200 ${times[*]} ms, median $m ms ($(echo "$m / $base" | bc -l | cut -c1-4)x the initramfs microVM)"
+    m=$(printf '%s\n' "${times[@]}" | median)
+    echo "$label: start to first HTTP 200 ${times[*]} ms, median $m ms ($(echo "$m / $base" | bc -l | cut -c1-4)x the initramfs microVM)"
+}
+boot_times "iso on -M pc" qemu-system-x86_64 -M pc -accel tcg -m 128 -nodefaults -no-user-config \
+    -display none -no-reboot -cdrom "$iso" -boot d -serial null \
+    -netdev "user,id=n0,hostfwd=tcp:127.0.0.1:@PORT@-:80" -device virtio-net-pci,netdev=n0
+boot_times "kiln netboot (QEMU TFTP, iPXE, -M pc)" "$KILN" netboot "$WORK/img-iso" -p "127.0.0.1:@PORT@:80"

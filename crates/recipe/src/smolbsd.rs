@@ -156,17 +156,23 @@ pub struct Report {
     pub to_supply: Vec<String>,
 }
 
-/// Map `name`'s options.mk lines (none when it has no options.mk) to a kiln.toml and the report.
-pub fn map_service(name: &str, options: &[MkLine]) -> Report {
-    let mut r = Report::default();
-    let mut size_mib: Option<u64> = None;
-    let mut sets: Vec<String> = vec![];
-    let mut sets_given = false;
-    let mut extra: Vec<String> = vec![];
+/// One unconditional assignment of options.mk: the line as the report shows it, the key, the
+/// operator and the value.
+struct Assignment<'a> {
+    shown: String,
+    key: &'a str,
+    op: &'a str,
+    value: &'a str,
+}
+
+/// The assignments of `options` a mapping reads; make(1) directives and what a `.if` guards
+/// are reported in `r` as not mapped, `why` saying what the guest is built from.
+fn assignments<'a>(options: &'a [MkLine], r: &mut Report, why: &str) -> Vec<Assignment<'a>> {
+    let mut out = vec![];
     for l in options {
         match l {
             MkLine::Other { line, text } => r.not_mapped.push(format!(
-                "options.mk:{line}: `{text}`: make(1) directives are not evaluated (Kiln builds for amd64, from the sets you supply); what they guard is reported below"
+                "options.mk:{line}: `{text}`: make(1) directives are not evaluated{why}; what they guard is reported below"
             )),
             MkLine::Assign {
                 line,
@@ -178,66 +184,91 @@ pub fn map_service(name: &str, options: &[MkLine]) -> Report {
                 let shown = format!("options.mk:{line}: {key}{op}{value}");
                 if *conditional {
                     r.not_mapped.push(format!(
-                        "{shown}: inside a .if, not evaluated: set it in kiln.toml by hand if it applies to amd64"
+                        "{shown}: inside a .if, not evaluated: set it in kiln.toml by hand if it applies"
                     ));
-                    continue;
-                }
-                match key.as_str() {
-                    "IMGSIZE" => match value.parse::<u64>() {
-                        Ok(n) if n > 0 => {
-                            size_mib = Some(n);
-                            r.mapped.push(format!("{shown} → [image] size_mib = {n}"));
-                        }
-                        _ => r.not_mapped.push(format!(
-                            "{shown}: not a size in megabytes; set [image] size_mib by hand"
-                        )),
-                    },
-                    "SETS" | "ADDSETS" | "ADDPKGS" => {
-                        let dir = if key == "ADDPKGS" { "packages" } else { "sets" };
-                        if key == "SETS" {
-                            sets_given = true;
-                            if op != "+=" {
-                                sets.clear();
-                            }
-                        }
-                        let mut names = vec![];
-                        for w in value.split_whitespace() {
-                            let file = Path::new(w)
-                                .file_name()
-                                .map(|f| f.to_string_lossy().into_owned())
-                                .unwrap_or_else(|| w.to_string());
-                            let p = format!("{dir}/{file}");
-                            names.push(p.clone());
-                            if key == "SETS" {
-                                sets.push(p);
-                            } else {
-                                extra.push(p);
-                            }
-                        }
-                        r.mapped.push(format!(
-                            "{shown} → sets: {}{}",
-                            names.join(", "),
-                            if key == "ADDPKGS" {
-                                " (packages are tarballs unpacked over the root, as smolBSD's postinst does)"
-                            } else {
-                                ""
-                            }
-                        ));
-                    }
-                    "MOUNTRO" => r.not_mapped.push(format!(
-                        "{shown}: a read-only root is not offered for BSD guests; the root runs on a snapshot overlay, so the image stays as built anyway"
-                    )),
-                    "BASE" => r.not_mapped.push(format!(
-                        "{shown}: Kiln builds the root from the sets, not from a base image: list what the base image holds in SETS"
-                    )),
-                    "ARCH" | "PKGVERS" => r.not_mapped.push(format!(
-                        "{shown}: Kiln builds amd64 guests from the sets you supply; fetch the sets of that version"
-                    )),
-                    _ => r.not_mapped.push(format!(
-                        "{shown}: Kiln has no key for {key}; if postinst reads it, set it there"
-                    )),
+                } else {
+                    out.push(Assignment {
+                        shown,
+                        key,
+                        op,
+                        value,
+                    });
                 }
             }
+        }
+    }
+    out
+}
+
+/// Map `name`'s options.mk lines (none when it has no options.mk) to a kiln.toml and the report.
+pub fn map_service(name: &str, options: &[MkLine]) -> Report {
+    let mut r = Report::default();
+    let mut size_mib: Option<u64> = None;
+    let mut sets: Vec<String> = vec![];
+    let mut sets_given = false;
+    let mut extra: Vec<String> = vec![];
+    let why = " (Kiln builds for amd64, from the sets you supply)";
+    for Assignment {
+        shown,
+        key,
+        op,
+        value,
+    } in assignments(options, &mut r, why)
+    {
+        match key {
+            "IMGSIZE" => match value.parse::<u64>() {
+                Ok(n) if n > 0 => {
+                    size_mib = Some(n);
+                    r.mapped.push(format!("{shown} → [image] size_mib = {n}"));
+                }
+                _ => r.not_mapped.push(format!(
+                    "{shown}: not a size in megabytes; set [image] size_mib by hand"
+                )),
+            },
+            "SETS" | "ADDSETS" | "ADDPKGS" => {
+                let dir = if key == "ADDPKGS" { "packages" } else { "sets" };
+                if key == "SETS" {
+                    sets_given = true;
+                    if op != "+=" {
+                        sets.clear();
+                    }
+                }
+                let mut names = vec![];
+                for w in value.split_whitespace() {
+                    let file = Path::new(w)
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned())
+                        .unwrap_or_else(|| w.to_string());
+                    let p = format!("{dir}/{file}");
+                    names.push(p.clone());
+                    if key == "SETS" {
+                        sets.push(p);
+                    } else {
+                        extra.push(p);
+                    }
+                }
+                r.mapped.push(format!(
+                    "{shown} → sets: {}{}",
+                    names.join(", "),
+                    if key == "ADDPKGS" {
+                        " (packages are tarballs unpacked over the root, as smolBSD's postinst does)"
+                    } else {
+                        ""
+                    }
+                ));
+            }
+            "MOUNTRO" => r.not_mapped.push(format!(
+                "{shown}: a read-only root is not offered for BSD guests; the root runs on a snapshot overlay, so the image stays as built anyway"
+            )),
+            "BASE" => r.not_mapped.push(format!(
+                "{shown}: Kiln builds the root from the sets, not from a base image: list what the base image holds in SETS"
+            )),
+            "ARCH" | "PKGVERS" => r.not_mapped.push(format!(
+                "{shown}: Kiln builds amd64 guests from the sets you supply; fetch the sets of that version"
+            )),
+            _ => r.not_mapped.push(format!(
+                "{shown}: Kiln has no key for {key}; if postinst reads it, set it there"
+            )),
         }
     }
     if !sets_given {
@@ -313,50 +344,36 @@ pub fn map_service_linux(name: &str, options: &[MkLine]) -> Report {
     let mut r = Report::default();
     let mut size: Option<(String, u64)> = None;
     let mut mountro: Option<String> = None;
-    for l in options {
-        match l {
-            MkLine::Other { line, text } => r.not_mapped.push(format!(
-                "options.mk:{line}: `{text}`: make(1) directives are not evaluated; what they guard is reported below"
-            )),
-            MkLine::Assign {
-                line,
-                key,
-                op,
-                value,
-                conditional,
-            } => {
-                let shown = format!("options.mk:{line}: {key}{op}{value}");
-                if *conditional {
-                    r.not_mapped.push(format!(
-                        "{shown}: inside a .if, not evaluated: set it in kiln.toml by hand if it applies"
-                    ));
-                    continue;
-                }
-                match key.as_str() {
-                    "IMGSIZE" => match value.parse::<u64>() {
-                        Ok(n) if (8..=65536).contains(&n) => size = Some((shown, n)),
-                        _ => r.not_mapped.push(format!(
-                            "{shown}: not a size in megabytes from 8 to 65536; set [image] size_mib by hand"
-                        )),
-                    },
-                    "MOUNTRO" => {
-                        if matches!(value.to_ascii_lowercase().as_str(), "y" | "yes" | "1" | "true") {
-                            mountro = Some(shown);
-                        } else {
-                            r.mapped.push(format!("{shown} → a writable root (the default)"));
-                        }
-                    }
-                    "SETS" | "ADDSETS" | "ADDPKGS" => r.not_mapped.push(format!(
-                        "{shown}: NetBSD sets and packages do not run on a Linux guest; its programs come from busybox, [root] binaries (host files with their libraries) or packages = [...] (Debian): list what the service needs there"
-                    )),
-                    "BASE" | "ARCH" | "PKGVERS" => r.not_mapped.push(format!(
-                        "{shown}: a NetBSD build setting; a Linux guest is built for amd64 from busybox and Debian"
-                    )),
-                    _ => r.not_mapped.push(format!(
-                        "{shown}: Kiln has no key for {key}; if postinst reads it, set it there"
-                    )),
+    for Assignment {
+        shown,
+        key,
+        op: _,
+        value,
+    } in assignments(options, &mut r, "")
+    {
+        match key {
+            "IMGSIZE" => match value.parse::<u64>() {
+                Ok(n) if (8..=65536).contains(&n) => size = Some((shown, n)),
+                _ => r.not_mapped.push(format!(
+                    "{shown}: not a size in megabytes from 8 to 65536; set [image] size_mib by hand"
+                )),
+            },
+            "MOUNTRO" => {
+                if matches!(value.to_ascii_lowercase().as_str(), "y" | "yes" | "1" | "true") {
+                    mountro = Some(shown);
+                } else {
+                    r.mapped.push(format!("{shown} → a writable root (the default)"));
                 }
             }
+            "SETS" | "ADDSETS" | "ADDPKGS" => r.not_mapped.push(format!(
+                "{shown}: NetBSD sets and packages do not run on a Linux guest; its programs come from busybox, [root] binaries (host files with their libraries) or packages = [...] (Debian): list what the service needs there"
+            )),
+            "BASE" | "ARCH" | "PKGVERS" => r.not_mapped.push(format!(
+                "{shown}: a NetBSD build setting; a Linux guest is built for amd64 from busybox and Debian"
+            )),
+            _ => r.not_mapped.push(format!(
+                "{shown}: Kiln has no key for {key}; if postinst reads it, set it there"
+            )),
         }
     }
     let mut image = String::new();

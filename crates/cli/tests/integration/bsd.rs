@@ -455,7 +455,6 @@ fn a_smolbsd_service_folder_imports_and_builds() {
 /// keys Kiln does not know are reported with their lines.
 #[test]
 fn smolbsd_service_folders_run_as_linux_guests() {
-    use kiln_test_support::{curl, free_port, wait_until};
     let tree = tempfile::tempdir().expect("tmp");
     let svc = tree.path().join("service");
     for d in [
@@ -532,27 +531,9 @@ fn smolbsd_service_folders_run_as_linux_guests() {
     assert_eq!(m["initramfs"]["format"], "erofs");
     assert!(reason_of(&m, "/etc/include/basicrc").contains("common/"));
     let mut f = super::lifecycle::Fleet::new();
-    let name = f.name("bozo-");
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:80"),
-        "--name",
-        &name,
-        img.path().join("img").to_str().expect("utf-8"),
-    ]);
-    let url = format!("http://127.0.0.1:{port}/");
-    let page = wait_until(
-        &url,
-        std::time::Duration::from_secs(60),
-        std::time::Duration::from_millis(200),
-        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
-    )
-    .1;
+    let target = img.path().join("img");
+    let (_, port) = f.run_detached("bozo-", target.to_str().expect("utf-8"), 80, &[]);
+    let page = super::lifecycle::page(port, "");
     assert!(page.contains("bozohttpd stand-in"), "{page}");
 
     let (rescue, t) = import("rescue");

@@ -12,23 +12,11 @@ use std::process::{Output, Stdio};
 use std::time::Duration;
 
 /// Start a detached recipes/httpd VM named with `prefix`; its name.
+/// recipes/httpd detached, on a port of its own (the recipe's 8080 would clash with other
+/// tests' VMs).
 fn start(f: &mut Fleet, prefix: &str) -> String {
-    let name = f.name(prefix);
     let image = httpd_image().to_str().expect("utf-8 path").to_string();
-    // A port of its own: the recipe's 8080 would clash with other tests' VMs.
-    let port = format!("{}:80", kiln_test_support::free_port());
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &port,
-        "--name",
-        &name,
-        &image,
-    ]);
-    name
+    f.run_detached(prefix, &image, 80, &[]).0
 }
 
 fn stdout(o: &Output) -> String {

@@ -2,7 +2,7 @@
 //! once, each writing to its own tmpfs overlay; qcow2; a hybrid ISO booted on QEMU's `pc`
 //! machine from the CD-ROM. Each format is built twice, byte-identically.
 
-use super::lifecycle::Fleet;
+use super::lifecycle::{page, Fleet};
 use super::*;
 use kiln_test_support::{curl, free_port, wait_until, KillOnDrop};
 use std::time::Duration;
@@ -38,15 +38,6 @@ fn sha(path: &Path) -> String {
     hex::encode(sha2::Sha256::digest(std::fs::read(path).expect("read")))
 }
 
-/// The page at `port` once it answers 200.
-fn serves(port: u16, limit: Duration) -> String {
-    let url = format!("http://127.0.0.1:{port}/");
-    wait_until(&url, limit, Duration::from_millis(200), || {
-        curl(&url, 2.0).filter(|(c, _)| *c == 200)
-    })
-    .1
-}
-
 /// Three VMs boot one erofs (then squashfs) image at once: each serves, each sees its root as
 /// an overlay over the read-only image and writes to it without the others seeing the write,
 /// and the image file is unchanged afterwards.
@@ -62,23 +53,12 @@ fn read_only_roots_are_shared_by_three_vms() {
         let mut f = Fleet::new();
         let mut vms = vec![];
         for _ in 0..3 {
-            let name = f.name(&format!("{format}-"));
-            let port = free_port();
-            f.ok(&[
-                "run",
-                "-d",
-                "--ready-timeout",
-                "150",
-                "-p",
-                &format!("{port}:80"),
-                "--name",
-                &name,
-                img.to_str().expect("utf-8"),
-            ]);
+            let (name, port) =
+                f.run_detached(&format!("{format}-"), img.to_str().expect("utf-8"), 80, &[]);
             vms.push((name, port));
         }
         for (i, (name, port)) in vms.iter().enumerate() {
-            assert!(serves(*port, Duration::from_secs(60)).contains("Hello from a Kiln microVM"));
+            assert!(page(*port, "").contains("Hello from a Kiln microVM"));
             let o = f.ok(&[
                 "exec",
                 name,
@@ -125,20 +105,8 @@ fn a_qcow2_root_boots_and_serves() {
     let head = std::fs::read(&file).expect("read");
     assert_eq!(&head[..4], b"QFI\xfb", "not a qcow2 file");
     let mut f = Fleet::new();
-    let name = f.name("qcow-");
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:80"),
-        "--name",
-        &name,
-        img.to_str().expect("utf-8"),
-    ]);
-    assert!(serves(port, Duration::from_secs(60)).contains("Hello from a Kiln microVM"));
+    let (_, port) = f.run_detached("qcow-", img.to_str().expect("utf-8"), 80, &[]);
+    assert!(page(port, "").contains("Hello from a Kiln microVM"));
 }
 
 /// `format = "iso"`: a hybrid ISO (ISOLINUX, the bzImage of a kernel with PCI, the initramfs)
@@ -181,30 +149,18 @@ fn an_iso_boots_on_a_pc_from_the_cdrom() {
         .stderr(std::process::Stdio::null());
     let _vm = KillOnDrop(qemu.spawn().expect("qemu-system-x86_64"));
     let url = format!("http://127.0.0.1:{port}/");
-    let page = wait_until(
+    let body = wait_until(
         &format!("{url} from the ISO on -M pc"),
         Duration::from_secs(180),
         Duration::from_millis(500),
         || curl(&url, 2.0).filter(|(c, _)| *c == 200),
     )
     .1;
-    assert!(page.contains("Hello from a Kiln microVM"), "{page}");
+    assert!(body.contains("Hello from a Kiln microVM"), "{body}");
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert!(console.contains("kiln: ready"), "{console}");
 
     let mut f = Fleet::new();
-    let name = f.name("isovm-");
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:80"),
-        "--name",
-        &name,
-        img.to_str().expect("utf-8"),
-    ]);
-    assert!(serves(port, Duration::from_secs(60)).contains("Hello from a Kiln microVM"));
+    let (_, port) = f.run_detached("isovm-", img.to_str().expect("utf-8"), 80, &[]);
+    assert!(page(port, "").contains("Hello from a Kiln microVM"));
 }

@@ -40,6 +40,36 @@ impl Fleet {
         n
     }
 
+    /// `kiln run -d` of `target` (an image folder, a recipe or a reference) as a VM named
+    /// `prefix…`, with guest port `guest` published on a free host port and `extra` flags
+    /// before the target; the ready timeout is generous for a loaded machine. Its name and
+    /// the host port.
+    pub(crate) fn run_detached(
+        &mut self,
+        prefix: &str,
+        target: &str,
+        guest: u16,
+        extra: &[&str],
+    ) -> (String, u16) {
+        let name = self.name(prefix);
+        let port = free_port();
+        let publish = format!("{port}:{guest}");
+        let mut a = vec![
+            "run",
+            "-d",
+            "--ready-timeout",
+            "150",
+            "-p",
+            &publish,
+            "--name",
+            &name,
+        ];
+        a.extend_from_slice(extra);
+        a.push(target);
+        self.ok(&a);
+        (name, port)
+    }
+
     pub(crate) fn run(&self, args: &[&str]) -> std::process::Output {
         let mut c = self.kiln();
         c.args(args);
@@ -105,6 +135,18 @@ impl Drop for Fleet {
             }
         }
     }
+}
+
+/// The body of `http://127.0.0.1:PORT/PATH` once it answers 200 (within 60 s).
+pub(crate) fn page(port: u16, path: &str) -> String {
+    let url = format!("http://127.0.0.1:{port}/{path}");
+    wait_until(
+        &url,
+        Duration::from_secs(60),
+        Duration::from_millis(100),
+        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
+    )
+    .1
 }
 
 pub(crate) fn http_ok(port: u16) {

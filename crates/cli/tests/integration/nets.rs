@@ -41,23 +41,8 @@ fn switch_pid(state: &Path, net: &str) -> Option<u32> {
 }
 
 fn start_on(f: &mut Fleet, prefix: &str, args: &[&str]) -> String {
-    let name = f.name(prefix);
     let image = httpd_image().to_str().expect("utf-8 path").to_string();
-    let port = format!("{}:80", kiln_test_support::free_port());
-    let mut a = vec![
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &port,
-        "--name",
-        &name,
-    ];
-    a.extend_from_slice(args);
-    a.push(&image);
-    f.ok(&a);
-    name
+    f.run_detached(prefix, &image, 80, args).0
 }
 
 /// `wget` of `host`'s page from inside `vm` (busybox, 10 s limit): the page, or None.

@@ -3,11 +3,10 @@
 //! skopeo. `kiln run REF` serves it; its Env and WorkingDir are the service's; whiteouts are
 //! honoured; a container's exit code is `kiln run`'s; bad references are refused clearly.
 
-use super::lifecycle::Fleet;
+use super::lifecycle::{page, Fleet};
 use super::*;
+use kiln_test_support::free_port;
 use kiln_test_support::registry::{httpd_layout, tools_missing, Registry};
-use kiln_test_support::{curl, free_port, wait_until};
-use std::time::Duration;
 
 fn skip() -> bool {
     if let Some(t) = tools_missing() {
@@ -15,37 +14,6 @@ fn skip() -> bool {
         return true;
     }
     false
-}
-
-/// `kiln run -d` of `target` named with `prefix`, guest port `guest` published on a free host
-/// port: (its name, the host port).
-fn run_detached(f: &mut Fleet, prefix: &str, target: &str, guest: u16) -> (String, u16) {
-    let name = f.name(prefix);
-    let port = free_port();
-    f.ok(&[
-        "run",
-        "-d",
-        "--ready-timeout",
-        "150",
-        "-p",
-        &format!("{port}:{guest}"),
-        "--name",
-        &name,
-        target,
-    ]);
-    (name, port)
-}
-
-/// The body of `http://127.0.0.1:PORT/PATH` once it answers 200.
-fn page(port: u16, path: &str) -> String {
-    let url = format!("http://127.0.0.1:{port}/{path}");
-    wait_until(
-        &url,
-        Duration::from_secs(30),
-        Duration::from_millis(100),
-        || curl(&url, 2.0).filter(|(c, _)| *c == 200),
-    )
-    .1
 }
 
 fn out(o: &std::process::Output) -> String {
@@ -62,7 +30,7 @@ fn an_oci_image_from_a_registry_runs_as_a_microvm() {
     let layout = httpd_layout(tmp.path());
     reg.push_layout(&layout, "1", "httpd:1");
     let mut f = Fleet::new();
-    let (name, port) = run_detached(&mut f, "oci", &reg.reference("httpd:1"), 80);
+    let (name, port) = f.run_detached("oci", &reg.reference("httpd:1"), 80, &[]);
     let body = page(port, "");
     assert!(body.contains("Hello from an OCI image"), "{body}");
     // The service runs in the image's WorkingDir with its Env.
@@ -212,7 +180,7 @@ fn a_kiln_image_travels_through_a_registry_byte_for_byte() {
 
     // `kiln run REF` of a Kiln image boots it as it is.
     let mut f = f;
-    let (name, port) = run_detached(&mut f, "pulled", &reference, 80);
+    let (name, port) = f.run_detached("pulled", &reference, 80, &[]);
     page(port, "");
     f.ok(&["rm", "-f", &name]);
 
@@ -260,7 +228,7 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
     .expect("rc");
     std::fs::write(recipe.join("files/www/extra.html"), "from the recipe\n").expect("extra");
     let mut f = Fleet::new();
-    let (name, port) = run_detached(&mut f, "from", recipe.to_str().expect("utf-8"), 8080);
+    let (name, port) = f.run_detached("from", recipe.to_str().expect("utf-8"), 8080, &[]);
     for (path, want) in [
         ("index.html", "Hello from an OCI image"),
         ("extra.html", "from the recipe"),
