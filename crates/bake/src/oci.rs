@@ -306,17 +306,7 @@ pub fn recipe_text(
     }
     // busybox only fills in what the image lacks (a shell for etc/rc, tools for `kiln exec`).
     toml.push_str("\n[root]\nbusybox = true\n");
-    let env: Vec<(&str, &str)> = config
-        .env
-        .iter()
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    if !env.is_empty() {
-        toml.push_str("\n[env]\n");
-        for (k, v) in env {
-            toml.push_str(&format!("{} = {}\n", q(k), q(v)));
-        }
-    }
+    push_env(&mut toml, &config.env);
     let dir = config
         .working_dir
         .as_deref()
@@ -373,17 +363,7 @@ pub fn rootfs_recipe_text(
         toml.push_str(&format!("user = \"{uid}:{gid}\"\n"));
     }
     toml.push_str("\n[root]\nbusybox = true\n");
-    let env: Vec<(&str, &str)> = process
-        .env
-        .iter()
-        .filter_map(|kv| kv.split_once('='))
-        .collect();
-    if !env.is_empty() {
-        toml.push_str("\n[env]\n");
-        for (k, v) in env {
-            toml.push_str(&format!("{} = {}\n", q(k), q(v)));
-        }
-    }
+    push_env(&mut toml, &process.env);
     let dir = if process.cwd.is_empty() {
         "/"
     } else {
@@ -457,6 +437,19 @@ fn pin(reference: &str, digest: &str) -> String {
         }
     };
     format!("{repo}@{digest}")
+}
+
+/// An `[env]` table of `KEY=VALUE` strings (an image's Env, a runtime spec's process env);
+/// nothing when none has an `=`.
+fn push_env(toml: &mut String, env: &[String]) {
+    let env: Vec<(&str, &str)> = env.iter().filter_map(|kv| kv.split_once('=')).collect();
+    if !env.is_empty() {
+        let q = kiln_recipe::toml_string;
+        toml.push_str("\n[env]\n");
+        for (k, v) in env {
+            toml.push_str(&format!("{} = {}\n", q(k), q(v)));
+        }
+    }
 }
 
 #[cfg(test)]

@@ -10,8 +10,7 @@ use kiln_vm::{AccelChoice, PcBoot, PcSerial, PcSpec};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 /// The host's loopback as a guest on QEMU's user network sees it.
@@ -131,14 +130,7 @@ pub fn netboot(a: NetbootArgs) -> Result<ExitCode> {
     )
     .map_err(netboot_err)?;
 
-    let stop = Arc::new(AtomicBool::new(false));
-    for sig in [
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-        signal_hook::consts::SIGHUP,
-    ] {
-        signal_hook::flag::register(sig, stop.clone())?;
-    }
+    let stop = kiln_fleet::watch::stop_on_signals()?;
 
     let mut tftpd: Option<Tftpd> = None;
     let mut httpd: Option<HttpServer> = None;

@@ -146,6 +146,7 @@ pub fn spawn(qemu_bin: &Path, spec: &PcSpec) -> Result<Child, VmError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qemu::tests::after;
 
     fn spec(boot: PcBoot) -> PcSpec {
         PcSpec {
@@ -157,13 +158,6 @@ mod tests {
             forwards: vec!["127.0.0.1:8080:80".parse().expect("p")],
             serial: PcSerial::Stdio,
         }
-    }
-
-    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
-        a.windows(2)
-            .filter(|w| w[0] == flag)
-            .map(|w| w[1].as_str())
-            .collect()
     }
 
     #[test]

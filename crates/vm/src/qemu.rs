@@ -463,7 +463,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn spec() -> VmSpec {
@@ -498,7 +498,8 @@ mod tests {
         }
     }
 
-    fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
+    /// The values that follow each `flag` in an argv (shared with the `pc` tests).
+    pub(crate) fn after<'a>(a: &'a [String], flag: &str) -> Vec<&'a str> {
         a.windows(2)
             .filter(|w| w[0] == flag)
             .map(|w| w[1].as_str())
