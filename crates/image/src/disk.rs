@@ -269,36 +269,13 @@ fn d_script(dir: &Path, text: &str) -> io::Result<tempfile::NamedTempFile> {
 /// Set every entry's atime and mtime to `mtime` (links themselves, not their targets); the
 /// entries' paths relative to `staging` (root as ""), and the bytes they need.
 fn normalise_tree(staging: &Path, mtime: u64) -> Result<(Vec<String>, u64), ImageError> {
-    let meta = std::fs::symlink_metadata(staging).map_err(|source| ImageError::StagingDir {
-        path: staging.to_path_buf(),
-        error: source,
-    })?;
-    if !meta.is_dir() {
-        return Err(ImageError::StagingDir {
-            path: staging.to_path_buf(),
-            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
+    crate::tree::require_dir(staging, std::fs::symlink_metadata(staging))?;
     let mut paths = Vec::new();
     let mut used = 0u64;
     // Deepest first, so setting a directory's time is not undone by writing into it.
-    let walk = walkdir::WalkDir::new(staging).contents_first(true);
-    for e in walk {
-        let e = e.map_err(|err| ImageError::Walk {
-            path: err
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| staging.to_path_buf()),
-            error: err
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("walk failed")),
-        })?;
-        let m = e.metadata().map_err(|err| ImageError::Walk {
-            path: e.path().to_path_buf(),
-            error: err
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("stat failed")),
-        })?;
+    for e in crate::tree::walk(staging, true) {
+        let e = e?;
+        let m = crate::tree::metadata(&e)?;
         let rel = e.path().strip_prefix(staging).unwrap_or(e.path());
         let rel = rel.to_str().filter(|r| !r.contains(['"', '\n']));
         let Some(rel) = rel else {

@@ -27,6 +27,7 @@ mod error;
 mod initramfs;
 pub mod iso;
 pub mod rofs;
+mod tree;
 mod workdir;
 
 pub use atomic::{atomic_write, exchange};

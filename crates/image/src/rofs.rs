@@ -178,37 +178,14 @@ fn valid_uuid(uuid: &str) -> bool {
 /// Check that `staging` is a directory and count its entries (root included) and the
 /// apparent bytes of its regular files. Links are not followed.
 pub(crate) fn scan_tree(staging: &Path) -> Result<(usize, u64), ImageError> {
-    let meta = std::fs::metadata(staging).map_err(|error| ImageError::StagingDir {
-        path: staging.to_path_buf(),
-        error,
-    })?;
-    if !meta.is_dir() {
-        return Err(ImageError::StagingDir {
-            path: staging.to_path_buf(),
-            error: io::Error::new(io::ErrorKind::NotADirectory, "not a directory"),
-        });
-    }
+    crate::tree::require_dir(staging, std::fs::metadata(staging))?;
     let mut entries = 0;
     let mut used = 0u64;
-    for e in walkdir::WalkDir::new(staging) {
-        let e = e.map_err(|err| ImageError::Walk {
-            path: err
-                .path()
-                .map(Path::to_path_buf)
-                .unwrap_or_else(|| staging.to_path_buf()),
-            error: err
-                .into_io_error()
-                .unwrap_or_else(|| io::Error::other("walk failed")),
-        })?;
+    for e in crate::tree::walk(staging, false) {
+        let e = e?;
         entries += 1;
         if e.file_type().is_file() {
-            let m = e.metadata().map_err(|err| ImageError::Walk {
-                path: e.path().to_path_buf(),
-                error: err
-                    .into_io_error()
-                    .unwrap_or_else(|| io::Error::other("stat failed")),
-            })?;
-            used += m.len();
+            used += crate::tree::metadata(&e)?.len();
         }
     }
     Ok((entries, used))
