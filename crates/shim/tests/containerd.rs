@@ -5,7 +5,7 @@
 //! `ctr run --runtime io.containerd.kiln.v2`. Needs root (mounts, containerd): skipped with
 //! the reason otherwise.
 
-use kiln_test_support::registry::{httpd_layout, tools_missing, Registry};
+use kiln_test_support::registry::{httpd_layout, tag_hello, tools_missing, Registry};
 use kiln_test_support::{curl, free_port, poll_until, wait_until, workspace_root, KillOnDrop};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -178,25 +178,7 @@ fn images(tmp: &Path) -> Registry {
     let reg = Registry::start();
     let layout = httpd_layout(tmp);
     reg.push_layout(&layout, "1", "httpd:1");
-    let o = Command::new("umoci")
-        .args([
-            "config",
-            "--image",
-            &format!("{}:1", layout.display()),
-            "--tag",
-            "hello",
-            "--clear=config.cmd",
-            "--clear=config.exposedports",
-            "--config.entrypoint",
-            "/bin/sh",
-            "--config.cmd",
-            "-c",
-            "--config.cmd",
-            "echo hello from $GREETING in $(pwd); exit 3",
-        ])
-        .output()
-        .expect("umoci");
-    assert!(o.status.success(), "{}", text(&o));
+    tag_hello(&layout);
     reg.push_layout(&layout, "hello", "hello:1");
     reg
 }

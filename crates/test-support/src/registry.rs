@@ -172,3 +172,23 @@ pub fn httpd_layout(dir: &Path) -> PathBuf {
     ]));
     layout
 }
+
+/// Tag `hello` in an [`httpd_layout`]: the same layers, with the command `sh -c 'echo hello from
+/// $GREETING in $(pwd); exit 3'` and no exposed port (a container that prints and exits 3).
+pub fn tag_hello(layout: &Path) {
+    run(Command::new("umoci").args([
+        "config",
+        "--image",
+        &format!("{}:1", layout.display()),
+        "--tag",
+        "hello",
+        "--clear=config.cmd",
+        "--clear=config.exposedports",
+        "--config.entrypoint",
+        "/bin/sh",
+        "--config.cmd",
+        "-c",
+        "--config.cmd",
+        "echo hello from $GREETING in $(pwd); exit 3",
+    ]));
+}

@@ -6,7 +6,7 @@
 use super::lifecycle::{page, Fleet};
 use super::*;
 use kiln_test_support::free_port;
-use kiln_test_support::registry::{httpd_layout, tools_missing, Registry};
+use kiln_test_support::registry::{httpd_layout, tag_hello, tools_missing, Registry};
 
 fn skip() -> bool {
     if let Some(t) = tools_missing() {
@@ -99,26 +99,7 @@ fn a_containers_exit_code_is_kiln_runs() {
     }
     let tmp = tempfile::tempdir().expect("tmp");
     let layout = httpd_layout(tmp.path());
-    let image = format!("{}:1", layout.display());
-    let o = std::process::Command::new("umoci")
-        .args([
-            "config",
-            "--image",
-            &image,
-            "--tag",
-            "hello",
-            "--clear=config.cmd",
-            "--clear=config.exposedports",
-            "--config.entrypoint",
-            "/bin/sh",
-            "--config.cmd",
-            "-c",
-            "--config.cmd",
-            "echo hello from $GREETING in $(pwd); exit 3",
-        ])
-        .output()
-        .expect("umoci");
-    assert!(o.status.success(), "{}", text(&o));
+    tag_hello(&layout);
     let f = Fleet::new();
     let o = f.run(&[
         "run",
