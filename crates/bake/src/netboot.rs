@@ -187,26 +187,11 @@ pub fn prepare(
     })
 }
 
-/// A fresh serving folder in `parent` (Kiln's `CACHE/netboot`), removed when dropped; the
-/// folders of runs that were killed (named after a pid no longer alive) are swept first.
-pub fn serving_folder(parent: &Path, name: &str) -> Result<tempfile::TempDir, NetbootError> {
-    std::fs::create_dir_all(parent).map_err(io(parent))?;
-    for e in std::fs::read_dir(parent).map_err(io(parent))?.flatten() {
-        let file_name = e.file_name();
-        let pid = file_name
-            .to_str()
-            .and_then(|n| n.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok());
-        if let Some(pid) = pid {
-            if !Path::new(&format!("/proc/{pid}")).exists() {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
-    tempfile::Builder::new()
-        .prefix(&format!("{}-{name}-", std::process::id()))
-        .tempdir_in(parent)
-        .map_err(io(parent))
+/// A fresh serving folder in `parent` (Kiln's `CACHE/netboot`): a [`kiln_image::WorkDir`]
+/// (`.NAME.tmp-*`, locked while this run lives, removed when dropped); the folders of runs
+/// that were killed are swept first, as a killed build's are.
+pub fn serving_folder(parent: &Path, name: &str) -> Result<kiln_image::WorkDir, NetbootError> {
+    kiln_image::WorkDir::beside(&parent.join(name)).map_err(io(parent))
 }
 
 /// `in.tftpd`: `$KILN_TFTPD`, or `/usr/sbin/in.tftpd`, or on PATH.
@@ -460,15 +445,15 @@ fn answer(req: tiny_http::Request, dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// The file a request target names: one plain file name in the folder (a query is ignored).
+/// The file a request target names: one plain file name in the folder, not a hidden one (the
+/// folder's `.lock`); a query is ignored.
 fn resolve(dir: &Path, target: &str) -> Option<PathBuf> {
     let path = target.split(['?', '#']).next()?;
     let name = path.strip_prefix('/')?;
     let plain = !name.is_empty()
         && !name.contains('/')
         && !name.contains('\\')
-        && name != "."
-        && name != ".."
+        && !name.starts_with('.')
         && !name.contains('%');
     let p = dir.join(name);
     (plain && p.is_file()).then_some(p)
@@ -508,6 +493,7 @@ mod tests {
             "initrd",
             "/sub/x",
             "/%2e%2e",
+            "/.lock",
         ] {
             assert_eq!(resolve(d.path(), bad), None, "{bad}");
         }
@@ -545,26 +531,21 @@ mod tests {
     #[test]
     fn serving_folders_of_dead_runs_are_swept() {
         let d = tempfile::tempdir().expect("tmp");
-        // A pid above the kernel's maximum (4194304) is never alive.
-        let dead = d.path().join("4194305-httpd-abc");
+        // A killed run's folder: unlocked, its lock file left behind.
+        let dead = d.path().join(".httpd.tmp-abc");
         let other = d.path().join("notes");
         std::fs::create_dir(&dead).expect("mkdir");
+        std::fs::write(dead.join(".lock"), b"").expect("lock");
         std::fs::create_dir(&other).expect("mkdir");
         let f = serving_folder(d.path(), "httpd").expect("folder");
         assert!(!dead.exists() && other.exists());
-        let name = f
-            .path()
-            .file_name()
-            .expect("name")
-            .to_string_lossy()
-            .into_owned();
-        assert!(
-            name.starts_with(&format!("{}-httpd-", std::process::id())),
-            "{name}"
-        );
+        assert_eq!(f.path().parent(), Some(d.path()));
         // A live run's folder stays.
         let again = serving_folder(d.path(), "httpd").expect("folder");
         assert!(f.path().exists() && again.path().exists());
+        let gone = f.path().to_path_buf();
+        drop(f);
+        assert!(!gone.exists(), "a serving folder outlived its run");
     }
 
     #[test]
