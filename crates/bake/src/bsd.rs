@@ -144,6 +144,7 @@ pub(crate) fn build_bsd(
             version: None,
             sha256: kernel_sha,
             size: kernel_bytes.len() as u64,
+            patches: Vec::new(),
         },
         initramfs: InitramfsInfo {
             file: FFS_DISK_FILE.into(),

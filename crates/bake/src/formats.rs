@@ -165,6 +165,7 @@ mod tests {
             sha256: String::new(),
             description: String::new(),
             size: 0,
+            patches: Vec::new(),
         };
         assert_eq!(bzimage_of(&k), Some(bzp));
     }

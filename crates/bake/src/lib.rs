@@ -743,6 +743,7 @@ fn place_kernel(
         version: kernel.version.clone(),
         sha256: kernel.sha256.clone(),
         size: kernel.size,
+        patches: kernel.patches.clone(),
     })
 }
 
@@ -933,6 +934,7 @@ fn tiny_kernel(
             &tk.config_hash[..16]
         ),
         size: tk.size_bzimage,
+        patches: tk.patches.clone(),
     })
 }
 

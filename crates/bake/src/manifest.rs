@@ -79,6 +79,19 @@ pub struct KernelInfo {
     pub sha256: String,
     /// Size in bytes of the kernel as shipped (the compressed bzImage).
     pub size: u64,
+    /// Kiln's kernel patches built into a tiny kernel (`kiln_kernel::tiny::PATCHES` names).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub patches: Vec<String>,
+}
+
+impl KernelInfo {
+    /// Whether the guest sizes its virtqueues down (Kiln's `virtio-mmio-max-ring` patch), so
+    /// a virtio-console port's receive buffers cost half a MiB instead of four.
+    pub fn has_small_rings(&self) -> bool {
+        self.patches
+            .iter()
+            .any(|p| p == kiln_kernel::tiny::SMALL_RINGS_PATCH)
+    }
 }
 
 /// The root image of an image folder (the name stays `initramfs` in manifest.json: most images
@@ -209,5 +222,35 @@ impl BootConfig {
             }
             .into(),
         }
+    }
+}
+
+#[cfg(test)]
+mod kernel_info_tests {
+    use super::KernelInfo;
+
+    #[test]
+    fn small_rings_come_from_kilns_patch_only() {
+        let mut k = KernelInfo {
+            file: "vmlinux".into(),
+            boot: "pvh".into(),
+            file_size: 1,
+            description: String::new(),
+            version: None,
+            sha256: String::new(),
+            size: 1,
+            patches: vec![],
+        };
+        assert!(!k.has_small_rings());
+        k.patches = vec!["x86-page-aligned-sections.patch".into()];
+        assert!(!k.has_small_rings());
+        k.patches.push(kiln_kernel::tiny::SMALL_RINGS_PATCH.into());
+        assert!(k.has_small_rings());
+        let json = serde_json::to_string(&KernelInfo {
+            patches: vec![],
+            ..k
+        })
+        .expect("json");
+        assert!(!json.contains("patches"), "older manifests stay as they were: {json}");
     }
 }

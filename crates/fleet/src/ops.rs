@@ -166,7 +166,7 @@ impl Fleet {
         let sock = self.store().vm_dir(name).join(crate::exec::EXEC_SOCKET);
         if !sock.exists() {
             return Err(FleetError::BadInput(format!(
-                "{name} has no exec channel: its guest has no kiln-init (a BSD guest), it has less than {} MiB of memory (the channel's buffers do not fit; start it with --memory {} or more), or it was started by an older kiln (restart it)",
+                "{name} has no exec channel: its guest has no kiln-init (a BSD guest), it has less than {} MiB of memory on a kernel without Kiln's small virtio rings (the channel's buffers do not fit; start it with --memory {} or more, or rebuild the image with kernel = \"tiny\"), or it was started by an older kiln (restart it)",
                 crate::plan::EXEC_MIN_MEMORY_MIB,
                 crate::plan::EXEC_MIN_MEMORY_MIB
             )));

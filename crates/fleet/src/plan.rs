@@ -157,10 +157,12 @@ pub fn run_paths(dir: &Path, supervised: bool) -> RunPaths {
     p
 }
 
-/// The least memory (MiB) of a VM that gets the exec channel (`kiln exec`, `kiln cp`): the
-/// guest's virtio-console driver fills the port's receive queue at boot, and recipes/httpd in
-/// 32 MiB (the tiny kernel's promise) ran out of memory unpacking its initramfs with it
-/// (measured: 36 MiB failed, 40 MiB booted).
+/// The least memory (MiB) of a VM that gets the exec channel (`kiln exec`, `kiln cp`) when its
+/// kernel uses the 1024-entry rings QEMU's virtio-mmio offers (Debian's kernel, a user's): the
+/// guest's virtio-console driver fills the port's receive queue with 4 MiB at boot, and
+/// recipes/httpd in 32 MiB ran out of memory unpacking its initramfs with it (measured: 36 MiB
+/// failed, 40 MiB booted). Kiln's tiny kernel caps rings at 128 entries
+/// ([`kiln_bake::manifest::KernelInfo::has_small_rings`]): every VM gets the channel.
 pub const EXEC_MIN_MEMORY_MIB: u32 = 48;
 
 /// What planning needs besides the config and image.
@@ -269,9 +271,11 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         console_wait: true,
         console_log: None,
         control_socket: paths.control_socket.clone(),
-        // BSD guests have no kiln-init to serve `kiln exec`; the smallest VMs have no room
-        // for the port's buffers.
-        exec_socket: (!bsd && cfg.memory.unwrap_or(m.boot.memory) >= EXEC_MIN_MEMORY_MIB)
+        // BSD guests have no kiln-init to serve `kiln exec`; small VMs on a kernel with
+        // full-size rings have no room for the port's buffers.
+        exec_socket: (!bsd
+            && (m.kernel.has_small_rings()
+                || cfg.memory.unwrap_or(m.boot.memory) >= EXEC_MIN_MEMORY_MIB))
             .then(|| paths.exec_socket.clone()),
         qmp_socket: paths.qmp_socket.clone(),
         drives,

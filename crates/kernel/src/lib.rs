@@ -194,6 +194,8 @@ pub struct Kernel {
     pub description: String,
     /// Image size in bytes.
     pub size: u64,
+    /// Kiln's kernel patches built into it ([`tiny::PATCHES`] names; empty for other kernels).
+    pub patches: Vec<String>,
 }
 
 /// What we remember about a kernel unpacked from a Debian package.
@@ -302,6 +304,7 @@ fn provision_debian(cache: &Cache, package: &str, refresh: bool) -> Result<Kerne
         version: Some(version),
         modules_dir,
         sha256,
+        patches: Vec::new(),
     })
 }
 
@@ -350,6 +353,7 @@ fn provision_path(kernel: &Path, modules: Option<&Path>) -> Result<Kernel, Kerne
         version,
         modules_dir,
         description,
+        patches: Vec::new(),
     })
 }
 

@@ -3,8 +3,9 @@
 //! [`build_tiny`] takes a kernel source (Debian's `linux-source-6.1` package
 //! by default), runs `make tinyconfig`, applies Kiln's base fragment
 //! ([`BASE_FRAGMENT`]) and the caller's extra fragments, checks with
-//! [`check_config`] that Kconfig kept every requested value, compiles
-//! `bzImage` out of tree, and stores a stripped PVH `vmlinux` (the boot
+//! [`check_config`] that Kconfig kept every requested value, applies Kiln's
+//! kernel patches ([`PATCHES`], to copies in the object folder: the source
+//! stays untouched), compiles `bzImage` out of tree, and stores a stripped PVH `vmlinux` (the boot
 //! image: QEMU starts it directly, no decompression) and the `bzImage` in a
 //! cache entry keyed by the source and the fragments.
 //!
@@ -22,6 +23,7 @@
 
 mod fragment;
 mod make;
+mod patch;
 mod source;
 
 use std::io;
@@ -35,6 +37,7 @@ pub use fragment::{
     check_config, check_known, effective_options, fragment_options, kconfig_symbols, merge_config,
     parse_dot_config, parse_fragment, FragmentOption, Mismatch, OptionValue,
 };
+pub use patch::{Patch, PATCHES, SMALL_RINGS_PATCH};
 
 /// Kiln's base fragment, applied on top of `make tinyconfig`.
 pub const BASE_FRAGMENT: &str = include_str!("../fragments/kiln-base.config");
@@ -226,6 +229,14 @@ pub enum TinyError {
         /// What is wrong.
         reason: String,
     },
+    /// One of Kiln's kernel patches is malformed or does not apply to the source.
+    #[error("kernel patch {patch}: {reason}; build from the Debian source Kiln expects (linux-source-6.1) or a tree of the same version")]
+    BadPatch {
+        /// The patch's name.
+        patch: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// A fragment file the user named cannot be read.
     #[error("cannot read the kernel config fragment {path}: {error}; check the path you passed")]
     FragmentUnreadable {
@@ -257,6 +268,7 @@ impl TinyError {
                 | TinyError::NotApplied { .. }
                 | TinyError::NotASourceTree { .. }
                 | TinyError::FragmentUnreadable { .. }
+                | TinyError::BadPatch { .. }
         )
     }
 }
@@ -353,7 +365,7 @@ pub enum TinyProgress {
         /// Where it goes.
         dest: PathBuf,
     },
-    /// Configuring: `tinyconfig`, `fragments`, `olddefconfig`, `check`.
+    /// Configuring: `tinyconfig`, `fragments`, `olddefconfig`, `check`, `patches`.
     Configuring {
         /// The step.
         step: &'static str,
@@ -406,6 +418,8 @@ pub struct TinyKernel {
     pub build_seconds: u64,
     /// `CONFIG_HZ` (100 with the base fragment), for [`tiny_kernel_args`].
     pub hz: u32,
+    /// The names of Kiln's patches it was built with.
+    pub patches: Vec<String>,
 }
 
 /// `kernel.json` in a cache entry.
@@ -416,6 +430,8 @@ struct Record {
     config_hash: String,
     source: String,
     fragments: Vec<FragmentRecord>,
+    #[serde(default)]
+    patches: Vec<FragmentRecord>,
     size_vmlinux: u64,
     size_bzimage: u64,
     cc_lines: u64,
@@ -461,8 +477,8 @@ pub fn load_fragments(extra: &[PathBuf]) -> Result<Vec<Fragment>, TinyError> {
 }
 
 /// The cache key: sha256 hex over the source identity, every fragment's
-/// content (in order) and [`FRAGMENT_VERSION`]. Fragment names do not count:
-/// moving a fragment file does not rebuild.
+/// content (in order), Kiln's patches and [`FRAGMENT_VERSION`]. Fragment
+/// names do not count: moving a fragment file does not rebuild.
 pub fn cache_key(source_identity: &str, fragments: &[Fragment]) -> String {
     let mut h = Sha256::new();
     h.update(format!("kiln-tiny-kernel v{FRAGMENT_VERSION}\n").as_bytes());
@@ -470,6 +486,10 @@ pub fn cache_key(source_identity: &str, fragments: &[Fragment]) -> String {
     for f in fragments {
         h.update(format!("fragment {}\n", f.text.len()).as_bytes());
         h.update(f.text.as_bytes());
+    }
+    for p in PATCHES {
+        h.update(format!("patch {}\n", p.text.len()).as_bytes());
+        h.update(p.text.as_bytes());
     }
     hex::encode(h.finalize())
 }
@@ -585,6 +605,11 @@ pub fn build_tiny(
     let final_config = std::fs::read_to_string(&dot_config).map_err(io_err("read", &dot_config))?;
     check_config(&requested, &final_config, &known)?;
 
+    progress(TinyProgress::Configuring { step: "patches" });
+    for p in PATCHES {
+        patch::apply(&tree, &run.obj, p)?;
+    }
+
     let expected = previous_cc_lines(&kernels).unwrap_or(DEFAULT_CC_ESTIMATE);
     let cc_lines = run.run(&["bzImage"], Some((expected, progress)))?;
 
@@ -621,6 +646,13 @@ pub fn build_tiny(
             .map(|f| FragmentRecord {
                 name: f.name.clone(),
                 sha256: hex::encode(Sha256::digest(f.text.as_bytes())),
+            })
+            .collect(),
+        patches: PATCHES
+            .iter()
+            .map(|p| FragmentRecord {
+                name: p.name.to_string(),
+                sha256: hex::encode(Sha256::digest(p.text.as_bytes())),
             })
             .collect(),
         size_vmlinux: size(&vmlinux)?,
@@ -707,6 +739,7 @@ fn read_entry(dir: &Path) -> Option<TinyKernel> {
                 _ => None,
             })
             .unwrap_or(100),
+        patches: r.patches.into_iter().map(|p| p.name).collect(),
     })
 }
 

@@ -10,7 +10,7 @@ use super::{io_err, TinyError, TinyProgress};
 
 /// Commands a kernel build runs (besides the compiler driver's own tools).
 const TOOLS: &[&str] = &[
-    "make", "gcc", "ld", "flex", "bison", "bc", "perl", "tar", "xz", "strip",
+    "make", "gcc", "ld", "flex", "bison", "bc", "perl", "tar", "xz", "strip", "patch",
 ];
 
 fn on_path(cmd: &str) -> bool {

@@ -140,6 +140,7 @@ fn fake_entry(root: &Path, hash: &str, built_at: u64) -> PathBuf {
             name: BASE_FRAGMENT_NAME.into(),
             sha256: "x".into(),
         }],
+        patches: Vec::new(),
         size_vmlinux: 1,
         size_bzimage: 1,
         cc_lines: built_at * 10,
