@@ -61,6 +61,14 @@ pub enum BuildError {
     /// The tiny kernel could not be built.
     #[error(transparent)]
     Tiny(#[from] kiln_kernel::tiny::TinyError),
+    /// Kiln's busybox could not be built for the recipe's `[root] applets`.
+    #[error("{file}: root.applets: {error}")]
+    Busybox {
+        /// The recipe's kiln.toml.
+        file: PathBuf,
+        /// What went wrong.
+        error: Box<kiln_busybox::BusyboxError>,
+    },
     /// Root filesystem assembly failed.
     #[error(transparent)]
     Rootfs(#[from] kiln_rootfs::RootfsError),
@@ -176,6 +184,7 @@ impl BuildError {
                 | kiln_kernel::KernelError::Truncated { .. },
             ) => true,
             BuildError::Tiny(t) => t.is_user_error(),
+            BuildError::Busybox { error, .. } => error.is_user_error(),
             _ => false,
         }
     }
@@ -392,10 +401,25 @@ impl Build<'_> {
         Ok(kernel)
     }
 
-    /// busybox's binary and its origin (`package version`), when the recipe wants busybox.
+    /// busybox's binary and its origin (`package version`, or Kiln's build), when the recipe
+    /// wants busybox.
     fn provision_busybox(&self, cache: &Cache) -> Result<Option<(PathBuf, String)>, BuildError> {
         if !self.recipe.config.root.busybox {
             return Ok(None);
+        }
+        if let Some(applets) = &self.recipe.config.root.applets {
+            let opts = kiln_busybox::Options {
+                cache_root: self.opts.cache_root.clone(),
+                applets: applets.iter().map(|a| a.get_ref().clone()).collect(),
+                jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            };
+            let bb = kiln_busybox::build(&opts, cache, &|step| self.progress.phase(step)).map_err(
+                |error| BuildError::Busybox {
+                    file: self.recipe.config_path(),
+                    error: Box::new(error),
+                },
+            )?;
+            return Ok(Some((bb.binary, bb.identity)));
         }
         self.progress.phase("busybox");
         let deb = cache.fetch(BUSYBOX_PACKAGE, self.opts.refresh)?;

@@ -17,6 +17,10 @@
 //! <root>/unpacked/<sha256>/.kiln-unpacked   completion marker
 //! ```
 //!
+//! Source tarballs (`<package>_<version>.orig.tar.*`) come from the same
+//! mirror as a binary package of that source ([`Cache::fetch_orig`]), checked
+//! against a sha256 the caller pins, into `<root>/orig/<file>`.
+//!
 //! Every write is atomic (temp file or temp dir in the same directory, then
 //! `rename`), so concurrent Kiln processes sharing one cache are safe.
 
@@ -111,6 +115,16 @@ pub enum DebError {
         status: String,
         /// apt's standard error output.
         stderr: String,
+    },
+    /// A source tarball could not be downloaded, or is not the pinned one.
+    #[error("cannot fetch the source tarball {url}: {reason}; retry when the mirror is reachable, or put the file at {dest} yourself")]
+    Orig {
+        /// Where it was fetched from.
+        url: String,
+        /// Where it goes in the cache.
+        dest: PathBuf,
+        /// What went wrong.
+        reason: String,
     },
     /// A package name that apt would never accept (and that could not be stored safely).
     #[error("`{0}` is not a valid Debian package name (expected lowercase letters, digits, `+`, `-`, `.`)")]
@@ -372,6 +386,76 @@ impl Cache {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// The source tarball `file` (e.g. `busybox_1.35.0.orig.tar.bz2`) of the source package
+    /// that builds `binary_package`, from the mirror apt would fetch that package from
+    /// (`apt-get download --print-uris`), kept only when its sha256 is `sha256`. Cached in
+    /// `<root>/orig/<file>` (checked again on every reuse).
+    pub fn fetch_orig(
+        &self,
+        binary_package: &str,
+        file: &str,
+        sha256: &str,
+    ) -> Result<PathBuf, DebError> {
+        validate_name(binary_package)?;
+        let dir = self.root.join("orig");
+        let dest = dir.join(file);
+        let plain = Path::new(file).components().count() == 1
+            && !file.starts_with('.')
+            && !file.contains('/');
+        if !plain {
+            return Err(DebError::Orig {
+                url: file.to_string(),
+                dest,
+                reason: "not a plain file name".into(),
+            });
+        }
+        if dest.is_file() && sha256_file(&dest)? == sha256 {
+            return Ok(dest);
+        }
+        let listing = self.run_apt(
+            &self.apt_get,
+            &["download", "--print-uris", "-q", binary_package],
+            binary_package,
+            None,
+        )?;
+        let url = orig_url(&listing, file).ok_or_else(|| DebError::Orig {
+            url: format!("(the mirror of {binary_package})"),
+            dest: dest.clone(),
+            reason: format!(
+                "`apt-get download --print-uris {binary_package}` printed no URL: {listing}"
+            ),
+        })?;
+        let bad = |reason: String| DebError::Orig {
+            url: url.clone(),
+            dest: dest.clone(),
+            reason,
+        };
+        let tls = native_tls::TlsConnector::new().map_err(|e| bad(format!("TLS: {e}")))?;
+        let agent = ureq::AgentBuilder::new()
+            .tls_connector(std::sync::Arc::new(tls))
+            .timeout_connect(std::time::Duration::from_secs(30))
+            .timeout_read(std::time::Duration::from_secs(60))
+            .build();
+        tracing::info!(%url, "fetching a source tarball");
+        let resp = agent.get(&url).call().map_err(|e| bad(e.to_string()))?;
+        fs::create_dir_all(&dir).map_err(io_err("create", &dir))?;
+        let mut tmp = tempfile::Builder::new()
+            .prefix(".download-")
+            .tempfile_in(&dir)
+            .map_err(io_err("create a temp file in", &dir))?;
+        io::copy(&mut resp.into_reader(), tmp.as_file_mut())
+            .map_err(|e| bad(format!("the download broke off: {e}")))?;
+        let actual = sha256_file(tmp.path())?;
+        if actual != sha256 {
+            return Err(bad(format!(
+                "its sha256 is {actual}, not the pinned {sha256}"
+            )));
+        }
+        tmp.persist(&dest)
+            .map_err(|e| io_err("move a download to", &dest)(e.error))?;
+        Ok(dest)
+    }
+
     /// `apt-get download` into a temp dir, hash, move into place.
     fn download(&self, requested: &str, real: &str) -> Result<Deb, DebError> {
         let debs = self.debs_dir();
@@ -569,6 +653,18 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<(), DebError> {
     tmp.persist(path)
         .map_err(|e| io_err("write", path)(e.error))?;
     Ok(())
+}
+
+/// The URL of `file` beside the first `.deb` in `apt-get download --print-uris` output
+/// (`'http://mirror/pool/main/b/busybox/busybox-static_…_amd64.deb' name size SHA256:…`).
+fn orig_url(listing: &str, file: &str) -> Option<String> {
+    let url = listing
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix('\''))
+        .filter_map(|l| l.split_once('\'').map(|(u, _)| u))
+        .find(|u| u.ends_with(".deb"))?;
+    let (dir, _) = url.rsplit_once('/')?;
+    Some(format!("{dir}/{file}"))
 }
 
 /// Lowercase hex sha256 of a file.

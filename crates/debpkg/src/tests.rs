@@ -394,3 +394,14 @@ fn default_root_ends_in_kiln() {
         root.display()
     );
 }
+
+#[test]
+fn the_source_tarball_sits_beside_the_binary_package_on_the_mirror() {
+    let listing = "'http://deb.debian.org/debian/pool/main/b/busybox/busybox-static_1%3a1.35.0-4%2bdeb12u1%2bb1_amd64.deb' busybox-static_1.35.0-4+deb12u1+b1_amd64.deb 1002628 SHA256:ab\n";
+    assert_eq!(
+        super::orig_url(listing, "busybox_1.35.0.orig.tar.bz2").as_deref(),
+        Some("http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0.orig.tar.bz2")
+    );
+    assert_eq!(super::orig_url("nothing printed\n", "x.tar.bz2"), None);
+    assert_eq!(super::orig_url("'http://m/a.dsc' a 1 SHA256:x\n", "x"), None);
+}

@@ -182,6 +182,7 @@ impl Config {
                 "busybox",
                 self.root.busybox && find_key(text, "busybox").is_some(),
             ),
+            ("applets", self.root.applets.is_some()),
         ];
         if let Some((key, _)) = linux_only.iter().find(|(_, set)| *set) {
             return Err((
@@ -475,6 +476,10 @@ pub struct Root {
     /// Install busybox (from Debian's busybox-static) and its applet links.
     #[serde(default = "yes")]
     pub busybox: bool,
+    /// Build Kiln's own small busybox (static, musl) with its core applets and these
+    /// (applet names, or `CONFIG_*` options) instead of installing Debian's with all 269.
+    #[serde(default)]
+    pub applets: Option<Vec<Spanned<String>>>,
     /// Host executables copied with their shared-library closure.
     #[serde(default)]
     pub binaries: Vec<Spanned<String>>,
@@ -491,6 +496,7 @@ impl Default for Root {
     fn default() -> Self {
         Root {
             busybox: true,
+            applets: None,
             binaries: vec![],
             files: vec![],
             modules: vec![],
@@ -569,6 +575,12 @@ impl Config {
 
     fn validate(&self, text: &str) -> Result<(), (Option<Range<usize>>, String)> {
         self.validate_guest(text)?;
+        if self.root.applets.is_some() && !self.root.busybox {
+            return Err((
+                find_key(text, "applets"),
+                "root.applets lists the applets of Kiln's own busybox, but busybox = false installs none: remove one of the two".into(),
+            ));
+        }
         // A BSD guest's root is always a disk (docs/bsd.md: `[image] size_mib` alone).
         if self.image.size_mib.is_some() && !self.image.sized() && !self.guest.is_bsd() {
             return Err((

@@ -620,3 +620,27 @@ fn a_template_is_saved_at_the_ready_point_only() {
     let (line, msg) = parse_err("name = \"web\"\n[template]\nwhen = \"ready\"\n");
     assert_eq!(line, 3, "{msg}");
 }
+
+#[test]
+fn applets_ask_for_kilns_busybox_and_need_busybox() {
+    let r = Recipe::load(recipe_dir("name = \"web\"\n[root]\napplets = [\"httpd\"]\n").path())
+        .expect("load");
+    let applets: Vec<String> = r
+        .config
+        .root
+        .applets
+        .expect("applets")
+        .iter()
+        .map(|a| a.get_ref().clone())
+        .collect();
+    assert_eq!(applets, ["httpd"]);
+    assert!(Recipe::load(recipe_dir("name = \"web\"\n").path())
+        .expect("load")
+        .config
+        .root
+        .applets
+        .is_none());
+    let (line, msg) = parse_err("name = \"web\"\n[root]\nbusybox = false\napplets = []\n");
+    assert_eq!(line, 4, "{msg}");
+    assert!(msg.contains("busybox = false installs none"), "{msg}");
+}

@@ -1,0 +1,594 @@
+//! Kiln's own busybox: a static musl build with only the applets a recipe asks for.
+//!
+//! Debian's busybox-static has 269 applets and weighs 1.98 MB (1.02 MB of a
+//! zstd initramfs); most services run a shell and a handful of tools. A
+//! recipe that lists `[root] applets = ["httpd"]` gets busybox built from
+//! Debian's source tarball ([`TARBALL`], fetched from the mirror apt uses and
+//! checked against [`TARBALL_SHA256`]) with `musl-gcc`, static and stripped,
+//! holding Kiln's [`CORE_APPLETS`] plus the listed ones (an entry may also be
+//! a raw `CONFIG_*` symbol, for a feature of an applet).
+//!
+//! [`build`] runs `make allnoconfig`, turns on the requested symbols, runs
+//! `make oldconfig`, checks that each one stayed on (an applet busybox does
+//! not have is named in the error), compiles and stores the binary in
+//! `<cache>/busybox/bb-<hash16>/`, keyed by the tarball and the symbols.
+//! The build folder is a temp folder renamed into place: an entry is complete
+//! or absent. `SOURCE_DATE_EPOCH` is fixed, so the binary is reproducible.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+/// The busybox version built.
+pub const VERSION: &str = "1.35.0";
+/// Debian's source tarball of that version.
+pub const TARBALL: &str = "busybox_1.35.0.orig.tar.bz2";
+/// Its sha256: a download that differs is refused.
+pub const TARBALL_SHA256: &str = "faeeb244c35a348a334f4a59e44626ee870fb07b6884d68c10ae8bc19f83a694";
+/// The binary package whose mirror directory holds the tarball.
+pub const MIRROR_PACKAGE: &str = "busybox-static";
+/// Bump when the build steps change in a way the symbols do not show.
+const BUILD_VERSION: u32 = 1;
+
+/// Applets every Kiln busybox has: a shell for etc/rc and `kiln exec`, and the tools
+/// scripts and people reach for first.
+pub const CORE_APPLETS: &[&str] = &[
+    "sh",
+    "test",
+    "[",
+    "[[",
+    "echo",
+    "printf",
+    "true",
+    "false",
+    "env",
+    "expr",
+    "sleep",
+    "timeout",
+    "xargs",
+    "seq",
+    "basename",
+    "dirname",
+    "readlink",
+    "realpath",
+    "which",
+    "tee",
+    "id",
+    "date",
+    "uname",
+    "hostname",
+    "yes",
+    "cat",
+    "ls",
+    "cp",
+    "mv",
+    "rm",
+    "ln",
+    "mkdir",
+    "rmdir",
+    "chmod",
+    "chown",
+    "touch",
+    "stat",
+    "du",
+    "df",
+    "find",
+    "head",
+    "tail",
+    "wc",
+    "sort",
+    "uniq",
+    "cut",
+    "tr",
+    "grep",
+    "egrep",
+    "fgrep",
+    "sed",
+    "awk",
+    "od",
+    "md5sum",
+    "sha256sum",
+    "dd",
+    "sync",
+    "ps",
+    "kill",
+    "killall",
+    "pidof",
+    "free",
+    "uptime",
+    "dmesg",
+    "mount",
+    "umount",
+    "ip",
+    "ifconfig",
+    "route",
+    "wget",
+    "nc",
+    "ping",
+    "more",
+    "clear",
+];
+
+/// Features of the core applets, turned on with them.
+const CORE_FEATURES: &[&str] = &[
+    "BUSYBOX",
+    "FEATURE_INSTALLER",
+    "STATIC",
+    "LONG_OPTS",
+    "FEATURE_USE_SENDFILE",
+    "ASH_OPTIMIZE_FOR_SIZE",
+    "ASH_BASH_COMPAT",
+    "ASH_JOB_CONTROL",
+    "ASH_ECHO",
+    "ASH_PRINTF",
+    "ASH_TEST",
+    "ASH_GETOPTS",
+    "ASH_CMDCMD",
+    "FEATURE_SH_MATH",
+    "FEATURE_EDITING",
+    "FEATURE_TAB_COMPLETION",
+    "FEATURE_FANCY_ECHO",
+    "FEATURE_FANCY_SLEEP",
+    "FLOAT_DURATION",
+    "FEATURE_FANCY_HEAD",
+    "FEATURE_FANCY_TAIL",
+    "FEATURE_PS_WIDE",
+    "FEATURE_LS_FILETYPES",
+    "FEATURE_LS_FOLLOWLINKS",
+    "FEATURE_LS_SORTFILES",
+    "FEATURE_LS_TIMESTAMPS",
+    "FEATURE_LS_USERNAME",
+    "FEATURE_FIND_TYPE",
+    "FEATURE_FIND_MAXDEPTH",
+    "FEATURE_FIND_EXEC",
+    "FEATURE_STAT_FORMAT",
+    "FEATURE_DATE_ISOFMT",
+    "FEATURE_XARGS_SUPPORT_ZERO_TERM",
+    "FEATURE_MOUNT_FLAGS",
+    "FEATURE_IFCONFIG_STATUS",
+    "FEATURE_IP_ADDRESS",
+    "FEATURE_IP_LINK",
+    "FEATURE_IP_ROUTE",
+    "FEATURE_WGET_TIMEOUT",
+    "NC_SERVER",
+    "FEATURE_FANCY_PING",
+];
+
+/// Errors from building Kiln's busybox.
+#[derive(Debug, thiserror::Error)]
+pub enum BusyboxError {
+    /// A tool the build needs is not installed.
+    #[error("building busybox needs {missing} on PATH: install them with `apt-get install musl-tools bzip2 make`")]
+    MissingTools {
+        /// The missing commands, comma-separated.
+        missing: String,
+    },
+    /// A name that cannot be an applet.
+    #[error(
+        "`{0}` is not an applet name (letters, digits, `_`, `-`, `[`, `[[`) nor a CONFIG_ symbol"
+    )]
+    BadName(String),
+    /// busybox has no such applet (or option).
+    #[error("busybox {VERSION} has no applet or option `{name}` (no {symbol} in its configuration): check the spelling; `busybox --list` on a Debian host lists the applets")]
+    Unknown {
+        /// As the recipe wrote it.
+        name: String,
+        /// The configuration symbol looked for.
+        symbol: String,
+    },
+    /// A requested symbol did not stay on (a dependency the list lacks).
+    #[error("busybox's configuration turned {symbol} (for `{name}`) off: it depends on an option the list lacks; add that option's CONFIG_ name to the list")]
+    NotApplied {
+        /// As the recipe wrote it.
+        name: String,
+        /// The configuration symbol.
+        symbol: String,
+    },
+    /// Fetching the source tarball failed.
+    #[error(transparent)]
+    Fetch(#[from] kiln_debpkg::DebError),
+    /// A build step failed.
+    #[error("busybox `{step}` failed ({status}); the full log is {log}:\n{tail}")]
+    BuildFailed {
+        /// The step.
+        step: String,
+        /// How it ended.
+        status: String,
+        /// The saved log.
+        log: PathBuf,
+        /// The last lines of output.
+        tail: String,
+    },
+    /// A filesystem or process operation failed.
+    #[error("cannot {action} {path}: {error}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path involved.
+        path: PathBuf,
+        /// The underlying error.
+        error: io::Error,
+    },
+}
+
+impl BusyboxError {
+    /// Whether the recipe's list is at fault (a bad or unknown name).
+    pub fn is_user_error(&self) -> bool {
+        matches!(
+            self,
+            BusyboxError::BadName(_)
+                | BusyboxError::Unknown { .. }
+                | BusyboxError::NotApplied { .. }
+        )
+    }
+}
+
+fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BusyboxError {
+    let path = path.to_path_buf();
+    move |error| BusyboxError::Io {
+        action,
+        path,
+        error,
+    }
+}
+
+/// The configuration symbols (without `CONFIG_`) that give applet `name`; a `CONFIG_X`
+/// entry is the symbol `X` itself.
+pub fn symbols(name: &str) -> Result<Vec<String>, BusyboxError> {
+    if let Some(sym) = name.strip_prefix("CONFIG_") {
+        let ok = !sym.is_empty()
+            && sym
+                .chars()
+                .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_');
+        return if ok {
+            Ok(vec![sym.to_string()])
+        } else {
+            Err(BusyboxError::BadName(name.to_string()))
+        };
+    }
+    Ok(match name {
+        "sh" | "ash" => vec!["SH_IS_ASH".into(), "ASH".into()],
+        "[" => vec!["TEST".into(), "TEST1".into()],
+        "[[" => vec!["TEST".into(), "TEST2".into()],
+        _ => {
+            let ok = !name.is_empty()
+                && name.chars().next().is_some_and(|c| c.is_ascii_lowercase())
+                && name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
+            if !ok {
+                return Err(BusyboxError::BadName(name.to_string()));
+            }
+            vec![name.to_ascii_uppercase().replace('-', "_")]
+        }
+    })
+}
+
+/// Every symbol a build with the core and `extra` applets turns on, each with the name it
+/// came from, in order, without repeats.
+pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, BusyboxError> {
+    let mut out: Vec<(String, String)> = Vec::new();
+    let names = CORE_APPLETS
+        .iter()
+        .map(|s| s.to_string())
+        .chain(CORE_FEATURES.iter().map(|f| format!("CONFIG_{f}")))
+        .chain(extra.iter().cloned());
+    for name in names {
+        for sym in symbols(&name)? {
+            if !out.iter().any(|(s, _)| *s == sym) {
+                out.push((sym, name.clone()));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The cache key over the tarball, the symbols and the build steps' version.
+pub fn cache_key(symbols: &[(String, String)]) -> String {
+    let mut h = Sha256::new();
+    h.update(format!("kiln-busybox v{BUILD_VERSION}\n{TARBALL_SHA256}\n").as_bytes());
+    let mut syms: Vec<&str> = symbols.iter().map(|(s, _)| s.as_str()).collect();
+    syms.sort_unstable();
+    for s in syms {
+        h.update(format!("{s}\n").as_bytes());
+    }
+    hex::encode(h.finalize())
+}
+
+/// Rewrite a `.config`: every symbol in `on` set to `y`, its old line dropped.
+pub fn merge_config(config: &str, on: &[(String, String)]) -> String {
+    let mut out = String::new();
+    for line in config.lines() {
+        let sym = line
+            .strip_prefix("# CONFIG_")
+            .and_then(|l| l.strip_suffix(" is not set"))
+            .or_else(|| {
+                line.strip_prefix("CONFIG_")
+                    .and_then(|l| l.split_once('='))
+                    .map(|(s, _)| s)
+            });
+        if sym.is_some_and(|s| on.iter().any(|(o, _)| o == s)) {
+            continue;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    for (s, _) in on {
+        out.push_str(&format!("CONFIG_{s}=y\n"));
+    }
+    out
+}
+
+/// Check the configuration `make oldconfig` wrote against what was asked.
+pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), BusyboxError> {
+    for (sym, name) in on {
+        let set = format!("CONFIG_{sym}=y");
+        if config.lines().any(|l| l == set) {
+            continue;
+        }
+        let known = config.lines().any(|l| {
+            l == format!("# CONFIG_{sym} is not set") || l.starts_with(&format!("CONFIG_{sym}="))
+        });
+        return Err(if known {
+            BusyboxError::NotApplied {
+                name: name.clone(),
+                symbol: format!("CONFIG_{sym}"),
+            }
+        } else {
+            BusyboxError::Unknown {
+                name: name.clone(),
+                symbol: format!("CONFIG_{sym}"),
+            }
+        });
+    }
+    Ok(())
+}
+
+/// A built busybox in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Busybox {
+    /// The static, stripped binary.
+    pub binary: PathBuf,
+    /// `kiln busybox 1.35.0 musl <hash16>`: what images record as its origin.
+    pub identity: String,
+    /// The cache key.
+    pub hash: String,
+    /// The binary's size in bytes.
+    pub size: u64,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Record {
+    version: String,
+    tarball_sha256: String,
+    hash: String,
+    symbols: Vec<String>,
+    size: u64,
+}
+
+const RECORD: &str = "busybox.json";
+
+/// What to build.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Kiln's cache folder (`busybox/` and `orig/` go under it).
+    pub cache_root: PathBuf,
+    /// Applets (or `CONFIG_` symbols) besides [`CORE_APPLETS`].
+    pub applets: Vec<String>,
+    /// `make -j`.
+    pub jobs: usize,
+}
+
+fn read_entry(dir: &Path) -> Option<Busybox> {
+    let r: Record = serde_json::from_slice(&std::fs::read(dir.join(RECORD)).ok()?).ok()?;
+    let binary = dir.join("busybox");
+    let size = std::fs::metadata(&binary).ok()?.len();
+    (size == r.size).then(|| Busybox {
+        binary,
+        identity: format!("kiln busybox {} musl {}", r.version, &r.hash[..16]),
+        hash: r.hash,
+        size,
+    })
+}
+
+fn on_path(cmd: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
+}
+
+const TOOLS: &[&str] = &["musl-gcc", "make", "tar", "bzip2", "strip", "sh"];
+
+/// Build (or find in the cache) busybox with the core applets and `opts.applets`. `debs`
+/// fetches the source tarball; `progress` hears each step's name.
+pub fn build(
+    opts: &Options,
+    debs: &kiln_debpkg::Cache,
+    progress: &dyn Fn(&str),
+) -> Result<Busybox, BusyboxError> {
+    let on = requested(&opts.applets)?;
+    let hash = cache_key(&on);
+    let root = opts.cache_root.join("busybox");
+    let dir = root.join(format!("bb-{}", &hash[..16]));
+    if let Some(b) = read_entry(&dir) {
+        return Ok(b);
+    }
+    let missing: Vec<&str> = TOOLS.iter().copied().filter(|t| !on_path(t)).collect();
+    if !missing.is_empty() {
+        return Err(BusyboxError::MissingTools {
+            missing: missing.join(", "),
+        });
+    }
+    std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+    let lock_path = root.join(format!(".bb-{}.lock", &hash[..16]));
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("open the build lock", &lock_path))?;
+    lock.lock()
+        .map_err(io_err("take the build lock", &lock_path))?;
+    if let Some(b) = read_entry(&dir) {
+        return Ok(b);
+    }
+    progress("busybox: source");
+    let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
+
+    let tmp = tempfile::Builder::new()
+        .prefix(&format!(".tmp-bb-{}-", &hash[..16]))
+        .tempdir_in(&root)
+        .map_err(io_err("create a build folder in", &root))?;
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(&src).map_err(io_err("create", &src))?;
+    let log_path = tmp.path().join("build.log");
+    let failed_log = root.join(format!("bb-{}.failed.log", &hash[..16]));
+    let mut step = Step {
+        log: File::create(&log_path).map_err(io_err("create", &log_path))?,
+        log_path,
+        failed_log,
+    };
+    step.run(
+        "unpack",
+        Command::new("tar")
+            .arg("-xjf")
+            .arg(&tarball)
+            .arg("-C")
+            .arg(&src)
+            .arg("--strip-components=1"),
+    )?;
+    // musl-gcc sees only musl's headers: give it the kernel's (and nothing of glibc's).
+    let kinc = tmp.path().join("kinc");
+    std::fs::create_dir_all(&kinc).map_err(io_err("create", &kinc))?;
+    for (name, target) in [
+        ("linux", "/usr/include/linux"),
+        ("asm", "/usr/include/x86_64-linux-gnu/asm"),
+        ("asm-generic", "/usr/include/asm-generic"),
+    ] {
+        std::os::unix::fs::symlink(target, kinc.join(name)).map_err(io_err("link", &kinc))?;
+    }
+    let make = |args: &[&str]| {
+        let mut c = Command::new("make");
+        c.current_dir(&src)
+            .args(args)
+            .arg("CC=musl-gcc")
+            .arg(format!("EXTRA_CFLAGS=-I{}", kinc.display()))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("LC_ALL", "C")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL");
+        c
+    };
+    progress("busybox: configuring");
+    step.run("make allnoconfig", &mut make(&["allnoconfig"]))?;
+    let dot = src.join(".config");
+    let base = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
+    std::fs::write(&dot, merge_config(&base, &on)).map_err(io_err("write", &dot))?;
+    // oldconfig asks about options new to it: the default answer (an empty line) for each.
+    let mut oldconfig = make(&["oldconfig"]);
+    oldconfig.stdin(Stdio::piped());
+    step.run_with_input("make oldconfig", &mut oldconfig, &"\n".repeat(4000))?;
+    let config = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
+    check_config(&config, &on)?;
+    progress("busybox: compiling");
+    let jobs = format!("-j{}", opts.jobs.max(1));
+    step.run("make", &mut make(&[&jobs]))?;
+    let out = tmp.path().join("busybox");
+    step.run(
+        "strip",
+        Command::new("strip")
+            .arg("--strip-all")
+            .arg("-o")
+            .arg(&out)
+            .arg(src.join("busybox")),
+    )?;
+    for dir in [&src, &kinc] {
+        std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
+    }
+    let size = std::fs::metadata(&out).map_err(io_err("stat", &out))?.len();
+    let record = Record {
+        version: VERSION.into(),
+        tarball_sha256: TARBALL_SHA256.into(),
+        hash: hash.clone(),
+        symbols: on.iter().map(|(s, _)| s.clone()).collect(),
+        size,
+    };
+    let rec = tmp.path().join(RECORD);
+    let json = serde_json::to_vec_pretty(&record).map_err(|e| io_err("encode", &rec)(e.into()))?;
+    std::fs::write(&rec, json).map_err(io_err("write", &rec))?;
+    let staged = tmp.keep();
+    if let Err(e) = std::fs::rename(&staged, &dir) {
+        let _ = std::fs::remove_dir_all(&staged);
+        if read_entry(&dir).is_none() {
+            return Err(io_err("move the built busybox to", &dir)(e));
+        }
+    }
+    let _ = std::fs::remove_file(&step.failed_log);
+    read_entry(&dir).ok_or_else(|| BusyboxError::Io {
+        action: "read back",
+        path: dir.join(RECORD),
+        error: io::Error::other("the cache entry just written is incomplete"),
+    })
+}
+
+/// One build's log and how its steps fail.
+struct Step {
+    log: File,
+    log_path: PathBuf,
+    failed_log: PathBuf,
+}
+
+impl Step {
+    fn run(&mut self, name: &str, cmd: &mut Command) -> Result<(), BusyboxError> {
+        self.run_with_input(name, cmd.stdin(Stdio::null()), "")
+    }
+
+    fn run_with_input(
+        &mut self,
+        name: &str,
+        cmd: &mut Command,
+        input: &str,
+    ) -> Result<(), BusyboxError> {
+        let _ = writeln!(self.log, "### {name}");
+        let log_out = self
+            .log
+            .try_clone()
+            .map_err(io_err("open", &self.log_path))?;
+        let log_err = self
+            .log
+            .try_clone()
+            .map_err(io_err("open", &self.log_path))?;
+        let mut child = cmd
+            .stdout(log_out)
+            .stderr(log_err)
+            .spawn()
+            .map_err(io_err("run", Path::new(name)))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A closed pipe only means it asked fewer questions.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let status = child.wait().map_err(io_err("wait for", Path::new(name)))?;
+        if status.success() {
+            return Ok(());
+        }
+        let _ = self.log.flush();
+        let log = match std::fs::copy(&self.log_path, &self.failed_log) {
+            Ok(_) => self.failed_log.clone(),
+            Err(_) => self.log_path.clone(),
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        Err(BusyboxError::BuildFailed {
+            step: name.to_string(),
+            status: status.to_string(),
+            tail: lines[lines.len().saturating_sub(25)..].join("\n"),
+            log,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;
