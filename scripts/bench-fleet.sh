@@ -33,7 +33,7 @@ reliable() {
   done
 }
 smallest=
-for m in 20 24 28 32 40 48 56 64 72 80 88 96 112 128; do
+for m in 16 18 20 24 28 32 40 48 56 64 72 80 88 96 112 128; do
   if reliable "$m"; then smallest=$m; break; fi
   echo "  -m $m: did not boot and serve 3 times out of 3"
 done
