@@ -251,6 +251,9 @@ mod kernel_info_tests {
             ..k
         })
         .expect("json");
-        assert!(!json.contains("patches"), "older manifests stay as they were: {json}");
+        assert!(
+            !json.contains("patches"),
+            "older manifests stay as they were: {json}"
+        );
     }
 }

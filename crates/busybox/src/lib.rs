@@ -111,6 +111,8 @@ pub const CORE_APPLETS: &[&str] = &[
     "ping",
     "more",
     "clear",
+    "tty",
+    "stty",
 ];
 
 /// Features of the core applets, turned on with them.
@@ -130,13 +132,15 @@ const CORE_FEATURES: &[&str] = &[
     "ASH_CMDCMD",
     "FEATURE_SH_MATH",
     "FEATURE_EDITING",
+    "FEATURE_EDITING_FANCY_PROMPT",
+    // The fuller, POSIX-leaning variants of applets (od's -A and -t, ps -o, ...).
+    "DESKTOP",
     "FEATURE_TAB_COMPLETION",
     "FEATURE_FANCY_ECHO",
     "FEATURE_FANCY_SLEEP",
     "FLOAT_DURATION",
     "FEATURE_FANCY_HEAD",
     "FEATURE_FANCY_TAIL",
-    "FEATURE_PS_WIDE",
     "FEATURE_LS_FILETYPES",
     "FEATURE_LS_FOLLOWLINKS",
     "FEATURE_LS_SORTFILES",
@@ -283,6 +287,16 @@ pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, BusyboxError
                 out.push((sym, name.clone()));
             }
         }
+    }
+    // busybox 1.35's httpd truncates the index.html it appends to a directory URL for the
+    // password check and restores it only when basic auth is built: with CGI and without
+    // auth, `/` answers 404.
+    let has = |sym: &str| out.iter().any(|(s, _)| s == sym);
+    if has("FEATURE_HTTPD_CGI") && !has("FEATURE_HTTPD_BASIC_AUTH") {
+        out.push((
+            "FEATURE_HTTPD_BASIC_AUTH".into(),
+            "CONFIG_FEATURE_HTTPD_CGI".into(),
+        ));
     }
     Ok(out)
 }

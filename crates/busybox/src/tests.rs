@@ -81,3 +81,11 @@ fn the_check_tells_unknown_from_dropped() {
     );
     assert!(e.is_user_error());
 }
+
+#[test]
+fn httpd_cgi_brings_basic_auth_for_its_index_page() {
+    let with = requested(&["httpd".into(), "CONFIG_FEATURE_HTTPD_CGI".into()]).expect("ok");
+    assert!(with.iter().any(|(s, _)| s == "FEATURE_HTTPD_BASIC_AUTH"));
+    let without = requested(&["httpd".into()]).expect("ok");
+    assert!(!without.iter().any(|(s, _)| s == "FEATURE_HTTPD_BASIC_AUTH"));
+}

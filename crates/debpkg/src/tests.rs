@@ -403,5 +403,8 @@ fn the_source_tarball_sits_beside_the_binary_package_on_the_mirror() {
         Some("http://deb.debian.org/debian/pool/main/b/busybox/busybox_1.35.0.orig.tar.bz2")
     );
     assert_eq!(super::orig_url("nothing printed\n", "x.tar.bz2"), None);
-    assert_eq!(super::orig_url("'http://m/a.dsc' a 1 SHA256:x\n", "x"), None);
+    assert_eq!(
+        super::orig_url("'http://m/a.dsc' a 1 SHA256:x\n", "x"),
+        None
+    );
 }

@@ -100,7 +100,7 @@ fn listed_binaries_bring_their_library_closure() {
     let toml = std::fs::read_to_string(r.path().join("kiln.toml")).expect("read");
     std::fs::write(
         r.path().join("kiln.toml"),
-        format!("{toml}\n[root]\nbinaries = [\"/usr/bin/curl\"]\n"),
+        with_root_key(&toml, "binaries = [\"/usr/bin/curl\"]"),
     )
     .expect("write");
     let (_d, m) = build_ok(r.path());

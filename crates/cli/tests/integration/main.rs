@@ -108,6 +108,27 @@ fn shared_httpd(
     out
 }
 
+/// `toml` with `line` in its `[root]` table (recipes/httpd has one already: a second
+/// `[root]` header would be a duplicate key).
+pub fn with_root_key(toml: &str, line: &str) -> String {
+    match toml.find("\n[root]\n") {
+        Some(at) => {
+            let end = at + "\n[root]\n".len();
+            format!("{}{line}\n{}", &toml[..end], &toml[end..])
+        }
+        None => format!("{toml}\n[root]\n{line}\n"),
+    }
+}
+
+/// The 1-based line of the key [`with_root_key`] put in `recipe`'s kiln.toml.
+pub fn root_key_line(recipe: &Path) -> usize {
+    let t = std::fs::read_to_string(recipe.join("kiln.toml")).expect("read kiln.toml");
+    t.lines()
+        .position(|l| l == "[root]")
+        .expect("a [root] table")
+        + 2
+}
+
 /// An image folder's manifest.json.
 pub fn manifest(dir: &Path) -> serde_json::Value {
     let data = std::fs::read(dir.join("manifest.json")).expect("manifest.json");

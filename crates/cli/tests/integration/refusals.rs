@@ -74,11 +74,12 @@ fn wrong_type_names_line() {
 fn missing_binary_names_it_and_its_line() {
     let r = scratch_recipe("httpd");
     edit_toml(&r, |t| {
-        format!("{t}\n[root]\nbinaries = [\"/usr/bin/no-such-tool\"]\n")
+        with_root_key(&t, "binaries = [\"/usr/bin/no-such-tool\"]")
     });
     let t = refused_build(r.path());
     assert!(
-        t.contains("/usr/bin/no-such-tool") && t.contains("kiln.toml:13"),
+        t.contains("/usr/bin/no-such-tool")
+            && t.contains(&format!("kiln.toml:{}", root_key_line(r.path()))),
         "{t}"
     );
 }
@@ -86,10 +87,12 @@ fn missing_binary_names_it_and_its_line() {
 #[test]
 fn modules_on_the_tiny_kernel_are_refused_with_their_line() {
     let r = scratch_recipe("httpd");
-    edit_toml(&r, |t| format!("{t}\n[root]\nmodules = [\"vfat\"]\n"));
+    edit_toml(&r, |t| with_root_key(&t, "modules = [\"vfat\"]"));
     let t = refused_build(r.path());
     assert!(
-        t.contains("kiln.toml:13") && t.contains("`vfat`") && t.contains("no loadable modules"),
+        t.contains(&format!("kiln.toml:{}", root_key_line(r.path())))
+            && t.contains("`vfat`")
+            && t.contains("no loadable modules"),
         "{t}"
     );
 }
@@ -120,7 +123,7 @@ fn non_elf_binary_is_refused() {
     let script = r.path().join("tool.sh");
     std::fs::write(&script, "#!/bin/sh\necho hi\n").expect("w");
     edit_toml(&r, |t| {
-        format!("{t}\n[root]\nbinaries = [\"{}\"]\n", script.display())
+        with_root_key(&t, &format!("binaries = [\"{}\"]", script.display()))
     });
     let t = refused_build(r.path());
     assert!(t.contains("not an ELF"), "{t}");
@@ -332,11 +335,12 @@ fn files_the_guest_would_never_see_under_tmp_or_run_are_refused() {
     // root.files and root.binaries, with their line.
     let r = scratch_recipe("httpd");
     edit_toml(&r, |t| {
-        format!("{t}\n[root]\nfiles = [\"/etc/hostname:/tmp/hostname\"]\n")
+        with_root_key(&t, "files = [\"/etc/hostname:/tmp/hostname\"]")
     });
     let t = refused_build(r.path());
     assert!(
-        t.contains("kiln.toml:13:") && t.contains("/tmp/hostname would be hidden in the guest"),
+        t.contains(&format!("kiln.toml:{}:", root_key_line(r.path())))
+            && t.contains("/tmp/hostname would be hidden in the guest"),
         "{t}"
     );
     // A host binary in /tmp is staged at its path there.
@@ -345,13 +349,14 @@ fn files_the_guest_would_never_see_under_tmp_or_run_are_refused() {
     assert!(r.path().starts_with("/tmp"), "scratch recipes live in /tmp");
     std::fs::copy("/bin/true", &tool).expect("copy /bin/true");
     edit_toml(&r, |t| {
-        format!("{t}\n[root]\nbinaries = [\"{}\"]\n", tool.display())
+        with_root_key(&t, &format!("binaries = [\"{}\"]", tool.display()))
     });
     let t = refused_build(r.path());
     assert!(
         t.contains(&format!(
-            "kiln.toml:13: root.binaries: `{0}`: {0} would be hidden in the guest",
-            tool.display()
+            "kiln.toml:{1}: root.binaries: `{0}`: {0} would be hidden in the guest",
+            tool.display(),
+            root_key_line(r.path())
         )),
         "{t}"
     );
@@ -398,12 +403,13 @@ fn a_binary_for_another_architecture_is_refused_naming_it_and_its_key() {
         let bin = r.path().join(name);
         std::fs::write(&bin, tiny_elf(183, interp)).expect("w");
         edit_toml(&r, |t| {
-            format!("{t}\n[root]\nbinaries = [\"{}\"]\n", bin.display())
+            with_root_key(&t, &format!("binaries = [\"{}\"]", bin.display()))
         });
         let t = refused_build(r.path());
         assert!(
             t.contains(&format!(
-                "kiln.toml:13: root.binaries: {}: is an ELF for aarch64; the guest is x86-64",
+                "kiln.toml:{}: root.binaries: {}: is an ELF for aarch64; the guest is x86-64",
+                root_key_line(r.path()),
                 bin.display()
             )),
             "{name}: {t}"
@@ -429,6 +435,11 @@ fn unbounded_values_are_refused_with_their_line_and_limit() {
         "{t}"
     );
     let r = scratch_recipe("httpd");
+    // The lines appended below start after the recipe's own.
+    let lines = std::fs::read_to_string(r.path().join("kiln.toml"))
+        .expect("read")
+        .lines()
+        .count();
     edit_toml(&r, |t| {
         format!(
             "{t}\n[env]\nSMALL = \"1\"\nBIG = \"{}\"\n",
@@ -437,7 +448,9 @@ fn unbounded_values_are_refused_with_their_line_and_limit() {
     });
     let t = refused_build(r.path());
     assert!(
-        t.contains("kiln.toml:14:") && t.contains("env.BIG") && t.contains("32 KiB"),
+        t.contains(&format!("kiln.toml:{}:", lines + 4))
+            && t.contains("env.BIG")
+            && t.contains("32 KiB"),
         "{t}"
     );
     let r = scratch_recipe("httpd");
@@ -447,7 +460,8 @@ fn unbounded_values_are_refused_with_their_line_and_limit() {
     });
     let t = refused_build(r.path());
     assert!(
-        t.contains("kiln.toml:12:") && t.contains("at most 65536 bytes (64 KiB)"),
+        t.contains(&format!("kiln.toml:{}:", lines + 2))
+            && t.contains("at most 65536 bytes (64 KiB)"),
         "{t}"
     );
     let r = scratch_recipe("httpd");
