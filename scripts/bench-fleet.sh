@@ -38,8 +38,11 @@ for m in 16 18 20 24 28 32 40 48 56 64 72 80 88 96 112 128; do
   echo "  -m $m: did not boot and serve 3 times out of 3"
 done
 echo "smallest memory that serves HTTP (3 of 3 boots): ${smallest:?none worked} MiB"
+# The fleet runs with headroom over the bare minimum (FLEET_MEMORY overrides): at 16 MiB one
+# boot in 81 failed while 80 idle VMs loaded the host.
+fleet_mem=${FLEET_MEMORY:-$((smallest + 4))}
 # 2. graceful stop time (5 VMs, one at a time)
-for i in 1 2 3 4 5; do up "stop$i" $((port++)) "$smallest" || { echo "stop$i failed to start"; exit 1; }; done
+for i in 1 2 3 4 5; do up "stop$i" $((port++)) "$fleet_mem" || { echo "stop$i failed to start"; exit 1; }; done
 for i in 1 2 3 4 5; do "$K" stop "stop$i" 2>&1 | grep -o 'in [0-9]* ms' | tr -d 'in ms'; "$K" rm "stop$i" >/dev/null 2>&1; done \
   | sort -n | awk '{a[NR]=$1} END {printf "graceful stop (kiln stop, 5 VMs): min %d ms, median %d ms, max %d ms\n", a[1], a[3], a[NR]}'
 # 3. many idle VMs at once
@@ -50,7 +53,7 @@ fleet_t0=$(date +%s.%N)
 while [ "$n" -lt "$MAX" ]; do
   p=$((port++))
   t0=$(date +%s.%N)
-  if ! up "idle$n" "$p" "$smallest"; then echo "VM $n did not start"; break; fi
+  if ! up "idle$n" "$p" "$fleet_mem"; then echo "VM $n did not start"; break; fi
   ports+=("$p"); n=$((n + 1))
   [ $((n % 10)) -eq 0 ] && echo "  $n VMs up (last start $(echo "$(date +%s.%N) - $t0" | bc | cut -c1-4) s)"
 done
@@ -59,7 +62,7 @@ echo "accelerator: $("$K" ps --json | python3 -c 'import json,sys; print(json.lo
 pids=$("$K" ps --json | python3 -c 'import json,sys; print(" ".join(str(r["pid"]) for r in json.load(sys.stdin) if r["state"]=="running"))')
 rss=$(for p in $pids; do awk '/VmRSS/{print $2}' /proc/$p/status; done | sort -n)
 cnt=$(echo "$rss" | wc -l)
-echo "$rss" | awk -v c="$cnt" '{a[NR]=$1; s+=$1} END {printf "QEMU RSS per idle VM (%d VMs, -m %s): min %.0f MB, median %.0f MB, max %.0f MB\n", c, "'"$smallest"'", a[1]/1024, a[int((NR+1)/2)]/1024, a[NR]/1024}'
+echo "$rss" | awk -v c="$cnt" '{a[NR]=$1; s+=$1} END {printf "QEMU RSS per idle VM (%d VMs, -m %s): min %.0f MB, median %.0f MB, max %.0f MB\n", c, "'"$fleet_mem"'", a[1]/1024, a[int((NR+1)/2)]/1024, a[NR]/1024}'
 ticks() { local t=0; for p in $pids; do t=$((t + $(awk '{print $14+$15}' /proc/$p/stat))); done; echo $t; }
 c0=$(ticks); sleep 10; c1=$(ticks)
 hz=$(getconf CLK_TCK)

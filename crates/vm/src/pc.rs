@@ -167,7 +167,7 @@ mod tests {
             bootfile: "boot.ipxe".into(),
         }));
         assert_eq!(after(&a, "-M"), ["pc,graphics=off"]);
-        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=16"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=12"]);
         assert_eq!(after(&a, "-m"), ["128"]);
         assert_eq!(after(&a, "-serial"), ["stdio"]);
         assert_eq!(after(&a, "-display"), ["none"]);

@@ -42,11 +42,12 @@ pub enum NetSpec {
     None,
 }
 
-/// QEMU's TCG with a 16 MiB translation cache: QEMU 7.2's default lets the cache grow to
+/// QEMU's TCG with a 12 MiB translation cache: QEMU 7.2's default lets the cache grow to
 /// 1 GiB, and an idle httpd VM kept ~27 MB of it touched. At 16 MiB, 20 idle VMs cost the host
-/// 70 MB each instead of 81 (MemAvailable), with the same boot time; 8 MiB saved more but
-/// cost ~150 ms of boot in retranslation (BENCHMARKS.md, issue 17).
-pub const TCG_ACCEL: &str = "tcg,tb-size=16";
+/// 70 MB each instead of 81 (MemAvailable); with the smaller kernel and busybox, 12 MiB costs
+/// 40 MB against 44 at 16, with the same boot time; 8 MiB costs ~100 ms of boot in
+/// retranslation (BENCHMARKS.md, issue 17).
+pub const TCG_ACCEL: &str = "tcg,tb-size=12";
 
 /// An extra virtio-blk drive (startnb.sh `-l drive2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -539,7 +540,7 @@ pub(crate) mod tests {
     fn builds_microvm_direct_boot() {
         let a = argv(&spec());
         assert_eq!(after(&a, "-M"), ["microvm,x-option-roms=off,isa-serial=on"]);
-        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=16"]);
+        assert_eq!(after(&a, "-accel"), ["tcg,tb-size=12"]);
         assert_eq!(after(&a, "-m"), ["96"]);
         assert_eq!(after(&a, "-smp"), ["2"]);
         assert_eq!(after(&a, "-kernel"), ["/c/vmlinuz"]);
