@@ -20,6 +20,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use kiln_kernel::tiny::{on_path, parse_dot_config, FragmentOption, OptionValue};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -313,51 +314,31 @@ pub fn cache_key(symbols: &[(String, String)]) -> String {
     hex::encode(h.finalize())
 }
 
-/// Rewrite a `.config`: every symbol in `on` set to `y`, its old line dropped.
+/// Rewrite a `.config`: every symbol in `on` set to `y`, its old line dropped (busybox's
+/// `.config` is Kconfig's, read and written by kiln-kernel's fragment code).
 pub fn merge_config(config: &str, on: &[(String, String)]) -> String {
-    let mut out = String::new();
-    for line in config.lines() {
-        let sym = line
-            .strip_prefix("# CONFIG_")
-            .and_then(|l| l.strip_suffix(" is not set"))
-            .or_else(|| {
-                line.strip_prefix("CONFIG_")
-                    .and_then(|l| l.split_once('='))
-                    .map(|(s, _)| s)
-            });
-        if sym.is_some_and(|s| on.iter().any(|(o, _)| o == s)) {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
-    }
-    for (s, _) in on {
-        out.push_str(&format!("CONFIG_{s}=y\n"));
-    }
-    out
+    let requested: Vec<FragmentOption> = on
+        .iter()
+        .map(|(sym, name)| FragmentOption {
+            name: sym.clone(),
+            value: OptionValue::Yes,
+            fragment: name.clone(),
+            line: 0,
+        })
+        .collect();
+    kiln_kernel::tiny::merge_config(config, &requested)
 }
 
 /// Check the configuration `make oldconfig` wrote against what was asked.
 pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), BusyboxError> {
+    let got = parse_dot_config(config);
     for (sym, name) in on {
-        let set = format!("CONFIG_{sym}=y");
-        if config.lines().any(|l| l == set) {
-            continue;
+        let (name, symbol) = (name.clone(), format!("CONFIG_{sym}"));
+        match got.get(sym) {
+            Some(OptionValue::Yes) => {}
+            Some(_) => return Err(BusyboxError::NotApplied { name, symbol }),
+            None => return Err(BusyboxError::Unknown { name, symbol }),
         }
-        let known = config.lines().any(|l| {
-            l == format!("# CONFIG_{sym} is not set") || l.starts_with(&format!("CONFIG_{sym}="))
-        });
-        return Err(if known {
-            BusyboxError::NotApplied {
-                name: name.clone(),
-                symbol: format!("CONFIG_{sym}"),
-            }
-        } else {
-            BusyboxError::Unknown {
-                name: name.clone(),
-                symbol: format!("CONFIG_{sym}"),
-            }
-        });
     }
     Ok(())
 }
@@ -407,11 +388,6 @@ fn read_entry(dir: &Path) -> Option<Busybox> {
         hash: r.hash,
         size,
     })
-}
-
-fn on_path(cmd: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(cmd).is_file()))
 }
 
 const TOOLS: &[&str] = &["musl-gcc", "make", "tar", "bzip2", "strip", "sh"];

@@ -61,7 +61,7 @@ fn merge_turns_requested_symbols_on_once() {
     let merged = merge_config(base, &on(&["HTTPD", "CAT"]));
     assert_eq!(
         merged,
-        "# comment\n# CONFIG_LS is not set\nCONFIG_HTTPD=y\nCONFIG_CAT=y\n"
+        "# comment\n# CONFIG_LS is not set\n\n# Kiln fragments\nCONFIG_HTTPD=y\nCONFIG_CAT=y\n"
     );
 }
 

@@ -37,6 +37,7 @@ pub use fragment::{
     check_config, check_known, effective_options, fragment_options, kconfig_symbols, merge_config,
     parse_dot_config, parse_fragment, FragmentOption, Mismatch, OptionValue,
 };
+pub use make::on_path;
 pub use patch::{Patch, PATCHES, SMALL_RINGS_PATCH};
 
 /// Kiln's base fragment, applied on top of `make tinyconfig`.

@@ -13,7 +13,8 @@ const TOOLS: &[&str] = &[
     "make", "gcc", "ld", "flex", "bison", "bc", "perl", "tar", "xz", "strip", "patch",
 ];
 
-fn on_path(cmd: &str) -> bool {
+/// Whether an executable file named `cmd` is in a folder of `$PATH`.
+pub fn on_path(cmd: &str) -> bool {
     std::env::var_os("PATH").is_some_and(|paths| {
         std::env::split_paths(&paths).any(|dir| {
             std::fs::metadata(dir.join(cmd)).is_ok_and(|m| {
