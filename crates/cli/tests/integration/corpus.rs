@@ -363,19 +363,63 @@ fn apply(step: &Setup, dir: &Path) -> Result<(), String> {
     Ok(())
 }
 
-/// Entries of the shared cache named after `needle` (corpus recipes are all named `corpus-…`):
-/// built images, their temporary folders, anything else a refused build could leave.
-fn leftovers(cache: &Path, needle: &str) -> Vec<PathBuf> {
+/// Entries of the shared cache whose file name `matches`: built images, their temporary
+/// folders, anything else a refused build could leave.
+fn leftovers(cache: &Path, matches: impl Fn(&str) -> bool) -> Vec<PathBuf> {
     let mut out = Vec::new();
     for dir in [cache.to_path_buf(), cache.join("images")] {
         for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
-            if e.file_name().to_string_lossy().contains(needle) {
+            if matches(&e.file_name().to_string_lossy()) {
                 out.push(e.path());
             }
         }
     }
     out.sort();
     out
+}
+
+/// Any corpus recipe's entry (they are all named `corpus-…`).
+fn any_corpus(file: &str) -> bool {
+    file.contains("corpus")
+}
+
+/// Whether `file` names recipe `name`: it holds `name`, not as the start of a longer recipe
+/// name (`corpus-run` must not claim `.corpus-run-hook-<hash>.tmp-…` of the case running
+/// beside it). After the name comes the end, a character no name has, or `-<12 hex>` (the
+/// hash `kiln_fleet::plan::recipe_image_dir` appends) and then no more of a name.
+fn entry_of(file: &str, name: &str) -> bool {
+    let in_name = |c: char| c.is_ascii_alphanumeric() || c == '-';
+    file.match_indices(name).any(|(at, _)| {
+        let rest = &file[at + name.len()..];
+        match rest.strip_prefix('-') {
+            None => !rest.starts_with(in_name),
+            Some(r) => {
+                r.len() >= 12
+                    && r.as_bytes()[..12].iter().all(u8::is_ascii_hexdigit)
+                    && !r[12..].starts_with(in_name)
+            }
+        }
+    })
+}
+
+#[test]
+fn a_case_claims_only_its_own_recipe_entries() {
+    assert!(entry_of("corpus-run-10eae7cc9c76", "corpus-run"));
+    assert!(entry_of(
+        ".corpus-run-10eae7cc9c76.tmp-ei9fyp",
+        "corpus-run"
+    ));
+    assert!(entry_of("corpus-run.lock", "corpus-run"));
+    assert!(!entry_of(
+        ".corpus-run-hook-10eae7cc9c76.tmp-ei9fyp",
+        "corpus-run"
+    ));
+    assert!(!entry_of("corpus-runner-10eae7cc9c76", "corpus-run"));
+    assert!(entry_of(
+        ".corpus-run-hook-10eae7cc9c76.tmp-ei9fyp",
+        "corpus-run-hook"
+    ));
+    assert!(any_corpus(".corpus-run-hook-10eae7cc9c76.tmp-ei9fyp"));
 }
 
 /// The `name` of the case's recipe, if it has one (to tell its leftovers from those of the
@@ -434,8 +478,13 @@ fn run_case(dir: &Path, took: &mut Duration) -> Result<Option<String>, String> {
         Some(o) => return fail(format!("cache = {o:?}: private or shared")),
     };
     let shared_cache = kiln_fleet::default_cache_root();
-    let needle = recipe_name(&work).unwrap_or_else(|| "corpus".into());
-    let cache_before = leftovers(&shared_cache, &needle);
+    let recipe = recipe_name(&work);
+    let mine = |f: &str| {
+        recipe
+            .as_deref()
+            .map_or_else(|| any_corpus(f), |n| entry_of(f, n))
+    };
+    let cache_before = leftovers(&shared_cache, mine);
     let work_before = snapshot(&work);
 
     let args: Vec<String> = case
@@ -526,7 +575,7 @@ fn run_case(dir: &Path, took: &mut Duration) -> Result<Option<String>, String> {
         ));
     }
     if shared {
-        let after = leftovers(&shared_cache, &needle);
+        let after = leftovers(&shared_cache, mine);
         let new: Vec<_> = after.iter().filter(|p| !cache_before.contains(p)).collect();
         if !new.is_empty() {
             return fail(format!("left in the cache: {new:?}\n{shown}"));
@@ -562,7 +611,7 @@ fn kiln_refuses_every_case_of_the_corpus() {
         httpd_image();
     }
     let cache = kiln_fleet::default_cache_root();
-    let cache_before = leftovers(&cache, "corpus");
+    let cache_before = leftovers(&cache, any_corpus);
     let failures = Mutex::new(Vec::new());
     let notes = Mutex::new(Vec::new());
     let times = Mutex::new(Vec::new());
@@ -603,7 +652,7 @@ fn kiln_refuses_every_case_of_the_corpus() {
         eprintln!("corpus: {n}");
     }
     let mut failures = failures.into_inner().expect("lock");
-    let left: Vec<_> = leftovers(&cache, "corpus")
+    let left: Vec<_> = leftovers(&cache, any_corpus)
         .into_iter()
         .filter(|p| !cache_before.contains(p))
         .collect();
