@@ -145,6 +145,7 @@ pub(crate) fn build_bsd(
             sha256: kernel_sha,
             size: kernel_bytes.len() as u64,
             patches: Vec::new(),
+            hz: None,
         },
         initramfs: InitramfsInfo {
             file: FFS_DISK_FILE.into(),

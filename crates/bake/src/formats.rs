@@ -166,6 +166,7 @@ mod tests {
             description: String::new(),
             size: 0,
             patches: Vec::new(),
+            hz: None,
         };
         assert_eq!(bzimage_of(&k), Some(bzp));
     }

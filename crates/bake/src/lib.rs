@@ -768,6 +768,7 @@ fn place_kernel(
         sha256: kernel.sha256.clone(),
         size: kernel.size,
         patches: kernel.patches.clone(),
+        hz: kernel.hz,
     })
 }
 
@@ -959,6 +960,7 @@ fn tiny_kernel(
         ),
         size: tk.size_bzimage,
         patches: tk.patches.clone(),
+        hz: Some(tk.hz),
     })
 }
 

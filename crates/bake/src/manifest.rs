@@ -82,6 +82,10 @@ pub struct KernelInfo {
     /// Kiln's kernel patches built into a tiny kernel (`kiln_kernel::tiny::PATCHES` names).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub patches: Vec<String>,
+    /// The kernel's `CONFIG_HZ`, when known (tiny kernels): with the TSC rate it gives `lpj=`,
+    /// which spares each extra vCPU its delay-loop calibration under TCG.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hz: Option<u32>,
 }
 
 impl KernelInfo {
@@ -240,6 +244,7 @@ mod kernel_info_tests {
             sha256: String::new(),
             size: 1,
             patches: vec![],
+            hz: None,
         };
         assert!(!k.has_small_rings());
         k.patches = vec!["x86-page-aligned-sections.patch".into()];

@@ -45,7 +45,7 @@ impl BackendVm {
             .cmdline
             .split(' ')
             .filter(|w| {
-                !cmdline::BASE.split(' ').any(|b| b == *w) && !w.starts_with("tsc_early_khz=")
+                !cmdline::BASE.split(' ').any(|b| b == *w) && !cmdline::is_host_clock_arg(w)
             })
             .collect();
         BackendVm {

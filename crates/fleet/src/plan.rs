@@ -242,15 +242,11 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         args.push(x);
     }
     let tiny = m.boot.is_tiny_kernel();
+    let tsc_khz = cmdline::host_tsc_khz();
     if tiny {
-        // No ACPI to power off with: kiln-init reboots, the triple fault ends QEMU (-no-reboot).
-        // Under TCG, skip the APIC timer calibration (~0.25 s; the tiny kernel keeps its clock
-        // on the PIT; Debian's kernel, with ACPI, would lose it: docs/kernel.md).
-        args.prepend(if o.accel == Accel::Tcg {
-            "reboot=t noapictimer"
-        } else {
-            "reboot=t"
-        });
+        // Only for the tiny kernel: Debian's, with ACPI, would lose its clock without the APIC
+        // timer (docs/kernel.md).
+        args.prepend(&cmdline::tiny_kernel_args(o.accel, tsc_khz, m.kernel.hz));
     }
     let mut spec = VmSpec {
         name: name.clone(),
@@ -259,7 +255,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         cmdline: if bsd {
             bsd_cmdline(&m.boot.guest, &m.boot.cmdline, cfg.append.as_deref())
         } else {
-            cmdline::compose(o.accel, cmdline::host_tsc_khz(), o.verbose, &args.0)
+            cmdline::compose(o.accel, tsc_khz, o.verbose, &args.0)
         },
         cpus: cfg.cpus.unwrap_or(m.boot.cpus),
         memory_mib: cfg.memory.unwrap_or(m.boot.memory),

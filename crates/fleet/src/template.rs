@@ -16,7 +16,7 @@
 
 use crate::error::{FleetError, Result};
 use crate::plan::Image;
-use kiln_vm::{Accel, VmSpec};
+use kiln_vm::{cmdline, Accel, VmSpec};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use std::io::{Read, Write};
@@ -72,7 +72,7 @@ impl Signature {
             cmdline: spec
                 .cmdline
                 .split_whitespace()
-                .filter(|w| !w.starts_with("tsc_early_khz=") && !w.starts_with("kiln.hostname="))
+                .filter(|w| !cmdline::is_host_clock_arg(w) && !w.starts_with("kiln.hostname="))
                 .collect::<Vec<_>>()
                 .join(" "),
             devices: format!(

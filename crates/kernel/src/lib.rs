@@ -196,6 +196,8 @@ pub struct Kernel {
     pub size: u64,
     /// Kiln's kernel patches built into it ([`tiny::PATCHES`] names; empty for other kernels).
     pub patches: Vec<String>,
+    /// `CONFIG_HZ`, when known (tiny kernels): the guest's delay-loop rate follows from it.
+    pub hz: Option<u32>,
 }
 
 /// What we remember about a kernel unpacked from a Debian package.
@@ -305,6 +307,7 @@ fn provision_debian(cache: &Cache, package: &str, refresh: bool) -> Result<Kerne
         modules_dir,
         sha256,
         patches: Vec::new(),
+        hz: None,
     })
 }
 
@@ -354,6 +357,7 @@ fn provision_path(kernel: &Path, modules: Option<&Path>) -> Result<Kernel, Kerne
         modules_dir,
         description,
         patches: Vec::new(),
+        hz: None,
     })
 }
 

@@ -19,7 +19,7 @@
 //!
 //! Booting such a kernel needs different machine options and kernel
 //! arguments than Debian's kernel: see [`TINY_MACHINE_OPTIONS`] and
-//! [`tiny_kernel_args`].
+//! `kiln_vm::cmdline::tiny_kernel_args`.
 
 mod fragment;
 mod make;
@@ -93,69 +93,6 @@ pub const DEFAULT_CC_ESTIMATE: u64 = 970;
 /// panics ("IO-APIC + timer doesn't work"), without the PIC the serial
 /// console stops, without the RTC the guest has no wall-clock time.
 pub const TINY_MACHINE_OPTIONS: &str = "acpi=off";
-
-/// Kernel arguments a tiny kernel needs besides `console=ttyS0 panic=-1 quiet`
-/// when it runs under TCG (`hz` is the kernel's `CONFIG_HZ`, [`TinyKernel::hz`]).
-///
-/// - `reboot=t`: there is no ACPI to power off with, so kiln-init reboots
-///   (it does when `/sys/firmware/acpi` is missing) and the triple fault ends
-///   QEMU, which runs with `-no-reboot`. Needed under KVM too.
-/// - `noapictimer`: skips calibrating the local APIC timer against the PIT,
-///   about 0.25 s under TCG; the PIT drives the clock instead (SMP guests too).
-/// - `tsc_early_khz=`: skips TSC calibration against the PIT (slower, and it
-///   has hung boots under TCG). Pass the host's TSC rate ([`host_tsc_khz`]):
-///   under TCG the guest reads the host's TSC.
-/// - `lpj=` (`tsc_khz * 1000 / hz`, with the TSC rate): the delay loop is the
-///   TSC, so this is exact; it saves ~0.15 s per extra vCPU, which otherwise
-///   calibrates its delay loop.
-pub fn tiny_kernel_args(tsc_khz: Option<u64>, hz: u32) -> Vec<String> {
-    let mut args = vec!["reboot=t".to_string(), "noapictimer".to_string()];
-    if let Some(khz) = tsc_khz {
-        args.push(format!("tsc_early_khz={khz}"));
-        if hz > 0 {
-            args.push(format!("lpj={}", khz * 1000 / u64::from(hz)));
-        }
-    }
-    args
-}
-
-/// The host's TSC rate in kHz, measured against the monotonic clock (about
-/// 20 ms); `None` off x86-64 or without an invariant TSC.
-pub fn host_tsc_khz() -> Option<u64> {
-    #[cfg(target_arch = "x86_64")]
-    {
-        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let flags = cpuinfo
-            .lines()
-            .find(|l| l.starts_with("flags"))
-            .unwrap_or("");
-        if !flags.split_whitespace().any(|f| f == "constant_tsc") {
-            return None;
-        }
-        let mut best: Option<u64> = None;
-        for _ in 0..3 {
-            let t0 = Instant::now();
-            // SAFETY: RDTSC has no preconditions on x86-64 (every such CPU has it).
-            let c0 = unsafe { std::arch::x86_64::_rdtsc() };
-            std::thread::sleep(std::time::Duration::from_millis(5));
-            // SAFETY: as above.
-            let c1 = unsafe { std::arch::x86_64::_rdtsc() };
-            let ns = t0.elapsed().as_nanos() as u64;
-            if ns == 0 || c1 <= c0 {
-                return None;
-            }
-            let khz = (c1 - c0).saturating_mul(1_000_000) / ns;
-            // Preemption only makes the interval look longer: take the max.
-            best = Some(best.map_or(khz, |b| b.max(khz)));
-        }
-        // Round to 1 MHz: the exact value hardly matters, a stable one does.
-        best.map(|k| (k + 500) / 1000 * 1000)
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        None
-    }
-}
 
 /// Errors from building or listing tiny kernels.
 #[derive(Debug, thiserror::Error)]
@@ -417,7 +354,7 @@ pub struct TinyKernel {
     pub built_at: u64,
     /// Wall-clock seconds the build took.
     pub build_seconds: u64,
-    /// `CONFIG_HZ` (100 with the base fragment), for [`tiny_kernel_args`].
+    /// `CONFIG_HZ` (100 with the base fragment).
     pub hz: u32,
     /// The names of Kiln's patches it was built with.
     pub patches: Vec<String>,

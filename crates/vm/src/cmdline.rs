@@ -8,6 +8,30 @@ use crate::accel::Accel;
 /// (BENCHMARKS.md).
 pub const BASE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_uarts=1";
 
+/// Arguments for Kiln's tiny kernel (`kiln_kernel::tiny`), put before the recipe's.
+///
+/// - `reboot=t`: there is no ACPI to power off with, so kiln-init reboots and the triple fault
+///   ends QEMU, which runs with `-no-reboot`.
+/// - `no_timer_check`: skips checking that the PIT interrupt reaches the IO-APIC, a busy wait
+///   for four jiffies (40 ms at `HZ=100`, under KVM too).
+/// - Under TCG, `noapictimer`: skips calibrating the local APIC timer against the PIT (about
+///   0.25 s); the PIT drives the clock instead.
+/// - Under TCG, `noreplace-smp`: keeps the `lock` prefixes a one-vCPU guest would otherwise
+///   rewrite one `text_poke` at a time (about 40 ms under TCG; the prefixes cost nothing there).
+/// - Under TCG, `lpj=` (`tsc_khz * 1000 / hz`) when the host's TSC rate and the kernel's
+///   `CONFIG_HZ` are known: the delay loop is the TSC, so this is exact, and each extra vCPU
+///   skips calibrating its delay loop (about 0.3 s each).
+pub fn tiny_kernel_args(accel: Accel, tsc_khz: Option<u64>, hz: Option<u32>) -> String {
+    if accel != Accel::Tcg {
+        return String::from("reboot=t no_timer_check");
+    }
+    let mut s = String::from("reboot=t no_timer_check noapictimer noreplace-smp");
+    if let (Some(khz), Some(hz)) = (tsc_khz, hz.filter(|h| *h > 0)) {
+        s.push_str(&format!(" lpj={}", khz * 1000 / u64::from(hz)));
+    }
+    s
+}
+
 /// Compose the command line. `tsc_khz` is the host TSC frequency when known: under TCG the
 /// guest TSC runs at the host's rate, and telling the kernel skips the PIT calibration that
 /// was seen to hang about one boot in three on these machines.
@@ -26,6 +50,12 @@ pub fn compose(accel: Accel, tsc_khz: Option<u64>, verbose: bool, extra: &str) -
         parts.push(extra.to_string());
     }
     parts.join(" ")
+}
+
+/// Whether `word` is an argument derived from the host's TSC rate (`tsc_early_khz=`, `lpj=`):
+/// it follows the host, not the guest, so it is left out of what identifies a VM's setup.
+pub fn is_host_clock_arg(word: &str) -> bool {
+    word.starts_with("tsc_early_khz=") || word.starts_with("lpj=")
 }
 
 /// The host TSC frequency in kHz, from /proc/cpuinfo's "cpu MHz" when the CPU has a constant
@@ -65,6 +95,28 @@ mod tests {
             compose(Accel::Kvm, Some(1), true, ""),
             "console=ttyS0 panic=-1 cryptomgr.notests 8250.nr_uarts=1"
         );
+    }
+
+    #[test]
+    fn tiny_kernel_skips_timer_checks_and_tcg_also_calibration() {
+        let tcg = tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(100));
+        let tcg: Vec<&str> = tcg.split(' ').collect();
+        let kvm = tiny_kernel_args(Accel::Kvm, Some(2_596_000), Some(100));
+        let kvm: Vec<&str> = kvm.split(' ').collect();
+        for a in ["reboot=t", "no_timer_check"] {
+            assert!(tcg.contains(&a) && kvm.contains(&a), "{a}");
+        }
+        for a in ["noapictimer", "noreplace-smp", "lpj=25960000"] {
+            assert!(tcg.contains(&a) && !kvm.contains(&a), "{a}");
+        }
+        assert!(tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(250)).ends_with(" lpj=10384000"));
+        for (khz, hz) in [
+            (None, Some(100)),
+            (Some(2_596_000), None),
+            (Some(1), Some(0)),
+        ] {
+            assert!(!tiny_kernel_args(Accel::Tcg, khz, hz).contains("lpj="));
+        }
     }
 
     #[test]

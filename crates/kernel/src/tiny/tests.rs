@@ -180,24 +180,6 @@ fn pvh_check_refuses_non_elf_files() {
     assert!(matches!(check_pvh(&p), Err(TinyError::BadOutput { .. })));
 }
 
-#[test]
-fn tiny_kernel_args_include_reboot_and_tsc() {
-    assert_eq!(tiny_kernel_args(None, 100), ["reboot=t", "noapictimer"]);
-    assert_eq!(
-        tiny_kernel_args(Some(2_596_000), 100),
-        [
-            "reboot=t",
-            "noapictimer",
-            "tsc_early_khz=2596000",
-            "lpj=25960000"
-        ]
-    );
-    assert_eq!(tiny_kernel_args(Some(2_596_000), 250)[3], "lpj=10384000");
-    if let Some(khz) = host_tsc_khz() {
-        assert!((100_000..20_000_000).contains(&khz), "{khz}");
-    }
-}
-
 /// The one real build: unpacks Debian's linux-source-6.1 (`apt-get install
 /// linux-source-6.1`), builds the base configuration (about 5 minutes with 2
 /// CPUs, 1.5 GB of disk under the cache) and checks the result. Ignored by
