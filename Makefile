@@ -18,9 +18,9 @@ demo: setup build
 
 test: setup init lint
 	$(CARGO) build -p kiln
-	# The default (tiny) kernel, the one with UFS (the BSD image test), the one with erofs and
-	# squashfs (read-only roots) and the one with PCI (ISO and netboot), once: minutes each from
-	# a clean cache, then cached; compiling them here keeps the tests' VMs off a loaded machine.
+	# The default (tiny) kernel, the one with UFS (the BSD image test), the one with ext4, erofs
+	# and squashfs (roots on a drive) and the one with PCI (ISO and netboot), once: minutes each
+	# from a clean cache, then cached; compiling them here keeps the tests' VMs off a loaded machine.
 	target/debug/kiln kernel build
 	target/debug/kiln kernel build --fragment crates/kernel/fragments/ufs.config
 	target/debug/kiln kernel build --with roots

@@ -7,6 +7,7 @@
 //! fingerprint) reuses the existing folder.
 
 mod bsd;
+pub mod expand;
 mod fingerprint;
 pub mod formats;
 mod hidden;
@@ -909,12 +910,13 @@ pub(crate) fn swap_into_place(
     Ok(())
 }
 
-/// Kiln's own fragments a recipe's tiny kernel needs for its root format: erofs, squashfs and
-/// overlayfs for a read-only root, PCI and virtio-pci for an ISO that boots on a PC.
+/// Kiln's own fragments a recipe's tiny kernel needs for its root format: ext4 for a disk root,
+/// erofs, squashfs and overlayfs for a read-only root, PCI and virtio-pci for an ISO that boots
+/// on a PC.
 pub fn builtin_fragments(image: &kiln_recipe::ImageFormat) -> Vec<kiln_kernel::tiny::Builtin> {
     use kiln_kernel::tiny::Builtin;
     match image.format.as_str() {
-        "erofs" | "squashfs" => vec![Builtin::Roots],
+        "erofs" | "squashfs" | "disk" | "qcow2" => vec![Builtin::Roots],
         "iso" => vec![Builtin::Pc],
         _ => vec![],
     }

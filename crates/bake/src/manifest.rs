@@ -89,6 +89,14 @@ pub struct KernelInfo {
 }
 
 impl KernelInfo {
+    /// Whether the kernel takes `lapic_timer_period=` (Kiln's `x86-lapic-timer-period` patch),
+    /// so it can run its APIC timer without calibrating it.
+    pub fn takes_lapic_timer_period(&self) -> bool {
+        self.patches
+            .iter()
+            .any(|p| p == kiln_kernel::tiny::LAPIC_TIMER_PERIOD_PATCH)
+    }
+
     /// Whether the guest sizes its virtqueues down (Kiln's `virtio-mmio-max-ring` patch), so
     /// a virtio-console port's receive buffers cost half a MiB instead of four.
     pub fn has_small_rings(&self) -> bool {

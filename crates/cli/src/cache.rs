@@ -41,6 +41,7 @@ struct CachedImage {
     built: SystemTime,
     bytes: u64,
     kernel_sha: String,
+    initramfs_sha: String,
     kernel_description: String,
     /// VMs whose records point at it.
     users: Vec<String>,
@@ -92,6 +93,10 @@ fn images(cache: &Path, state_root: &Path) -> Vec<CachedImage> {
             kernel_sha: m
                 .as_ref()
                 .map(|m| m.kernel.sha256.clone())
+                .unwrap_or_default(),
+            initramfs_sha: m
+                .as_ref()
+                .map(|m| m.initramfs.sha256.clone())
                 .unwrap_or_default(),
             kernel_description: m.map(|m| m.kernel.description).unwrap_or_default(),
             users: users.remove(&canon).unwrap_or_default(),
@@ -238,6 +243,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
             for (what, sub) in [
                 ("kernels (compiled)", "kernels"),
                 ("pvh (extracted)", "pvh"),
+                ("initrd (expanded)", kiln_bake::expand::EXPANDED_DIR),
                 ("debs (downloads)", "debs"),
                 ("unpacked packages", "unpacked"),
                 ("kernel sources", "src"),
@@ -299,6 +305,21 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                     if !used_pvh.contains(&name) {
                         let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
                         remove(&e.path(), "PVH kernel", bytes)?;
+                    }
+                }
+            }
+            // Expanded initramfs archives, named by the image's archive sha256: one whose image
+            // is gone (or outside the cache) is made again at its next boot.
+            let used_initrd: BTreeSet<String> = kept
+                .iter()
+                .map(|i| format!("{}.cpio", i.initramfs_sha))
+                .collect();
+            if let Ok(rd) = std::fs::read_dir(cache.join(kiln_bake::expand::EXPANDED_DIR)) {
+                for e in rd.flatten() {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    if !used_initrd.contains(&name) {
+                        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                        remove(&e.path(), "expanded initramfs", bytes)?;
                     }
                 }
             }

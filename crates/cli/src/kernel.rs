@@ -35,7 +35,7 @@ pub enum KernelCmd {
 /// Kiln's built-in fragments as `--with` names them.
 #[derive(clap::ValueEnum, Clone, Copy, Debug)]
 pub enum BuiltinArg {
-    /// erofs, squashfs and overlayfs.
+    /// ext4, erofs, squashfs and overlayfs.
     Roots,
     /// PCI and virtio-pci.
     Pc,

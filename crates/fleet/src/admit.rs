@@ -122,6 +122,7 @@ mod tests {
             ready_at_launch: false,
             restore: None,
             cold_reason: None,
+            image_initrd: None,
         }
     }
 

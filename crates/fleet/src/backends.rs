@@ -51,7 +51,7 @@ impl BackendVm {
         BackendVm {
             name: p.name.clone(),
             kernel: p.spec.kernel.clone(),
-            initrd: p.spec.initrd.clone(),
+            initrd: p.image_initrd.clone(),
             // A BSD guest's arguments are its own, not Kiln's Linux set.
             cmdline: if p.guest == "linux" {
                 cmdline::compose(Accel::Kvm, None, false, &extra.join(" "))

@@ -171,6 +171,7 @@ impl Fleet {
                 supervised,
                 verbose,
                 lans: self.peek_lans(p.name(), &p.config.nets)?,
+                cache_root: self.cache_root().to_path_buf(),
             },
         )
     }
@@ -225,6 +226,7 @@ impl Fleet {
                 supervised,
                 verbose,
                 lans: self.lease_lans(&name, &p.config.nets)?,
+                cache_root: self.cache_root().to_path_buf(),
             },
         )?;
         admit::admit(&self.store.list(), &plan, self.host())?;

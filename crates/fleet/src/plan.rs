@@ -145,6 +145,9 @@ pub struct Plan {
     pub restore: Option<Restore>,
     /// Why the image's template is not used (said in one line), when it has one.
     pub cold_reason: Option<String>,
+    /// The image's own initramfs file, which exports name (`spec.initrd` may be its expanded
+    /// copy in the cache, which `kiln cache prune` may remove).
+    pub image_initrd: Option<PathBuf>,
 }
 
 /// The file layout of a VM's folder: a supervised VM's QEMU console is `qemu-console.sock`
@@ -178,6 +181,9 @@ pub struct PlanOptions {
     pub verbose: bool,
     /// The NICs on Kiln nets, leased ([`crate::Fleet::lease_lans`]); one per `nets` entry.
     pub lans: Vec<crate::net::Lan>,
+    /// The cache, where a compressed initramfs is expanded for boot
+    /// ([`kiln_bake::expand::boot_initramfs`]).
+    pub cache_root: PathBuf,
 }
 
 /// Plan a VM from its spec and image.
@@ -246,19 +252,38 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
     if tiny {
         // Only for the tiny kernel: Debian's, with ACPI, would lose its clock without the APIC
         // timer (docs/kernel.md).
-        args.prepend(&cmdline::tiny_kernel_args(o.accel, tsc_khz, m.kernel.hz));
+        args.prepend(&cmdline::tiny_kernel_args(
+            o.accel,
+            tsc_khz,
+            m.kernel.hz,
+            m.kernel.takes_lapic_timer_period(),
+        ));
     }
+    let memory_mib = cfg.memory.unwrap_or(m.boot.memory);
+    // Under TCG the guest's decompressor is slow: boot the archive expanded on the host.
+    let initrd = if m.initramfs.is_disk() {
+        None
+    } else if bsd {
+        Some(image.dir.join(&m.initramfs.file))
+    } else {
+        Some(kiln_bake::expand::boot_initramfs(
+            &image.dir,
+            &m.initramfs,
+            &o.cache_root,
+            memory_mib,
+        )?)
+    };
     let mut spec = VmSpec {
         name: name.clone(),
         kernel: image.dir.join(&m.kernel.file),
-        initrd: (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file)),
+        initrd,
         cmdline: if bsd {
             bsd_cmdline(&m.boot.guest, &m.boot.cmdline, cfg.append.as_deref())
         } else {
             cmdline::compose(o.accel, tsc_khz, o.verbose, &args.0)
         },
         cpus: cfg.cpus.unwrap_or(m.boot.cpus),
-        memory_mib: cfg.memory.unwrap_or(m.boot.memory),
+        memory_mib,
         accel: o.accel,
         net,
         lans,
@@ -299,6 +324,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         ready_at_launch: bsd && m.boot.ready.parse::<Ready>() == Ok(Ready::None),
         restore,
         cold_reason,
+        image_initrd: (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file)),
     })
 }
 

@@ -246,6 +246,7 @@ impl Fleet {
                 supervised: true,
                 verbose,
                 lans: self.lease_lans(&rec.name, &rec.config.nets)?,
+                cache_root: self.cache_root().to_path_buf(),
             },
         )?;
         let mut session = Session::start(

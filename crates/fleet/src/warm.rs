@@ -120,6 +120,7 @@ impl Fleet {
                 supervised: false,
                 verbose: false,
                 lans: vec![],
+                cache_root: self.cache_root().to_path_buf(),
             },
         )?;
         // No host ports: forwards are host-side state each clone gets its own of, and the
@@ -224,6 +225,7 @@ impl Fleet {
                 supervised: true,
                 verbose: false,
                 lans: vec![],
+                cache_root: self.cache_root().to_path_buf(),
             },
         )?;
         let paths = plan::run_paths(&dir, true);

@@ -38,7 +38,7 @@ pub use fragment::{
     parse_dot_config, parse_fragment, FragmentOption, Mismatch, OptionValue,
 };
 pub use make::on_path;
-pub use patch::{Patch, PATCHES, SMALL_RINGS_PATCH};
+pub use patch::{Patch, LAPIC_TIMER_PERIOD_PATCH, PATCHES, SMALL_RINGS_PATCH};
 
 /// Kiln's base fragment, applied on top of `make tinyconfig`.
 pub const BASE_FRAGMENT: &str = include_str!("../fragments/kiln-base.config");
@@ -48,7 +48,8 @@ pub const BASE_FRAGMENT_NAME: &str = "kiln-base.config";
 /// Fragments Kiln adds to the base for a recipe's needs, built into the binary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Builtin {
-    /// erofs, squashfs and overlayfs built in: read-only compressed roots on virtio-blk.
+    /// ext4, erofs, squashfs and overlayfs built in: roots on virtio-blk (disk images and
+    /// read-only compressed ones).
     Roots,
     /// PCI and virtio-pci: the kernel of a bootable ISO or a netbooted PC.
     Pc,

@@ -14,19 +14,36 @@ pub const BASE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_u
 ///   ends QEMU, which runs with `-no-reboot`.
 /// - `no_timer_check`: skips checking that the PIT interrupt reaches the IO-APIC, a busy wait
 ///   for four jiffies (40 ms at `HZ=100`, under KVM too).
-/// - Under TCG, `noapictimer`: skips calibrating the local APIC timer against the PIT (about
-///   0.25 s); the PIT drives the clock instead.
+/// - `lapic_timer_period=` (`1000000000 / hz`: QEMU's and KVM's APIC bus runs at 1 GHz) when
+///   the kernel takes it (`lapic_param`, Kiln's `x86-lapic-timer-period` patch) and `CONFIG_HZ`
+///   is known: the local APIC timer runs uncalibrated, and an idle guest is tickless.
+///   Otherwise, under TCG, `noapictimer`: skips calibrating the APIC timer against the PIT
+///   (about 0.25 s); the PIT drives the clock instead, with a tick every ~27 ms when idle.
 /// - Under TCG, `noreplace-smp`: keeps the `lock` prefixes a one-vCPU guest would otherwise
 ///   rewrite one `text_poke` at a time (about 40 ms under TCG; the prefixes cost nothing there).
 /// - Under TCG, `lpj=` (`tsc_khz * 1000 / hz`) when the host's TSC rate and the kernel's
 ///   `CONFIG_HZ` are known: the delay loop is the TSC, so this is exact, and each extra vCPU
 ///   skips calibrating its delay loop (about 0.3 s each).
-pub fn tiny_kernel_args(accel: Accel, tsc_khz: Option<u64>, hz: Option<u32>) -> String {
-    if accel != Accel::Tcg {
-        return String::from("reboot=t no_timer_check");
+pub fn tiny_kernel_args(
+    accel: Accel,
+    tsc_khz: Option<u64>,
+    hz: Option<u32>,
+    lapic_param: bool,
+) -> String {
+    let hz = hz.filter(|h| *h > 0);
+    let mut s = String::from("reboot=t no_timer_check");
+    match hz {
+        Some(hz) if lapic_param => {
+            s.push_str(&format!(" lapic_timer_period={}", 1_000_000_000 / hz));
+        }
+        _ if accel == Accel::Tcg => s.push_str(" noapictimer"),
+        _ => {}
     }
-    let mut s = String::from("reboot=t no_timer_check noapictimer noreplace-smp");
-    if let (Some(khz), Some(hz)) = (tsc_khz, hz.filter(|h| *h > 0)) {
+    if accel != Accel::Tcg {
+        return s;
+    }
+    s.push_str(" noreplace-smp");
+    if let (Some(khz), Some(hz)) = (tsc_khz, hz) {
         s.push_str(&format!(" lpj={}", khz * 1000 / u64::from(hz)));
     }
     s
@@ -99,9 +116,9 @@ mod tests {
 
     #[test]
     fn tiny_kernel_skips_timer_checks_and_tcg_also_calibration() {
-        let tcg = tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(100));
+        let tcg = tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(100), false);
         let tcg: Vec<&str> = tcg.split(' ').collect();
-        let kvm = tiny_kernel_args(Accel::Kvm, Some(2_596_000), Some(100));
+        let kvm = tiny_kernel_args(Accel::Kvm, Some(2_596_000), Some(100), false);
         let kvm: Vec<&str> = kvm.split(' ').collect();
         for a in ["reboot=t", "no_timer_check"] {
             assert!(tcg.contains(&a) && kvm.contains(&a), "{a}");
@@ -109,14 +126,34 @@ mod tests {
         for a in ["noapictimer", "noreplace-smp", "lpj=25960000"] {
             assert!(tcg.contains(&a) && !kvm.contains(&a), "{a}");
         }
-        assert!(tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(250)).ends_with(" lpj=10384000"));
+        assert!(
+            tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(250), false)
+                .ends_with(" lpj=10384000")
+        );
         for (khz, hz) in [
             (None, Some(100)),
             (Some(2_596_000), None),
             (Some(1), Some(0)),
         ] {
-            assert!(!tiny_kernel_args(Accel::Tcg, khz, hz).contains("lpj="));
+            assert!(!tiny_kernel_args(Accel::Tcg, khz, hz, false).contains("lpj="));
         }
+    }
+
+    #[test]
+    fn a_kernel_that_takes_the_apic_timer_period_keeps_its_apic_timer() {
+        for accel in [Accel::Tcg, Accel::Kvm] {
+            let a = tiny_kernel_args(accel, Some(2_596_000), Some(100), true);
+            assert!(a.contains(" lapic_timer_period=10000000"), "{a}");
+            assert!(!a.contains("noapictimer"), "{a}");
+        }
+        let a = tiny_kernel_args(Accel::Tcg, None, Some(250), true);
+        assert!(a.contains(" lapic_timer_period=4000000"), "{a}");
+        // Without HZ there is no period to give: under TCG the PIT drives the clock.
+        let a = tiny_kernel_args(Accel::Tcg, None, None, true);
+        assert!(
+            a.contains("noapictimer") && !a.contains("lapic_timer_period"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -680,7 +680,8 @@ fn dry_runs_render_other_backends_from_a_config_file() {
 }
 
 /// `kiln cache prune` drops a recipe's older images but keeps its newest and any a VM record
-/// points at, and PVH kernels no kept image uses; `--dry-run` removes nothing.
+/// points at, and PVH kernels and expanded initramfs archives no kept image uses; `--dry-run`
+/// removes nothing.
 #[test]
 fn cache_prune_keeps_the_newest_and_the_used_images() {
     let cache = tempfile::tempdir().expect("cache");
@@ -715,6 +716,9 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     let pvh = cache.path().join("pvh");
     std::fs::create_dir_all(&pvh).expect("mkdir");
     std::fs::write(pvh.join("feedface.vmlinux"), vec![0u8; 4096]).expect("w");
+    let expanded = cache.path().join("initrd");
+    std::fs::create_dir_all(&expanded).expect("mkdir");
+    std::fs::write(expanded.join("feedface.cpio"), vec![0u8; 4096]).expect("w");
 
     let mut f = Fleet::new();
     let name = f.name("cached");
@@ -742,6 +746,18 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     assert!(o.status.success(), "{listing}");
     assert!(listing.contains(&format!("used by {name}")), "{listing}");
     assert!(listing.contains("the newest image of httpd"), "{listing}");
+    // The VM booted its initramfs expanded into the cache (httpd's archive is compressed).
+    let manifest = manifest(&used);
+    let sha = manifest["initramfs"]["sha256"]
+        .as_str()
+        .expect("sha")
+        .to_string();
+    let booted = expanded.join(format!("{sha}.cpio"));
+    assert_eq!(
+        std::fs::metadata(&booted).map(|m| m.len()).ok(),
+        manifest["initramfs"]["uncompressed_size"].as_u64(),
+        "{listing}"
+    );
 
     let o = cmd(&f, &["cache", "prune", "--dry-run"]);
     let t = text(&o);
@@ -758,6 +774,11 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     assert!(!old.exists(), "the older image stays: {t}");
     assert!(used.is_dir() && newest.is_dir(), "a kept image went: {t}");
     assert!(!pvh.join("feedface.vmlinux").exists(), "{t}");
+    assert!(!expanded.join("feedface.cpio").exists(), "{t}");
+    assert!(
+        booted.is_file(),
+        "a kept image's expanded initramfs went: {t}"
+    );
     assert!(t.contains("kept 2 images"), "{t}");
 
     // The VM booted from the kept image still stops cleanly.

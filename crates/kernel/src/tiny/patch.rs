@@ -27,6 +27,11 @@ pub struct Patch {
 /// entry, 4 MiB a port.
 pub const SMALL_RINGS_PATCH: &str = "virtio-mmio-max-ring.patch";
 
+/// The patch that adds `lapic_timer_period=` (APIC bus clocks per jiffy): with it the kernel
+/// uses the local APIC timer, so an idle guest is tickless, without calibrating the timer
+/// against the PIT.
+pub const LAPIC_TIMER_PERIOD_PATCH: &str = "x86-lapic-timer-period.patch";
+
 /// Every patch, in the order applied. They are part of each kernel's cache key.
 pub const PATCHES: &[Patch] = &[
     Patch {
@@ -38,6 +43,10 @@ pub const PATCHES: &[Patch] = &[
     Patch {
         name: "x86-page-aligned-sections.patch",
         text: include_str!("../../patches/x86-page-aligned-sections.patch"),
+    },
+    Patch {
+        name: LAPIC_TIMER_PERIOD_PATCH,
+        text: include_str!("../../patches/x86-lapic-timer-period.patch"),
     },
 ];
 
