@@ -2,8 +2,10 @@
 //! up the way the kernel's decompressors need it, and [`decompress`], which
 //! detects the format from the magic bytes.
 //!
-//! Kernel constraints honoured here: xz streams use the CRC32 check and the
-//! LZMA2 filter only (no BCJ, no CRC64/SHA-256); gzip is plain gzip with
+//! Kernel constraints honoured here: xz streams use the CRC32 check (no
+//! CRC64/SHA-256) and LZMA2 after the x86 BCJ filter (the kernel's xz decoder
+//! takes one BCJ filter; Kiln's tiny kernel keeps the x86 one, Debian's has
+//! them all): the filter makes x86 code compress ~3 % smaller; gzip is plain gzip with
 //! header mtime 0 and no file name; zstd is single-threaded (so the output is
 //! reproducible) with a window well inside the kernel's 128 MiB limit.
 
@@ -21,7 +23,7 @@ pub enum Compression {
     None,
     /// gzip (deflate), default level 9.
     Gzip,
-    /// xz with CRC32 check and LZMA2 only, default preset 6.
+    /// xz with CRC32 check, the x86 BCJ filter and LZMA2, default preset 6.
     Xz,
     /// zstd, single-threaded, default level 9.
     Zstd,
@@ -167,8 +169,12 @@ impl<W: Write> Encoder<W> {
                 Encoder::Gzip(flate2::GzBuilder::new().mtime(0).write(inner, level))
             }
             (Compression::Xz, Some(l)) => {
-                let stream = liblzma::stream::Stream::new_easy_encoder(
-                    l.unsigned_abs(),
+                let lzma = liblzma::stream::LzmaOptions::new_preset(l.unsigned_abs())
+                    .map_err(|e| setup_err(io::Error::from(e)))?;
+                let mut filters = liblzma::stream::Filters::new();
+                filters.x86().lzma2(&lzma);
+                let stream = liblzma::stream::Stream::new_stream_encoder(
+                    &filters,
                     liblzma::stream::Check::Crc32,
                 )
                 .map_err(|e| setup_err(io::Error::from(e)))?;
@@ -326,6 +332,24 @@ mod tests {
         assert_eq!(&packed[..3], &[0x1F, 0x8B, 8]);
         assert_eq!(packed[3], 0, "no FNAME/FEXTRA/FCOMMENT flags");
         assert_eq!(&packed[4..8], &[0, 0, 0, 0], "header mtime 0");
+    }
+
+    #[test]
+    fn xz_is_crc32_with_the_x86_filter_before_lzma2() {
+        // x86-ish bytes: call rel32 instructions the BCJ filter rewrites.
+        let code: Vec<u8> = (0..4096u32)
+            .flat_map(|i| [0xE8, (i & 0xFF) as u8, (i >> 8) as u8, 0, 0, 0x90])
+            .collect();
+        let packed = compress(&code, Compression::Xz, None).expect("xz");
+        assert_eq!(&packed[..6], XZ_MAGIC);
+        assert_eq!(packed[7], 0x01, "stream check CRC32");
+        let flags = packed[13];
+        assert_eq!(flags & 0x03, 1, "two filters");
+        assert_eq!(flags & 0xC0, 0, "no size fields in the block header");
+        assert_eq!(packed[14], 0x04, "first filter x86 BCJ");
+        assert_eq!(packed[15], 0x00, "BCJ has no properties");
+        assert_eq!(packed[16], 0x21, "then LZMA2");
+        assert_eq!(decompress(&packed).expect("round trip"), code);
     }
 
     #[test]
