@@ -652,6 +652,26 @@ fn dry_runs_render_other_backends_from_a_config_file() {
         .as_str()
         .unwrap_or("")
         .starts_with(&httpd_image().display().to_string()));
+    // An export names the image's own (compressed) initramfs; QEMU boots it expanded.
+    assert!(
+        v["boot-source"]["initrd_path"]
+            .as_str()
+            .is_some_and(|p| p.starts_with(&httpd_image().display().to_string())),
+        "{v}"
+    );
+    let o = f.run(&["run", "-f", cfg.to_str().expect("utf8"), "--dry-run"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let argv = String::from_utf8_lossy(&o.stdout).into_owned();
+    let initrd = argv
+        .split_whitespace()
+        .filter(|w| *w != "\\")
+        .skip_while(|w| *w != "-initrd")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no -initrd: {argv}"));
+    assert!(
+        initrd.contains("/initrd/") && initrd.ends_with(".cpio"),
+        "{argv}"
+    );
     let o = f.run(&[
         "run",
         "-f",
