@@ -89,6 +89,14 @@ pub struct KernelInfo {
 }
 
 impl KernelInfo {
+    /// Whether the kernel honours `page_reporting.page_reporting_order=` (Kiln's
+    /// `page-reporting-order-param` patch), so free page reporting works in a small guest.
+    pub fn takes_page_reporting_order(&self) -> bool {
+        self.patches
+            .iter()
+            .any(|p| p == kiln_kernel::tiny::PAGE_REPORTING_ORDER_PATCH)
+    }
+
     /// Whether the kernel takes `lapic_timer_period=` (Kiln's `x86-lapic-timer-period` patch),
     /// so it can run its APIC timer without calibrating it.
     pub fn takes_lapic_timer_period(&self) -> bool {

@@ -110,6 +110,7 @@ mod tests {
                 acpi: false,
                 ram: Default::default(),
                 incoming: None,
+                free_page_reporting: false,
                 extra_args: vec![],
             },
             ready_timeout: std::time::Duration::from_secs(30),

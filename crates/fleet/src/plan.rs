@@ -258,6 +258,9 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
             m.kernel.hz,
             m.kernel.takes_lapic_timer_period(),
         ));
+        if m.kernel.takes_page_reporting_order() {
+            args.push(cmdline::PAGE_REPORTING_ORDER_ARG);
+        }
     }
     let memory_mib = cfg.memory.unwrap_or(m.boot.memory);
     // Under TCG the guest's decompressor is slow: boot the archive expanded on the host.
@@ -306,6 +309,8 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         acpi: !tiny && !bsd,
         ram: Default::default(),
         incoming: None,
+        // Linux guests: Kiln's tiny kernel has the driver, Debian's a module.
+        free_page_reporting: !bsd,
         extra_args: vec![],
     };
     let (restore, cold_reason) = warm_start(cfg, image, &mut spec)?;

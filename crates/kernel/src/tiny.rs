@@ -38,7 +38,9 @@ pub use fragment::{
     parse_dot_config, parse_fragment, FragmentOption, Mismatch, OptionValue,
 };
 pub use make::on_path;
-pub use patch::{Patch, LAPIC_TIMER_PERIOD_PATCH, PATCHES, SMALL_RINGS_PATCH};
+pub use patch::{
+    Patch, LAPIC_TIMER_PERIOD_PATCH, PAGE_REPORTING_ORDER_PATCH, PATCHES, SMALL_RINGS_PATCH,
+};
 
 /// Kiln's base fragment, applied on top of `make tinyconfig`.
 pub const BASE_FRAGMENT: &str = include_str!("../fragments/kiln-base.config");

@@ -581,6 +581,7 @@ mod tests {
             acpi: true,
             ram: Default::default(),
             incoming: None,
+            free_page_reporting: false,
             extra_args: vec![],
         };
         let e = spawn(

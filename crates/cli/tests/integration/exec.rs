@@ -453,6 +453,23 @@ fn httpd_serves_in_20_mib_with_the_exec_channel() {
     ]);
     assert!(o.status.success(), "{}", text(&o));
     assert_eq!(stdout(&o).trim(), "128", "the guest's ring cap");
+    // Free page reporting: the balloon driver is bound and reports 32 KiB blocks.
+    let o = f.run(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "cat /sys/module/page_reporting/parameters/page_reporting_order; \
+         ls /sys/bus/virtio/drivers/virtio_balloon",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = stdout(&o);
+    assert_eq!(out.lines().next(), Some("3"), "{out}");
+    assert!(
+        out.contains("virtio"),
+        "no device bound to virtio_balloon: {out}"
+    );
     let o = f.run(&[
         "exec",
         &name,

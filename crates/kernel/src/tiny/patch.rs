@@ -32,6 +32,10 @@ pub const SMALL_RINGS_PATCH: &str = "virtio-mmio-max-ring.patch";
 /// against the PIT.
 pub const LAPIC_TIMER_PERIOD_PATCH: &str = "x86-lapic-timer-period.patch";
 
+/// The patch that lets `page_reporting.page_reporting_order=` stand (6.1 overwrote it with
+/// 2 MiB blocks when the balloon driver registered, which a guest of a few MiB never has free).
+pub const PAGE_REPORTING_ORDER_PATCH: &str = "page-reporting-order-param.patch";
+
 /// Every patch, in the order applied. They are part of each kernel's cache key.
 pub const PATCHES: &[Patch] = &[
     Patch {
@@ -47,6 +51,10 @@ pub const PATCHES: &[Patch] = &[
     Patch {
         name: LAPIC_TIMER_PERIOD_PATCH,
         text: include_str!("../../patches/x86-lapic-timer-period.patch"),
+    },
+    Patch {
+        name: PAGE_REPORTING_ORDER_PATCH,
+        text: include_str!("../../patches/page-reporting-order-param.patch"),
     },
 ];
 
