@@ -167,6 +167,11 @@ fn device_args(vm: &BackendVm) -> Vec<String> {
         }
     }
     a.extend(["-device".into(), "virtio-rng-device".into()]);
+    // As `kiln run` gives it: the idle guest's free pages go back to the host.
+    a.extend([
+        "-device".into(),
+        "virtio-balloon-device,free-page-reporting=on".into(),
+    ]);
     a
 }
 
@@ -476,6 +481,7 @@ mod tests {
         assert!(x.contains("<memory unit='MiB'>96</memory>") && x.contains("<vcpu>2</vcpu>"));
         assert!(x.contains("<qemu:arg value='user,id=net0,hostfwd=tcp:127.0.0.1:8080-:80,hostfwd=udp:127.0.0.1:5353-:53'/>"));
         assert!(x.contains("virtio-blk-device,drive=drive0") && x.contains("mount_tag=share0"));
+        assert!(x.contains("<qemu:arg value='virtio-balloon-device,free-page-reporting=on'/>"));
         assert!(x.contains("<emulator>/usr/bin/qemu-system-x86_64</emulator>"));
         // Under TCG: domain type qemu and the command line with the TSC frequency.
         let tcg = libvirt(&handoff(Accel::Tcg)).text;

@@ -56,6 +56,8 @@ job "kiln-web" {
           "virtserialport,chardev=vport0,name=data",
           "-device",
           "virtio-rng-device",
+          "-device",
+          "virtio-balloon-device,free-page-reporting=on",
         ]
       }
 
