@@ -85,6 +85,13 @@ impl Store {
     /// Read VM `name`'s record, reconciled (and the reconciliation written back).
     pub fn read(&self, name: &str) -> Result<VmRecord> {
         let mut rec = self.read_raw(name)?;
+        if !rec.reconcile(self.host()) {
+            return Ok(rec);
+        }
+        // The supervisor records the VM's end and then exits: it may have done both between
+        // the read above and the liveness check. Now that it is gone, what it wrote is there to
+        // read; only a record it left active is marked crashed.
+        let mut rec = self.read_raw(name)?;
         if rec.reconcile(self.host()) {
             let _ = self.write(&rec);
         }
@@ -179,6 +186,64 @@ mod tests {
         s.write(&rec("ghost")).expect("write");
         assert_eq!(s.read("ghost").expect("read").state, VmState::Crashed);
         assert_eq!(s.read_raw("ghost").expect("raw").state, VmState::Crashed);
+    }
+
+    /// A host on which the supervisor records the VM's end and exits at the first liveness
+    /// check, as a real one can between a reader's read and its check.
+    struct EndsDuringCheck {
+        inner: FakeHost,
+        end: std::sync::Mutex<Option<Box<dyn FnOnce() + Send>>>,
+    }
+
+    impl Host for EndsDuringCheck {
+        fn boot_id(&self) -> String {
+            self.inner.boot_id()
+        }
+        fn process_start(&self, pid: u32) -> Option<u64> {
+            if let Some(end) = self.end.lock().expect("lock").take() {
+                end();
+            }
+            self.inner.process_start(pid)
+        }
+        fn port_free(&self, forward: &kiln_recipe::PortForward) -> bool {
+            self.inner.port_free(forward)
+        }
+        fn now(&self) -> u64 {
+            self.inner.now()
+        }
+        fn signal(&self, pid: u32, signal: i32) -> bool {
+            self.inner.signal(pid, signal)
+        }
+        fn spawn_supervisor(
+            &self,
+            argv: &[std::ffi::OsString],
+            env: &[(&str, std::ffi::OsString)],
+            log: &Path,
+        ) -> std::io::Result<Box<dyn crate::host::SupervisorChild>> {
+            self.inner.spawn_supervisor(argv, env, log)
+        }
+    }
+
+    #[test]
+    fn a_reader_keeps_the_end_the_supervisor_recorded_as_it_exited() {
+        let d = tempfile::tempdir().expect("tmp");
+        let root = d.path().to_path_buf();
+        let record = rec("web");
+        let mut ended = record.clone();
+        ended.state = VmState::Crashed;
+        ended.signal = Some(9);
+        let writer = Store::new(root.clone(), Arc::new(FakeHost::new()));
+        writer.write(&record).expect("write");
+        let host = EndsDuringCheck {
+            inner: FakeHost::new(),
+            end: std::sync::Mutex::new(Some(Box::new(move || {
+                writer.write(&ended).expect("the supervisor's last write");
+            }))),
+        };
+        let s = Store::new(root, Arc::new(host));
+        let r = s.read("web").expect("read");
+        assert_eq!((r.state, r.signal), (VmState::Crashed, Some(9)), "{r:?}");
+        assert_eq!(s.read_raw("web").expect("raw").signal, Some(9));
     }
 
     #[test]
