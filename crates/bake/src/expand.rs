@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::manifest::InitramfsInfo;
-use crate::BuildError;
+use crate::{io, BuildError};
 
 /// The cache folder (under the cache root) holding expanded archives, named `<sha256>.cpio`
 /// after the compressed file.
@@ -48,10 +48,6 @@ pub fn boot_initramfs(
     if std::fs::metadata(&dest).is_ok_and(|m| m.len() == info.uncompressed_size) {
         return Ok(dest);
     }
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |e: std::io::Error| BuildError::Io { path: p, error: e }
-    };
     let data = std::fs::read(&file).map_err(io(&file))?;
     let cpio = kiln_image::decompress(&data).map_err(|e| BuildError::BadImage {
         path: file.clone(),

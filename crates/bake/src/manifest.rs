@@ -92,25 +92,24 @@ impl KernelInfo {
     /// Whether the kernel honours `page_reporting.page_reporting_order=` (Kiln's
     /// `page-reporting-order-param` patch), so free page reporting works in a small guest.
     pub fn takes_page_reporting_order(&self) -> bool {
-        self.patches
-            .iter()
-            .any(|p| p == kiln_kernel::tiny::PAGE_REPORTING_ORDER_PATCH)
+        self.has_patch(kiln_kernel::tiny::PAGE_REPORTING_ORDER_PATCH)
     }
 
     /// Whether the kernel takes `lapic_timer_period=` (Kiln's `x86-lapic-timer-period` patch),
     /// so it can run its APIC timer without calibrating it.
     pub fn takes_lapic_timer_period(&self) -> bool {
-        self.patches
-            .iter()
-            .any(|p| p == kiln_kernel::tiny::LAPIC_TIMER_PERIOD_PATCH)
+        self.has_patch(kiln_kernel::tiny::LAPIC_TIMER_PERIOD_PATCH)
     }
 
     /// Whether the guest sizes its virtqueues down (Kiln's `virtio-mmio-max-ring` patch), so
     /// a virtio-console port's receive buffers cost half a MiB instead of four.
     pub fn has_small_rings(&self) -> bool {
-        self.patches
-            .iter()
-            .any(|p| p == kiln_kernel::tiny::SMALL_RINGS_PATCH)
+        self.has_patch(kiln_kernel::tiny::SMALL_RINGS_PATCH)
+    }
+
+    /// Whether Kiln's kernel patch `name` (a `kiln_kernel::tiny::PATCHES` name) is built in.
+    pub fn has_patch(&self, name: &str) -> bool {
+        self.patches.iter().any(|p| p == name)
     }
 }
 

@@ -293,33 +293,33 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                     remove(&sn.dir, &sn.kind, sn.bytes)?;
                 }
             }
-            // PVH kernels are named by the shipped kernel's sha256; images hold hard links,
-            // so removing one never breaks an image.
-            let used_pvh: BTreeSet<String> = kept
-                .iter()
-                .map(|i| format!("{}.vmlinux", i.kernel_sha))
-                .collect();
-            if let Ok(rd) = std::fs::read_dir(cache.join("pvh")) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if !used_pvh.contains(&name) {
-                        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        remove(&e.path(), "PVH kernel", bytes)?;
-                    }
-                }
-            }
-            // Expanded initramfs archives, named by the image's archive sha256: one whose image
-            // is gone (or outside the cache) is made again at its next boot.
-            let used_initrd: BTreeSet<String> = kept
-                .iter()
-                .map(|i| format!("{}.cpio", i.initramfs_sha))
-                .collect();
-            if let Ok(rd) = std::fs::read_dir(cache.join(kiln_bake::expand::EXPANDED_DIR)) {
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if !used_initrd.contains(&name) {
-                        let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
-                        remove(&e.path(), "expanded initramfs", bytes)?;
+            // Files derived from an image's kernel or initramfs, named by its sha256: PVH
+            // kernels (images hold hard links, so removing one never breaks an image) and
+            // expanded initramfs archives (made again at the next boot of an image outside the
+            // cache). Those no kept image uses go.
+            let used = |name: fn(&CachedImage) -> String| -> BTreeSet<String> {
+                kept.iter().map(|i| name(i)).collect()
+            };
+            let derived = [
+                (
+                    "pvh",
+                    "PVH kernel",
+                    used(|i| format!("{}.vmlinux", i.kernel_sha)),
+                ),
+                (
+                    kiln_bake::expand::EXPANDED_DIR,
+                    "expanded initramfs",
+                    used(|i| format!("{}.cpio", i.initramfs_sha)),
+                ),
+            ];
+            for (sub, what, used) in derived {
+                if let Ok(rd) = std::fs::read_dir(cache.join(sub)) {
+                    for e in rd.flatten() {
+                        let name = e.file_name().to_string_lossy().into_owned();
+                        if !used.contains(&name) {
+                            let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
+                            remove(&e.path(), what, bytes)?;
+                        }
                     }
                 }
             }

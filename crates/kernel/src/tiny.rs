@@ -386,6 +386,16 @@ struct FragmentRecord {
     sha256: String,
 }
 
+impl FragmentRecord {
+    /// A fragment or patch as kernel.json records it: its name and the sha256 of its text.
+    fn of(name: &str, text: &str) -> FragmentRecord {
+        FragmentRecord {
+            name: name.to_string(),
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        }
+    }
+}
+
 const RECORD: &str = "kernel.json";
 
 /// A fragment's name (as shown to users) and text.
@@ -584,17 +594,11 @@ pub fn build_tiny(
         source: src.identity.clone(),
         fragments: fragments
             .iter()
-            .map(|f| FragmentRecord {
-                name: f.name.clone(),
-                sha256: hex::encode(Sha256::digest(f.text.as_bytes())),
-            })
+            .map(|f| FragmentRecord::of(&f.name, &f.text))
             .collect(),
         patches: PATCHES
             .iter()
-            .map(|p| FragmentRecord {
-                name: p.name.to_string(),
-                sha256: hex::encode(Sha256::digest(p.text.as_bytes())),
-            })
+            .map(|p| FragmentRecord::of(p.name, p.text))
             .collect(),
         size_vmlinux: size(&vmlinux)?,
         size_bzimage: size(&bzimage)?,
