@@ -255,26 +255,24 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         args.prepend(&cmdline::tiny_kernel_args(
             o.accel,
             tsc_khz,
-            m.kernel.hz,
-            m.kernel.takes_lapic_timer_period(),
+            cmdline::TinyKernel {
+                hz: m.kernel.hz,
+                lapic_timer_period: m.kernel.takes_lapic_timer_period(),
+                page_reporting_order: m.kernel.takes_page_reporting_order(),
+            },
         ));
-        if m.kernel.takes_page_reporting_order() {
-            args.push(cmdline::PAGE_REPORTING_ORDER_ARG);
-        }
     }
     let memory_mib = cfg.memory.unwrap_or(m.boot.memory);
+    let image_initrd = (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file));
     // Under TCG the guest's decompressor is slow: boot the archive expanded on the host.
-    let initrd = if m.initramfs.is_disk() {
-        None
-    } else if bsd {
-        Some(image.dir.join(&m.initramfs.file))
-    } else {
-        Some(kiln_bake::expand::boot_initramfs(
+    let initrd = match &image_initrd {
+        Some(_) if !bsd => Some(kiln_bake::expand::boot_initramfs(
             &image.dir,
             &m.initramfs,
             &o.cache_root,
             memory_mib,
-        )?)
+        )?),
+        other => other.clone(),
     };
     let mut spec = VmSpec {
         name: name.clone(),
@@ -329,7 +327,7 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
         ready_at_launch: bsd && m.boot.ready.parse::<Ready>() == Ok(Ready::None),
         restore,
         cold_reason,
-        image_initrd: (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file)),
+        image_initrd,
     })
 }
 

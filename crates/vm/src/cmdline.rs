@@ -8,6 +8,18 @@ use crate::accel::Accel;
 /// (BENCHMARKS.md).
 pub const BASE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_uarts=1";
 
+/// What a tiny kernel takes, as its image's manifest records it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TinyKernel {
+    /// `CONFIG_HZ`, when known.
+    pub hz: Option<u32>,
+    /// It takes `lapic_timer_period=` (Kiln's `x86-lapic-timer-period` patch).
+    pub lapic_timer_period: bool,
+    /// It honours `page_reporting.page_reporting_order=` (Kiln's
+    /// `page-reporting-order-param` patch).
+    pub page_reporting_order: bool,
+}
+
 /// Arguments for Kiln's tiny kernel (`kiln_kernel::tiny`), put before the recipe's.
 ///
 /// - `reboot=t`: there is no ACPI to power off with, so kiln-init reboots and the triple fault
@@ -15,8 +27,7 @@ pub const BASE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_u
 /// - `no_timer_check`: skips checking that the PIT interrupt reaches the IO-APIC, a busy wait
 ///   for four jiffies (40 ms at `HZ=100`, under KVM too).
 /// - `lapic_timer_period=` (`1000000000 / hz`: QEMU's and KVM's APIC bus runs at 1 GHz) when
-///   the kernel takes it (`lapic_param`, Kiln's `x86-lapic-timer-period` patch) and `CONFIG_HZ`
-///   is known: the local APIC timer runs uncalibrated, and an idle guest is tickless.
+///   the kernel takes it and `CONFIG_HZ` is known: the local APIC timer runs uncalibrated, and an idle guest is tickless.
 ///   Otherwise, under TCG, `noapictimer`: skips calibrating the APIC timer against the PIT
 ///   (about 0.25 s); the PIT drives the clock instead, with a tick every ~27 ms when idle.
 /// - Under TCG, `noreplace-smp`: keeps the `lock` prefixes a one-vCPU guest would otherwise
@@ -24,16 +35,16 @@ pub const BASE: &str = "console=ttyS0 panic=-1 quiet cryptomgr.notests 8250.nr_u
 /// - Under TCG, `lpj=` (`tsc_khz * 1000 / hz`) when the host's TSC rate and the kernel's
 ///   `CONFIG_HZ` are known: the delay loop is the TSC, so this is exact, and each extra vCPU
 ///   skips calibrating its delay loop (about 0.3 s each).
-pub fn tiny_kernel_args(
-    accel: Accel,
-    tsc_khz: Option<u64>,
-    hz: Option<u32>,
-    lapic_param: bool,
-) -> String {
-    let hz = hz.filter(|h| *h > 0);
+/// - [`PAGE_REPORTING_ORDER_ARG`] when the kernel honours it.
+pub fn tiny_kernel_args(accel: Accel, tsc_khz: Option<u64>, kernel: TinyKernel) -> String {
+    let hz = kernel.hz.filter(|h| *h > 0);
     let mut s = String::from("reboot=t no_timer_check");
+    if kernel.page_reporting_order {
+        s.push(' ');
+        s.push_str(PAGE_REPORTING_ORDER_ARG);
+    }
     match hz {
-        Some(hz) if lapic_param => {
+        Some(hz) if kernel.lapic_timer_period => {
             s.push_str(&format!(" lapic_timer_period={}", 1_000_000_000 / hz));
         }
         _ if accel == Accel::Tcg => s.push_str(" noapictimer"),
@@ -119,11 +130,39 @@ mod tests {
         );
     }
 
+    fn hz(hz: u32) -> TinyKernel {
+        TinyKernel {
+            hz: Some(hz),
+            ..TinyKernel::default()
+        }
+    }
+
+    fn lapic(hz: Option<u32>) -> TinyKernel {
+        TinyKernel {
+            hz,
+            lapic_timer_period: true,
+            ..TinyKernel::default()
+        }
+    }
+
+    #[test]
+    fn a_kernel_that_honours_the_reporting_order_gets_it() {
+        for accel in [Accel::Tcg, Accel::Kvm] {
+            let k = TinyKernel {
+                page_reporting_order: true,
+                ..hz(100)
+            };
+            let a = tiny_kernel_args(accel, None, k);
+            assert!(a.split(' ').any(|w| w == PAGE_REPORTING_ORDER_ARG), "{a}");
+            assert!(!tiny_kernel_args(accel, None, hz(100)).contains("page_reporting"));
+        }
+    }
+
     #[test]
     fn tiny_kernel_skips_timer_checks_and_tcg_also_calibration() {
-        let tcg = tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(100), false);
+        let tcg = tiny_kernel_args(Accel::Tcg, Some(2_596_000), hz(100));
         let tcg: Vec<&str> = tcg.split(' ').collect();
-        let kvm = tiny_kernel_args(Accel::Kvm, Some(2_596_000), Some(100), false);
+        let kvm = tiny_kernel_args(Accel::Kvm, Some(2_596_000), hz(100));
         let kvm: Vec<&str> = kvm.split(' ').collect();
         for a in ["reboot=t", "no_timer_check"] {
             assert!(tcg.contains(&a) && kvm.contains(&a), "{a}");
@@ -131,30 +170,27 @@ mod tests {
         for a in ["noapictimer", "noreplace-smp", "lpj=25960000"] {
             assert!(tcg.contains(&a) && !kvm.contains(&a), "{a}");
         }
-        assert!(
-            tiny_kernel_args(Accel::Tcg, Some(2_596_000), Some(250), false)
-                .ends_with(" lpj=10384000")
-        );
-        for (khz, hz) in [
-            (None, Some(100)),
-            (Some(2_596_000), None),
-            (Some(1), Some(0)),
+        assert!(tiny_kernel_args(Accel::Tcg, Some(2_596_000), hz(250)).ends_with(" lpj=10384000"));
+        for (khz, k) in [
+            (None, hz(100)),
+            (Some(2_596_000), TinyKernel::default()),
+            (Some(1), hz(0)),
         ] {
-            assert!(!tiny_kernel_args(Accel::Tcg, khz, hz, false).contains("lpj="));
+            assert!(!tiny_kernel_args(Accel::Tcg, khz, k).contains("lpj="));
         }
     }
 
     #[test]
     fn a_kernel_that_takes_the_apic_timer_period_keeps_its_apic_timer() {
         for accel in [Accel::Tcg, Accel::Kvm] {
-            let a = tiny_kernel_args(accel, Some(2_596_000), Some(100), true);
+            let a = tiny_kernel_args(accel, Some(2_596_000), lapic(Some(100)));
             assert!(a.contains(" lapic_timer_period=10000000"), "{a}");
             assert!(!a.contains("noapictimer"), "{a}");
         }
-        let a = tiny_kernel_args(Accel::Tcg, None, Some(250), true);
+        let a = tiny_kernel_args(Accel::Tcg, None, lapic(Some(250)));
         assert!(a.contains(" lapic_timer_period=4000000"), "{a}");
         // Without HZ there is no period to give: under TCG the PIT drives the clock.
-        let a = tiny_kernel_args(Accel::Tcg, None, None, true);
+        let a = tiny_kernel_args(Accel::Tcg, None, lapic(None));
         assert!(
             a.contains("noapictimer") && !a.contains("lapic_timer_period"),
             "{a}"
