@@ -168,10 +168,7 @@ fn device_args(vm: &BackendVm) -> Vec<String> {
     }
     a.extend(["-device".into(), "virtio-rng-device".into()]);
     // As `kiln run` gives it: the idle guest's free pages go back to the host.
-    a.extend([
-        "-device".into(),
-        "virtio-balloon-device,free-page-reporting=on".into(),
-    ]);
+    a.extend(["-device".into(), kiln_vm::qemu::BALLOON_DEVICE.into()]);
     a
 }
 

@@ -49,6 +49,10 @@ pub enum NetSpec {
 /// retranslation (BENCHMARKS.md, issue 17).
 pub const TCG_ACCEL: &str = "tcg,tb-size=12";
 
+/// The balloon of [`VmSpec::free_page_reporting`]: it only takes the pages the guest reports
+/// free, it is never inflated.
+pub const BALLOON_DEVICE: &str = "virtio-balloon-device,free-page-reporting=on";
+
 /// An extra virtio-blk drive (startnb.sh `-l drive2`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveSpec {
@@ -416,7 +420,7 @@ pub fn argv(spec: &VmSpec) -> Vec<String> {
     }
     push(&["-device", "virtio-rng-device"]);
     if spec.free_page_reporting {
-        push(&["-device", "virtio-balloon-device,free-page-reporting=on"]);
+        push(&["-device", BALLOON_DEVICE]);
     }
     // Only as many ports as we use: the default (31) makes the guest driver allocate buffers
     // for all of them, which alone ran a 32 MiB guest out of memory.
