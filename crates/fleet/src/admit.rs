@@ -71,14 +71,14 @@ pub fn admit(records: &[VmRecord], plan: &Plan, host: &dyn Host) -> Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::config::{Drive, VmConfig};
     use crate::host::FakeHost;
     use crate::record::tests::rec;
     use crate::record::VmState;
 
-    fn plan(name: &str, ports: &[&str], drive: Option<(&str, bool)>) -> Plan {
+    pub(crate) fn plan(name: &str, ports: &[&str], drive: Option<(&str, bool)>) -> Plan {
         let config = VmConfig {
             drive: drive.map(|(p, rw)| Drive {
                 path: p.into(),

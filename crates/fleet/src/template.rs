@@ -42,25 +42,13 @@ pub struct Signature {
     pub accel: Accel,
     /// The kernel command line.
     pub cmdline: String,
-    /// The devices (network kind, drives, vports, shares, ACPI).
+    /// The devices (network kind, drives, vports, shares, ACPI, exec port, balloon).
     pub devices: String,
 }
 
 impl Signature {
     /// The signature of `spec` booting `image`.
     pub fn of(spec: &VmSpec, image: &Image) -> Signature {
-        let net = match &spec.net {
-            kiln_vm::NetSpec::User { .. } => "user",
-            kiln_vm::NetSpec::None => "none",
-            kiln_vm::NetSpec::Bridge { .. } => "bridge",
-            kiln_vm::NetSpec::Tap { .. } => "tap",
-        };
-        let drives: Vec<String> = spec
-            .drives
-            .iter()
-            .map(|d| format!("blk{}", if d.readonly { ":ro" } else { "" }))
-            .collect();
-        let vports: Vec<&str> = spec.vports.iter().map(|v| v.name.as_str()).collect();
         Signature {
             image: image.manifest.fingerprint.clone(),
             qemu: qemu_version(),
@@ -75,18 +63,7 @@ impl Signature {
                 .filter(|w| !cmdline::is_host_clock_arg(w) && !w.starts_with("kiln.hostname="))
                 .collect::<Vec<_>>()
                 .join(" "),
-            devices: format!(
-                "net={net} drives=[{}] vports=[{}] shares={} acpi={}{}",
-                drives.join(","),
-                vports.join(","),
-                spec.shares.len(),
-                spec.acpi,
-                if spec.exec_socket.is_some() {
-                    " exec"
-                } else {
-                    ""
-                }
-            ),
+            devices: devices(spec),
         }
     }
 
@@ -259,6 +236,40 @@ fn shell_quote(p: &Path) -> String {
     format!("'{}'", p.display().to_string().replace('\'', "'\\''"))
 }
 
+/// The devices part of a [`Signature`]: what a saved state's device sections depend on.
+fn devices(spec: &VmSpec) -> String {
+    let net = match &spec.net {
+        kiln_vm::NetSpec::User { .. } => "user",
+        kiln_vm::NetSpec::None => "none",
+        kiln_vm::NetSpec::Bridge { .. } => "bridge",
+        kiln_vm::NetSpec::Tap { .. } => "tap",
+    };
+    let drives: Vec<String> = spec
+        .drives
+        .iter()
+        .map(|d| format!("blk{}", if d.readonly { ":ro" } else { "" }))
+        .collect();
+    let vports: Vec<&str> = spec.vports.iter().map(|v| v.name.as_str()).collect();
+    format!(
+        "net={net} drives=[{}] vports=[{}] shares={} acpi={}{}{}",
+        drives.join(","),
+        vports.join(","),
+        spec.shares.len(),
+        spec.acpi,
+        if spec.exec_socket.is_some() {
+            " exec"
+        } else {
+            ""
+        },
+        // A state saved without the balloon has no section for it.
+        if spec.free_page_reporting {
+            " balloon"
+        } else {
+            ""
+        }
+    )
+}
+
 /// QEMU's version line (asked once).
 pub fn qemu_version() -> String {
     static V: std::sync::OnceLock<String> = std::sync::OnceLock::new();
@@ -388,6 +399,18 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             devices: "net=user drives=[] vports=[] shares=0 acpi=false".into(),
         }
+    }
+
+    #[test]
+    fn the_balloon_is_part_of_the_devices() {
+        let mut p = crate::admit::tests::plan("a", &[], None);
+        let without = devices(&p.spec);
+        p.spec.free_page_reporting = true;
+        let with = devices(&p.spec);
+        assert!(
+            with.ends_with(" balloon") && !without.contains("balloon"),
+            "{with}"
+        );
     }
 
     #[test]
