@@ -1,4 +1,5 @@
-//! Kiln's own busybox: a static musl build with only the applets a recipe asks for.
+//! Kiln's own static musl builds: busybox with only the applets a recipe asks
+//! for, and dropbear ([`dropbear`]) without the shared crypto libraries.
 //!
 //! Debian's busybox-static has 269 applets and weighs 1.98 MB (1.02 MB of a
 //! zstd initramfs); most services run a shell and a handful of tools. A
@@ -14,15 +15,20 @@
 //! `<cache>/busybox/bb-<hash16>/`, keyed by the tarball and the symbols.
 //! The build folder is a temp folder renamed into place: an entry is complete
 //! or absent. `SOURCE_DATE_EPOCH` is fixed, so the binary is reproducible.
+//! The cache entry, the build log and the headers are `build`'s, shared by both.
 
-use std::fs::File;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
-use kiln_kernel::tiny::{on_path, parse_dot_config, FragmentOption, OptionValue};
-use serde::{Deserialize, Serialize};
+use kiln_kernel::tiny::{parse_dot_config, FragmentOption, OptionValue};
 use sha2::{Digest, Sha256};
+
+mod build;
+pub mod dropbear;
+
+pub use build::Built;
+use build::Product;
 
 /// The busybox version built.
 pub const VERSION: &str = "1.35.0";
@@ -167,8 +173,10 @@ const CORE_FEATURES: &[&str] = &[
 #[derive(Debug, thiserror::Error)]
 pub enum BusyboxError {
     /// A tool the build needs is not installed.
-    #[error("building busybox needs {missing} on PATH: install them with `apt-get install musl-tools bzip2 make`")]
+    #[error("building {what} needs {missing} on PATH: install them with `apt-get install musl-tools bzip2 make patch`")]
     MissingTools {
+        /// What was being built.
+        what: &'static str,
         /// The missing commands, comma-separated.
         missing: String,
     },
@@ -197,8 +205,10 @@ pub enum BusyboxError {
     #[error(transparent)]
     Fetch(#[from] kiln_debpkg::DebError),
     /// A build step failed.
-    #[error("busybox `{step}` failed ({status}); the full log is {log}:\n{tail}")]
+    #[error("{what} `{step}` failed ({status}); the full log is {log}:\n{tail}")]
     BuildFailed {
+        /// What was being built.
+        what: &'static str,
         /// The step.
         step: String,
         /// How it ended.
@@ -344,28 +354,16 @@ pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), Busybox
 }
 
 /// A built busybox in the cache.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Busybox {
-    /// The static, stripped binary.
-    pub binary: PathBuf,
-    /// `kiln busybox 1.35.0 musl <hash16>`: what images record as its origin.
-    pub identity: String,
-    /// The cache key.
-    pub hash: String,
-    /// The binary's size in bytes.
-    pub size: u64,
-}
+pub type Busybox = Built;
 
-#[derive(Debug, Serialize, Deserialize)]
-struct Record {
-    version: String,
-    tarball_sha256: String,
-    hash: String,
-    symbols: Vec<String>,
-    size: u64,
-}
-
-const RECORD: &str = "busybox.json";
+/// busybox's builds.
+const BUSYBOX: Product = Product {
+    name: "busybox",
+    tag: "bb",
+    binary: "busybox",
+    version: VERSION,
+    tarball_sha256: TARBALL_SHA256,
+};
 
 /// What to build.
 #[derive(Debug, Clone)]
@@ -378,20 +376,6 @@ pub struct Options {
     pub jobs: usize,
 }
 
-fn read_entry(dir: &Path) -> Option<Busybox> {
-    let r: Record = serde_json::from_slice(&std::fs::read(dir.join(RECORD)).ok()?).ok()?;
-    let binary = dir.join("busybox");
-    let size = std::fs::metadata(&binary).ok()?.len();
-    (size == r.size).then(|| Busybox {
-        binary,
-        identity: format!("kiln busybox {} musl {}", r.version, &r.hash[..16]),
-        hash: r.hash,
-        size,
-    })
-}
-
-const TOOLS: &[&str] = &["musl-gcc", "make", "tar", "bzip2", "strip", "sh"];
-
 /// Build (or find in the cache) busybox with the core applets and `opts.applets`. `debs`
 /// fetches the source tarball; `progress` hears each step's name.
 pub fn build(
@@ -401,183 +385,30 @@ pub fn build(
 ) -> Result<Busybox, BusyboxError> {
     let on = requested(&opts.applets)?;
     let hash = cache_key(&on);
-    let root = opts.cache_root.join("busybox");
-    let dir = root.join(format!("bb-{}", &hash[..16]));
-    if let Some(b) = read_entry(&dir) {
-        return Ok(b);
-    }
-    let missing: Vec<&str> = TOOLS.iter().copied().filter(|t| !on_path(t)).collect();
-    if !missing.is_empty() {
-        return Err(BusyboxError::MissingTools {
-            missing: missing.join(", "),
-        });
-    }
-    std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
-    let lock_path = root.join(format!(".bb-{}.lock", &hash[..16]));
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .map_err(io_err("open the build lock", &lock_path))?;
-    lock.lock()
-        .map_err(io_err("take the build lock", &lock_path))?;
-    if let Some(b) = read_entry(&dir) {
-        return Ok(b);
-    }
-    progress("busybox: source");
-    let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
-
-    let tmp = tempfile::Builder::new()
-        .prefix(&format!(".tmp-bb-{}-", &hash[..16]))
-        .tempdir_in(&root)
-        .map_err(io_err("create a build folder in", &root))?;
-    let src = tmp.path().join("src");
-    std::fs::create_dir_all(&src).map_err(io_err("create", &src))?;
-    let log_path = tmp.path().join("build.log");
-    let failed_log = root.join(format!("bb-{}.failed.log", &hash[..16]));
-    let mut step = Step {
-        log: File::create(&log_path).map_err(io_err("create", &log_path))?,
-        log_path,
-        failed_log,
-    };
-    step.run(
-        "unpack",
-        Command::new("tar")
-            .arg("-xjf")
-            .arg(&tarball)
-            .arg("-C")
-            .arg(&src)
-            .arg("--strip-components=1"),
-    )?;
-    // musl-gcc sees only musl's headers: give it the kernel's (and nothing of glibc's).
-    let kinc = tmp.path().join("kinc");
-    std::fs::create_dir_all(&kinc).map_err(io_err("create", &kinc))?;
-    for (name, target) in [
-        ("linux", "/usr/include/linux"),
-        ("asm", "/usr/include/x86_64-linux-gnu/asm"),
-        ("asm-generic", "/usr/include/asm-generic"),
-    ] {
-        std::os::unix::fs::symlink(target, kinc.join(name)).map_err(io_err("link", &kinc))?;
-    }
-    let make = |args: &[&str]| {
-        let mut c = Command::new("make");
-        c.current_dir(&src)
-            .args(args)
-            .arg("CC=musl-gcc")
-            .arg(format!("EXTRA_CFLAGS=-I{}", kinc.display()))
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .env("LC_ALL", "C")
-            .env_remove("MAKEFLAGS")
-            .env_remove("MAKELEVEL");
-        c
-    };
-    progress("busybox: configuring");
-    step.run("make allnoconfig", &mut make(&["allnoconfig"]))?;
-    let dot = src.join(".config");
-    let base = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
-    std::fs::write(&dot, merge_config(&base, &on)).map_err(io_err("write", &dot))?;
-    // oldconfig asks about options new to it: the default answer (an empty line) for each.
-    let mut oldconfig = make(&["oldconfig"]);
-    oldconfig.stdin(Stdio::piped());
-    step.run_with_input("make oldconfig", &mut oldconfig, &"\n".repeat(4000))?;
-    let config = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
-    check_config(&config, &on)?;
-    progress("busybox: compiling");
-    let jobs = format!("-j{}", opts.jobs.max(1));
-    step.run("make", &mut make(&[&jobs]))?;
-    let out = tmp.path().join("busybox");
-    step.run(
-        "strip",
-        Command::new("strip")
-            .arg("--strip-all")
-            .arg("-o")
-            .arg(&out)
-            .arg(src.join("busybox")),
-    )?;
-    for dir in [&src, &kinc] {
-        std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
-    }
-    let size = std::fs::metadata(&out).map_err(io_err("stat", &out))?.len();
-    let record = Record {
-        version: VERSION.into(),
-        tarball_sha256: TARBALL_SHA256.into(),
-        hash: hash.clone(),
-        symbols: on.iter().map(|(s, _)| s.clone()).collect(),
-        size,
-    };
-    let rec = tmp.path().join(RECORD);
-    let json = serde_json::to_vec_pretty(&record).map_err(|e| io_err("encode", &rec)(e.into()))?;
-    std::fs::write(&rec, json).map_err(io_err("write", &rec))?;
-    let staged = tmp.keep();
-    if let Err(e) = std::fs::rename(&staged, &dir) {
-        let _ = std::fs::remove_dir_all(&staged);
-        if read_entry(&dir).is_none() {
-            return Err(io_err("move the built busybox to", &dir)(e));
-        }
-    }
-    let _ = std::fs::remove_file(&step.failed_log);
-    read_entry(&dir).ok_or_else(|| BusyboxError::Io {
-        action: "read back",
-        path: dir.join(RECORD),
-        error: io::Error::other("the cache entry just written is incomplete"),
+    let symbols = on.iter().map(|(s, _)| s.clone()).collect();
+    BUSYBOX.cached(&opts.cache_root, &hash, symbols, &[], |ws| {
+        progress("busybox: source");
+        let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
+        ws.unpack(&tarball)?;
+        let cflags = format!("EXTRA_CFLAGS=-I{}", ws.kinc.display());
+        progress("busybox: configuring");
+        ws.step
+            .run("make allnoconfig", &mut ws.make(&["allnoconfig", &cflags]))?;
+        let dot = ws.src.join(".config");
+        let base = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
+        std::fs::write(&dot, merge_config(&base, &on)).map_err(io_err("write", &dot))?;
+        // oldconfig asks about options new to it: the default answer (an empty line) for each.
+        let mut oldconfig = ws.make(&["oldconfig", &cflags]);
+        oldconfig.stdin(Stdio::piped());
+        ws.step
+            .run_with_input("make oldconfig", &mut oldconfig, &"\n".repeat(4000))?;
+        let config = std::fs::read_to_string(&dot).map_err(io_err("read", &dot))?;
+        check_config(&config, &on)?;
+        progress("busybox: compiling");
+        let jobs = format!("-j{}", opts.jobs.max(1));
+        ws.step.run("make", &mut ws.make(&[&jobs, &cflags]))?;
+        ws.strip("busybox")
     })
-}
-
-/// One build's log and how its steps fail.
-struct Step {
-    log: File,
-    log_path: PathBuf,
-    failed_log: PathBuf,
-}
-
-impl Step {
-    fn run(&mut self, name: &str, cmd: &mut Command) -> Result<(), BusyboxError> {
-        self.run_with_input(name, cmd.stdin(Stdio::null()), "")
-    }
-
-    fn run_with_input(
-        &mut self,
-        name: &str,
-        cmd: &mut Command,
-        input: &str,
-    ) -> Result<(), BusyboxError> {
-        let _ = writeln!(self.log, "### {name}");
-        let log_out = self
-            .log
-            .try_clone()
-            .map_err(io_err("open", &self.log_path))?;
-        let log_err = self
-            .log
-            .try_clone()
-            .map_err(io_err("open", &self.log_path))?;
-        let mut child = cmd
-            .stdout(log_out)
-            .stderr(log_err)
-            .spawn()
-            .map_err(io_err("run", Path::new(name)))?;
-        if let Some(mut stdin) = child.stdin.take() {
-            // A closed pipe only means it asked fewer questions.
-            let _ = stdin.write_all(input.as_bytes());
-        }
-        let status = child.wait().map_err(io_err("wait for", Path::new(name)))?;
-        if status.success() {
-            return Ok(());
-        }
-        let _ = self.log.flush();
-        let log = match std::fs::copy(&self.log_path, &self.failed_log) {
-            Ok(_) => self.failed_log.clone(),
-            Err(_) => self.log_path.clone(),
-        };
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        Err(BusyboxError::BuildFailed {
-            step: name.to_string(),
-            status: status.to_string(),
-            tail: lines[lines.len().saturating_sub(25)..].join("\n"),
-            log,
-        })
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,300 @@
+//! What Kiln's own builds share: the cache entry (a folder renamed into place
+//! under a per-key lock, with a JSON record), the build log and its failed
+//! steps, and musl-gcc's view of the kernel headers.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use kiln_kernel::tiny::on_path;
+use serde::{Deserialize, Serialize};
+
+use crate::{io_err, BusyboxError};
+
+/// The tools every build runs.
+pub(crate) const TOOLS: &[&str] = &["musl-gcc", "make", "tar", "bzip2", "strip", "sh"];
+
+/// A program Kiln built, in the cache.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    /// The static, stripped binary.
+    pub binary: PathBuf,
+    /// `kiln busybox 1.35.0 musl <hash16>`: what images record as its origin.
+    pub identity: String,
+    /// The cache key.
+    pub hash: String,
+    /// The binary's size in bytes.
+    pub size: u64,
+}
+
+/// The record beside each cached binary.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Record {
+    pub version: String,
+    pub tarball_sha256: String,
+    pub hash: String,
+    /// What the build turned on (busybox's symbols, dropbear's options).
+    pub symbols: Vec<String>,
+    pub size: u64,
+}
+
+/// One kind of build: its name, its cache folder's prefix and the binary it leaves.
+pub(crate) struct Product {
+    /// `busybox`, `dropbear`: names cache folders' parents, logs and identities.
+    pub name: &'static str,
+    /// The entry folder's prefix (`bb`, `db`).
+    pub tag: &'static str,
+    /// The binary's file name in the entry.
+    pub binary: &'static str,
+    /// The source version, for the record and the identity.
+    pub version: &'static str,
+    /// The source tarball's sha256.
+    pub tarball_sha256: &'static str,
+}
+
+impl Product {
+    /// The cache entry for `hash` under `cache_root`.
+    fn entry(&self, cache_root: &Path, hash: &str) -> PathBuf {
+        cache_root
+            .join(self.name)
+            .join(format!("{}-{}", self.tag, &hash[..16]))
+    }
+
+    /// The record's file name: `busybox.json`.
+    fn record(&self) -> String {
+        format!("{}.json", self.name)
+    }
+
+    /// A complete entry: its record reads and the binary has the recorded size.
+    fn read(&self, dir: &Path) -> Option<Built> {
+        let r: Record =
+            serde_json::from_slice(&std::fs::read(dir.join(self.record())).ok()?).ok()?;
+        let binary = dir.join(self.binary);
+        let size = std::fs::metadata(&binary).ok()?.len();
+        (size == r.size).then(|| Built {
+            binary,
+            identity: format!("kiln {} {} musl {}", self.name, r.version, &r.hash[..16]),
+            hash: r.hash,
+            size,
+        })
+    }
+
+    /// The cached build for `hash`, or a new one: `build` fills a [`Workspace`] and leaves
+    /// the stripped binary at [`Workspace::output`]. The entry is written to a temp folder
+    /// and renamed into place under a per-key lock, so it is complete or absent.
+    pub fn cached(
+        &self,
+        cache_root: &Path,
+        hash: &str,
+        symbols: Vec<String>,
+        tools: &[&str],
+        build: impl FnOnce(&mut Workspace) -> Result<(), BusyboxError>,
+    ) -> Result<Built, BusyboxError> {
+        let dir = self.entry(cache_root, hash);
+        if let Some(b) = self.read(&dir) {
+            return Ok(b);
+        }
+        let missing: Vec<&str> = TOOLS
+            .iter()
+            .chain(tools)
+            .copied()
+            .filter(|t| !on_path(t))
+            .collect();
+        if !missing.is_empty() {
+            return Err(BusyboxError::MissingTools {
+                what: self.name,
+                missing: missing.join(", "),
+            });
+        }
+        let root = cache_root.join(self.name);
+        std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
+        let key = format!("{}-{}", self.tag, &hash[..16]);
+        let lock_path = root.join(format!(".{key}.lock"));
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(io_err("open the build lock", &lock_path))?;
+        lock.lock()
+            .map_err(io_err("take the build lock", &lock_path))?;
+        if let Some(b) = self.read(&dir) {
+            return Ok(b);
+        }
+        let tmp = tempfile::Builder::new()
+            .prefix(&format!(".tmp-{key}-"))
+            .tempdir_in(&root)
+            .map_err(io_err("create a build folder in", &root))?;
+        let log_path = tmp.path().join("build.log");
+        let mut ws = Workspace {
+            src: tmp.path().join("src"),
+            kinc: tmp.path().join("kinc"),
+            output: tmp.path().join(self.binary),
+            step: Step {
+                what: self.name,
+                log: File::create(&log_path).map_err(io_err("create", &log_path))?,
+                log_path,
+                failed_log: root.join(format!("{key}.failed.log")),
+            },
+        };
+        std::fs::create_dir_all(&ws.src).map_err(io_err("create", &ws.src))?;
+        // musl-gcc sees only musl's headers: give it the kernel's (and nothing of glibc's).
+        std::fs::create_dir_all(&ws.kinc).map_err(io_err("create", &ws.kinc))?;
+        for (name, target) in [
+            ("linux", "/usr/include/linux"),
+            ("asm", "/usr/include/x86_64-linux-gnu/asm"),
+            ("asm-generic", "/usr/include/asm-generic"),
+        ] {
+            std::os::unix::fs::symlink(target, ws.kinc.join(name))
+                .map_err(io_err("link", &ws.kinc))?;
+        }
+        build(&mut ws)?;
+        for dir in [&ws.src, &ws.kinc] {
+            std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
+        }
+        let size = std::fs::metadata(&ws.output)
+            .map_err(io_err("stat", &ws.output))?
+            .len();
+        let record = Record {
+            version: self.version.into(),
+            tarball_sha256: self.tarball_sha256.into(),
+            hash: hash.to_string(),
+            symbols,
+            size,
+        };
+        let rec = tmp.path().join(self.record());
+        let json =
+            serde_json::to_vec_pretty(&record).map_err(|e| io_err("encode", &rec)(e.into()))?;
+        std::fs::write(&rec, json).map_err(io_err("write", &rec))?;
+        let failed_log = ws.step.failed_log.clone();
+        drop(ws);
+        let staged = tmp.keep();
+        if let Err(e) = std::fs::rename(&staged, &dir) {
+            let _ = std::fs::remove_dir_all(&staged);
+            if self.read(&dir).is_none() {
+                return Err(io_err("move the build to", &dir)(e));
+            }
+        }
+        let _ = std::fs::remove_file(&failed_log);
+        self.read(&dir).ok_or_else(|| BusyboxError::Io {
+            action: "read back",
+            path: dir.join(self.record()),
+            error: io::Error::other("the cache entry just written is incomplete"),
+        })
+    }
+}
+
+/// One build's folders and log.
+pub(crate) struct Workspace {
+    /// The unpacked source.
+    pub src: PathBuf,
+    /// The kernel headers, for `-I`.
+    pub kinc: PathBuf,
+    /// Where the stripped binary goes.
+    pub output: PathBuf,
+    /// Runs the steps into the log.
+    pub step: Step,
+}
+
+impl Workspace {
+    /// Unpack a `.tar.bz2` into `src`, without its top folder.
+    pub fn unpack(&mut self, tarball: &Path) -> Result<(), BusyboxError> {
+        self.step.run(
+            "unpack",
+            Command::new("tar")
+                .arg("-xjf")
+                .arg(tarball)
+                .arg("-C")
+                .arg(&self.src)
+                .arg("--strip-components=1"),
+        )
+    }
+
+    /// `make` in `src` with musl-gcc, the build's environment pinned.
+    pub fn make(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("make");
+        c.current_dir(&self.src)
+            .args(args)
+            .arg("CC=musl-gcc")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("LC_ALL", "C")
+            .env_remove("MAKEFLAGS")
+            .env_remove("MAKELEVEL");
+        c
+    }
+
+    /// Strip `built` (a path in `src`) into [`Workspace::output`].
+    pub fn strip(&mut self, built: &str) -> Result<(), BusyboxError> {
+        let from = self.src.join(built);
+        let to = self.output.clone();
+        self.step.run(
+            "strip",
+            Command::new("strip")
+                .arg("--strip-all")
+                .arg("-o")
+                .arg(&to)
+                .arg(&from),
+        )
+    }
+}
+
+/// One build's log and how its steps fail.
+pub(crate) struct Step {
+    what: &'static str,
+    log: File,
+    log_path: PathBuf,
+    failed_log: PathBuf,
+}
+
+impl Step {
+    /// Run `cmd`, its output into the log; a failure carries the log's tail.
+    pub fn run(&mut self, name: &str, cmd: &mut Command) -> Result<(), BusyboxError> {
+        self.run_with_input(name, cmd.stdin(Stdio::null()), "")
+    }
+
+    /// [`Step::run`], writing `input` to the command's stdin (set it to piped).
+    pub fn run_with_input(
+        &mut self,
+        name: &str,
+        cmd: &mut Command,
+        input: &str,
+    ) -> Result<(), BusyboxError> {
+        let _ = writeln!(self.log, "### {name}");
+        let log_out = self
+            .log
+            .try_clone()
+            .map_err(io_err("open", &self.log_path))?;
+        let log_err = self
+            .log
+            .try_clone()
+            .map_err(io_err("open", &self.log_path))?;
+        let mut child = cmd
+            .stdout(log_out)
+            .stderr(log_err)
+            .spawn()
+            .map_err(io_err("run", Path::new(name)))?;
+        if let Some(mut stdin) = child.stdin.take() {
+            // A closed pipe only means it asked fewer questions.
+            let _ = stdin.write_all(input.as_bytes());
+        }
+        let status = child.wait().map_err(io_err("wait for", Path::new(name)))?;
+        if status.success() {
+            return Ok(());
+        }
+        let _ = self.log.flush();
+        let log = match std::fs::copy(&self.log_path, &self.failed_log) {
+            Ok(_) => self.failed_log.clone(),
+            Err(_) => self.log_path.clone(),
+        };
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        Err(BusyboxError::BuildFailed {
+            what: self.what,
+            step: name.to_string(),
+            status: status.to_string(),
+            tail: lines[lines.len().saturating_sub(25)..].join("\n"),
+            log,
+        })
+    }
+}
