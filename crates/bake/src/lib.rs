@@ -70,6 +70,14 @@ pub enum BuildError {
         /// What went wrong.
         error: Box<kiln_busybox::BusyboxError>,
     },
+    /// Kiln's dropbear could not be built for the recipe's `[root] dropbear`.
+    #[error("{file}: root.dropbear: {error}")]
+    Dropbear {
+        /// The recipe's kiln.toml.
+        file: PathBuf,
+        /// Why.
+        error: Box<kiln_busybox::BusyboxError>,
+    },
     /// Root filesystem assembly failed.
     #[error(transparent)]
     Rootfs(#[from] kiln_rootfs::RootfsError),
@@ -302,7 +310,7 @@ pub fn build_variant(
     }
 
     let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
-    let mut st = b.stage_skeleton(&staging_dir, inputs.busybox.as_ref(), inputs.base.as_ref())?;
+    let mut st = b.stage_skeleton(&staging_dir, &inputs)?;
     b.stage_packages(&mut st, &inputs)?;
     let package_root = inputs.pkgs.as_ref().map(|p| p.root.dir.as_path());
     install_binaries(recipe, &mut st, package_root)?;
@@ -335,6 +343,8 @@ struct Inputs {
     kernel: kiln_kernel::Kernel,
     /// busybox's binary and its origin (`package version`), when the recipe wants it.
     busybox: Option<(PathBuf, String)>,
+    /// Kiln's dropbear, when the recipe asks for it.
+    dropbear: Option<kiln_busybox::Built>,
     /// The recipe's packages, when it has any.
     pkgs: Option<packages::Provisioned>,
     /// The index file in effect, if any.
@@ -350,6 +360,7 @@ impl Build<'_> {
         let base = oci::pull_base(self.recipe, &self.opts.cache_root, self.progress)?;
         let kernel = self.provision_kernel(cache)?;
         let busybox = self.provision_busybox(cache)?;
+        let dropbear = self.provision_dropbear(cache)?;
         let pkgs = if self.recipe.config.packages.is_empty() {
             None
         } else {
@@ -360,6 +371,7 @@ impl Build<'_> {
         Ok(Inputs {
             kernel,
             busybox,
+            dropbear,
             pkgs,
             index,
             base,
@@ -412,7 +424,7 @@ impl Build<'_> {
             let opts = kiln_busybox::Options {
                 cache_root: self.opts.cache_root.clone(),
                 applets: applets.iter().map(|a| a.get_ref().clone()).collect(),
-                jobs: std::thread::available_parallelism().map_or(1, |n| n.get()),
+                jobs: jobs(),
             };
             let bb = kiln_busybox::build(&opts, cache, &|step| self.progress.phase(step)).map_err(
                 |error| BuildError::Busybox {
@@ -431,9 +443,26 @@ impl Build<'_> {
         )))
     }
 
+    /// Kiln's dropbear, when the recipe sets `[root] dropbear = true`.
+    fn provision_dropbear(&self, cache: &Cache) -> Result<Option<kiln_busybox::Built>, BuildError> {
+        if !self.recipe.config.root.dropbear {
+            return Ok(None);
+        }
+        let root = &self.opts.cache_root;
+        kiln_busybox::dropbear::build(root, jobs(), cache, &|step| self.progress.phase(step))
+            .map(Some)
+            .map_err(|error| BuildError::Dropbear {
+                file: self.recipe.config_path(),
+                error: Box::new(error),
+            })
+    }
+
     /// The build's fingerprint: the recipe and its inputs, the package set and the index's hash.
     fn fingerprint(&self, inputs: &Inputs) -> Result<String, BuildError> {
         let mut extra = self.variant.describe(self.recipe);
+        if let Some(d) = &inputs.dropbear {
+            extra.push_str(&format!("\n{}", d.identity));
+        }
         if let Some(b) = &inputs.base {
             // A tag that moves to another image is another build.
             extra.push_str(&format!("\nfrom {}", b.manifest_digest));
@@ -460,12 +489,8 @@ impl Build<'_> {
     }
 
     /// Start the staging tree: the root skeleton, busybox and its applets, kiln-init as /init.
-    fn stage_skeleton(
-        &self,
-        staging_dir: &Path,
-        busybox: Option<&(PathBuf, String)>,
-        base: Option<&kiln_oci::Pulled>,
-    ) -> Result<Staging, BuildError> {
+    fn stage_skeleton(&self, staging_dir: &Path, inputs: &Inputs) -> Result<Staging, BuildError> {
+        let base = inputs.base.as_ref();
         self.progress.phase("root filesystem");
         let mut st = Staging::new(staging_dir)?;
         // An OCI image is the bottom layer: what Kiln adds below fills in only what it lacks.
@@ -474,8 +499,11 @@ impl Build<'_> {
         }
         let keep = base.is_some();
         skeleton(&mut st, keep)?;
-        if let Some((bb, from)) = busybox {
+        if let Some((bb, from)) = &inputs.busybox {
             install_busybox(&mut st, bb, from, keep)?;
+        }
+        if let Some(d) = &inputs.dropbear {
+            install_dropbear(&mut st, d, keep)?;
         }
         st.copy_file(
             Path::new("/init"),
@@ -1160,6 +1188,39 @@ fn install_busybox(
         )?;
     }
     Ok(())
+}
+
+/// Kiln's dropbear and its program links; with `keep`, paths already staged are kept.
+fn install_dropbear(
+    st: &mut Staging,
+    dropbear: &kiln_busybox::Built,
+    keep: bool,
+) -> Result<(), BuildError> {
+    use kiln_busybox::dropbear::{BINARY_PATH, PROGRAMS};
+    st.copy_file_labelled(
+        Path::new(BINARY_PATH),
+        &dropbear.binary,
+        &dropbear.identity,
+        "dropbear: SSH server ([root] dropbear)",
+    )?;
+    for (_, guest) in PROGRAMS {
+        let guest = Path::new(guest);
+        if keep && oci::staged(st, guest) {
+            continue;
+        }
+        st.symlink(
+            guest,
+            Path::new(BINARY_PATH),
+            &dropbear.identity,
+            "dropbear program",
+        )?;
+    }
+    Ok(())
+}
+
+/// `make -j` for Kiln's own builds: every core.
+fn jobs() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn install_binaries(

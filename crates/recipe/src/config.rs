@@ -183,6 +183,7 @@ impl Config {
                 self.root.busybox && find_key(text, "busybox").is_some(),
             ),
             ("applets", self.root.applets.is_some()),
+            ("dropbear", self.root.dropbear),
         ];
         if let Some((key, _)) = linux_only.iter().find(|(_, set)| *set) {
             return Err((
@@ -480,6 +481,10 @@ pub struct Root {
     /// (applet names, or `CONFIG_*` options) instead of installing Debian's with all 269.
     #[serde(default)]
     pub applets: Option<Vec<Spanned<String>>>,
+    /// Install Kiln's own dropbear (static, musl, key login only): `/usr/sbin/dropbear`,
+    /// `/usr/bin/dropbearkey` and `/usr/bin/scp`, without Debian's shared crypto libraries.
+    #[serde(default)]
+    pub dropbear: bool,
     /// Host executables copied with their shared-library closure.
     #[serde(default)]
     pub binaries: Vec<Spanned<String>>,
@@ -497,6 +502,7 @@ impl Default for Root {
         Root {
             busybox: true,
             applets: None,
+            dropbear: false,
             binaries: vec![],
             files: vec![],
             modules: vec![],

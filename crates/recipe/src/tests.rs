@@ -380,6 +380,11 @@ fn bsd_guests_come_from_sets_and_a_kernel_file() {
             "binaries: a netbsd guest",
         ),
         (
+            "name = \"x\"\nguest = \"freebsd\"\nkernel = \"k\"\nsets = [\"a\"]\n[root]\ndropbear = true\n",
+            6,
+            "dropbear: a freebsd guest",
+        ),
+        (
             "name = \"x\"\nguest = \"netbsd\"\nkernel = \"k\"\nsets = [\"a\"]\n[image]\nformat = \"initramfs\"\n",
             6,
             "FFS disk image",
@@ -643,4 +648,18 @@ fn applets_ask_for_kilns_busybox_and_need_busybox() {
     let (line, msg) = parse_err("name = \"web\"\n[root]\nbusybox = false\napplets = []\n");
     assert_eq!(line, 4, "{msg}");
     assert!(msg.contains("busybox = false installs none"), "{msg}");
+}
+
+#[test]
+fn dropbear_is_kilns_own_when_asked() {
+    let load = |text: &str| Recipe::load(recipe_dir(text).path()).expect("load");
+    assert!(
+        load("name = \"j\"\n[root]\ndropbear = true\n")
+            .config
+            .root
+            .dropbear
+    );
+    assert!(!load("name = \"j\"\n").config.root.dropbear);
+    let (line, msg) = parse_err("name = \"j\"\n[root]\ndropbear = \"yes\"\n");
+    assert_eq!(line, 3, "{msg}");
 }
