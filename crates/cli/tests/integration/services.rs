@@ -110,13 +110,39 @@ fn openssh_client_logs_into_sshd_with_a_key() {
     std::fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).expect("copy");
 
     let (d, image, m) = build(r.path());
+    // Kiln's own dropbear (static, its crypto bundled): none of Debian's crypto libraries.
     assert!(
-        size_of(&m) <= 8_000_000,
-        "sshd image {} bytes > 8 MB",
+        size_of(&m) <= 1_800_000,
+        "sshd image {} bytes > 1.8 MB",
         size_of(&m)
     );
     let files = paths(&m);
-    assert!(files.iter().any(|p| p == "/usr/sbin/dropbear"));
+    let source = |path: &str| {
+        m["files"]
+            .as_array()
+            .expect("files")
+            .iter()
+            .find(|f| f["path"] == path)
+            .and_then(|f| f["source"].as_str())
+            .map(str::to_string)
+    };
+    for program in [
+        "/usr/sbin/dropbear",
+        "/usr/sbin/dropbearmulti",
+        "/usr/bin/scp",
+    ] {
+        let from = source(program).unwrap_or_else(|| panic!("{program} not in the image"));
+        assert!(
+            from.starts_with("kiln dropbear 2022.83 musl "),
+            "{program}: {from}"
+        );
+    }
+    assert!(
+        !files
+            .iter()
+            .any(|p| p.contains("libtom") || p.contains("libgmp")),
+        "Debian's crypto libraries are in the image: {files:?}"
+    );
     assert!(
         !files.iter().any(|p| p.starts_with("/etc/dropbear/")),
         "host keys must not be baked into the image: {files:?}"
