@@ -488,7 +488,8 @@ impl Build<'_> {
         )
     }
 
-    /// Start the staging tree: the root skeleton, busybox and its applets, kiln-init as /init.
+    /// Start the staging tree: the root skeleton, busybox and its applets, Kiln's dropbear,
+    /// kiln-init as /init.
     fn stage_skeleton(&self, staging_dir: &Path, inputs: &Inputs) -> Result<Staging, BuildError> {
         let base = inputs.base.as_ref();
         self.progress.phase("root filesystem");
