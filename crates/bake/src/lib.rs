@@ -68,7 +68,7 @@ pub enum BuildError {
         /// The recipe's kiln.toml.
         file: PathBuf,
         /// What went wrong.
-        error: Box<kiln_busybox::BusyboxError>,
+        error: Box<kiln_userland::UserlandError>,
     },
     /// Kiln's dropbear could not be built for the recipe's `[root] dropbear`.
     #[error("{file}: root.dropbear: {error}")]
@@ -76,7 +76,7 @@ pub enum BuildError {
         /// The recipe's kiln.toml.
         file: PathBuf,
         /// Why.
-        error: Box<kiln_busybox::BusyboxError>,
+        error: Box<kiln_userland::UserlandError>,
     },
     /// Root filesystem assembly failed.
     #[error(transparent)]
@@ -344,7 +344,7 @@ struct Inputs {
     /// busybox's binary and its origin (`package version`), when the recipe wants it.
     busybox: Option<(PathBuf, String)>,
     /// Kiln's dropbear, when the recipe asks for it.
-    dropbear: Option<kiln_busybox::Built>,
+    dropbear: Option<kiln_userland::Built>,
     /// The recipe's packages, when it has any.
     pkgs: Option<packages::Provisioned>,
     /// The index file in effect, if any.
@@ -421,17 +421,16 @@ impl Build<'_> {
             return Ok(None);
         }
         if let Some(applets) = &self.recipe.config.root.applets {
-            let opts = kiln_busybox::Options {
+            let opts = kiln_userland::busybox::Options {
                 cache_root: self.opts.cache_root.clone(),
                 applets: applets.iter().map(|a| a.get_ref().clone()).collect(),
                 jobs: jobs(),
             };
-            let bb = kiln_busybox::build(&opts, cache, &|step| self.progress.phase(step)).map_err(
-                |error| BuildError::Busybox {
+            let bb = kiln_userland::busybox::build(&opts, cache, &|step| self.progress.phase(step))
+                .map_err(|error| BuildError::Busybox {
                     file: self.recipe.config_path(),
                     error: Box::new(error),
-                },
-            )?;
+                })?;
             return Ok(Some((bb.binary, bb.identity)));
         }
         self.progress.phase("busybox");
@@ -444,12 +443,15 @@ impl Build<'_> {
     }
 
     /// Kiln's dropbear, when the recipe sets `[root] dropbear = true`.
-    fn provision_dropbear(&self, cache: &Cache) -> Result<Option<kiln_busybox::Built>, BuildError> {
+    fn provision_dropbear(
+        &self,
+        cache: &Cache,
+    ) -> Result<Option<kiln_userland::Built>, BuildError> {
         if !self.recipe.config.root.dropbear {
             return Ok(None);
         }
         let root = &self.opts.cache_root;
-        kiln_busybox::dropbear::build(root, jobs(), cache, &|step| self.progress.phase(step))
+        kiln_userland::dropbear::build(root, jobs(), cache, &|step| self.progress.phase(step))
             .map(Some)
             .map_err(|error| BuildError::Dropbear {
                 file: self.recipe.config_path(),
@@ -1194,10 +1196,10 @@ fn install_busybox(
 /// Kiln's dropbear and its program links; with `keep`, paths already staged are kept.
 fn install_dropbear(
     st: &mut Staging,
-    dropbear: &kiln_busybox::Built,
+    dropbear: &kiln_userland::Built,
     keep: bool,
 ) -> Result<(), BuildError> {
-    use kiln_busybox::dropbear::{BINARY_PATH, PROGRAMS};
+    use kiln_userland::dropbear::{BINARY_PATH, PROGRAMS};
     st.copy_file_labelled(
         Path::new(BINARY_PATH),
         &dropbear.binary,

@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use kiln_kernel::tiny::on_path;
 use serde::{Deserialize, Serialize};
 
-use crate::{io_err, BusyboxError};
+use crate::{io_err, UserlandError};
 
 /// The tools every build runs.
 pub(crate) const TOOLS: &[&str] = &["musl-gcc", "make", "tar", "bzip2", "strip", "sh"];
@@ -89,8 +89,8 @@ impl Product {
         hash: &str,
         symbols: Vec<String>,
         tools: &[&str],
-        build: impl FnOnce(&mut Workspace) -> Result<(), BusyboxError>,
-    ) -> Result<Built, BusyboxError> {
+        build: impl FnOnce(&mut Workspace) -> Result<(), UserlandError>,
+    ) -> Result<Built, UserlandError> {
         let dir = self.entry(cache_root, hash);
         if let Some(b) = self.read(&dir) {
             return Ok(b);
@@ -102,7 +102,7 @@ impl Product {
             .filter(|t| !on_path(t))
             .collect();
         if !missing.is_empty() {
-            return Err(BusyboxError::MissingTools {
+            return Err(UserlandError::MissingTools {
                 what: self.name,
                 missing: missing.join(", "),
             });
@@ -177,7 +177,7 @@ impl Product {
             }
         }
         let _ = std::fs::remove_file(&failed_log);
-        self.read(&dir).ok_or_else(|| BusyboxError::Io {
+        self.read(&dir).ok_or_else(|| UserlandError::Io {
             action: "read back",
             path: dir.join(self.record()),
             error: io::Error::other("the cache entry just written is incomplete"),
@@ -199,7 +199,7 @@ pub(crate) struct Workspace {
 
 impl Workspace {
     /// Unpack a `.tar.bz2` into `src`, without its top folder.
-    pub fn unpack(&mut self, tarball: &Path) -> Result<(), BusyboxError> {
+    pub fn unpack(&mut self, tarball: &Path) -> Result<(), UserlandError> {
         self.step.run(
             "unpack",
             Command::new("tar")
@@ -225,7 +225,7 @@ impl Workspace {
     }
 
     /// Strip `built` (a path in `src`) into [`Workspace::output`].
-    pub fn strip(&mut self, built: &str) -> Result<(), BusyboxError> {
+    pub fn strip(&mut self, built: &str) -> Result<(), UserlandError> {
         let from = self.src.join(built);
         let to = self.output.clone();
         self.step.run(
@@ -249,7 +249,7 @@ pub(crate) struct Step {
 
 impl Step {
     /// Run `cmd`, its output into the log; a failure carries the log's tail.
-    pub fn run(&mut self, name: &str, cmd: &mut Command) -> Result<(), BusyboxError> {
+    pub fn run(&mut self, name: &str, cmd: &mut Command) -> Result<(), UserlandError> {
         self.run_with_input(name, cmd.stdin(Stdio::null()), "")
     }
 
@@ -259,7 +259,7 @@ impl Step {
         name: &str,
         cmd: &mut Command,
         input: &str,
-    ) -> Result<(), BusyboxError> {
+    ) -> Result<(), UserlandError> {
         let _ = writeln!(self.log, "### {name}");
         let log_out = self
             .log
@@ -289,7 +289,7 @@ impl Step {
         };
         let text = std::fs::read_to_string(&log).unwrap_or_default();
         let lines: Vec<&str> = text.lines().collect();
-        Err(BusyboxError::BuildFailed {
+        Err(UserlandError::BuildFailed {
             what: self.what,
             step: name.to_string(),
             status: status.to_string(),

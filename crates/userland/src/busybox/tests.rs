@@ -29,7 +29,7 @@ fn applet_names_map_to_their_symbols() {
         "x;y",
     ] {
         assert!(
-            matches!(symbols(bad), Err(BusyboxError::BadName(_))),
+            matches!(symbols(bad), Err(UserlandError::BadName(_))),
             "{bad:?}"
         );
     }
@@ -71,12 +71,12 @@ fn the_check_tells_unknown_from_dropped() {
     assert!(check_config(cfg, &on(&["HTTPD"])).is_ok());
     let e = check_config(cfg, &on(&["HTTPD", "FEATURE_X"])).expect_err("dropped");
     assert!(
-        matches!(&e, BusyboxError::NotApplied { symbol, .. } if symbol == "CONFIG_FEATURE_X"),
+        matches!(&e, UserlandError::NotApplied { symbol, .. } if symbol == "CONFIG_FEATURE_X"),
         "{e}"
     );
     let e = check_config(cfg, &on(&["NOSUCH"])).expect_err("unknown");
     assert!(
-        matches!(&e, BusyboxError::Unknown { name, .. } if name == "nosuch"),
+        matches!(&e, UserlandError::Unknown { name, .. } if name == "nosuch"),
         "{e}"
     );
     assert!(e.is_user_error());

@@ -18,7 +18,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::build::{Built, Product};
-use crate::BusyboxError;
+use crate::UserlandError;
 
 /// The dropbear version built (Debian 12's).
 pub const VERSION: &str = "2022.83";
@@ -134,7 +134,7 @@ pub fn build(
     jobs: usize,
     debs: &kiln_debpkg::Cache,
     progress: &dyn Fn(&str),
-) -> Result<Built, BusyboxError> {
+) -> Result<Built, UserlandError> {
     let hash = cache_key();
     DROPBEAR.cached(cache_root, &hash, settings(), &["patch"], |ws| {
         progress("dropbear: source");

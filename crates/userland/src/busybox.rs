@@ -1,5 +1,4 @@
-//! Kiln's own static musl builds: busybox with only the applets a recipe asks
-//! for, and dropbear ([`dropbear`]) without the shared crypto libraries.
+//! Kiln's own busybox: a static musl build with only the applets a recipe asks for.
 //!
 //! Debian's busybox-static has 269 applets and weighs 1.98 MB (1.02 MB of a
 //! zstd initramfs); most services run a shell and a handful of tools. A
@@ -15,20 +14,15 @@
 //! `<cache>/busybox/bb-<hash16>/`, keyed by the tarball and the symbols.
 //! The build folder is a temp folder renamed into place: an entry is complete
 //! or absent. `SOURCE_DATE_EPOCH` is fixed, so the binary is reproducible.
-//! The cache entry, the build log and the headers are `build`'s, shared by both.
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 
 use kiln_kernel::tiny::{parse_dot_config, FragmentOption, OptionValue};
 use sha2::{Digest, Sha256};
 
-mod build;
-pub mod dropbear;
-
-pub use build::Built;
-use build::Product;
+use crate::build::{Built, Product};
+use crate::{io_err, UserlandError};
 
 /// The busybox version built.
 pub const VERSION: &str = "1.35.0";
@@ -169,91 +163,9 @@ const CORE_FEATURES: &[&str] = &[
     "FEATURE_FANCY_PING",
 ];
 
-/// Errors from building Kiln's busybox.
-#[derive(Debug, thiserror::Error)]
-pub enum BusyboxError {
-    /// A tool the build needs is not installed.
-    #[error("building {what} needs {missing} on PATH: install them with `apt-get install musl-tools bzip2 make patch`")]
-    MissingTools {
-        /// What was being built.
-        what: &'static str,
-        /// The missing commands, comma-separated.
-        missing: String,
-    },
-    /// A name that cannot be an applet.
-    #[error(
-        "`{0}` is not an applet name (letters, digits, `_`, `-`, `[`, `[[`) nor a CONFIG_ symbol"
-    )]
-    BadName(String),
-    /// busybox has no such applet (or option).
-    #[error("busybox {VERSION} has no applet or option `{name}` (no {symbol} in its configuration): check the spelling; `busybox --list` on a Debian host lists the applets")]
-    Unknown {
-        /// As the recipe wrote it.
-        name: String,
-        /// The configuration symbol looked for.
-        symbol: String,
-    },
-    /// A requested symbol did not stay on (a dependency the list lacks).
-    #[error("busybox's configuration turned {symbol} (for `{name}`) off: it depends on an option the list lacks; add that option's CONFIG_ name to the list")]
-    NotApplied {
-        /// As the recipe wrote it.
-        name: String,
-        /// The configuration symbol.
-        symbol: String,
-    },
-    /// Fetching the source tarball failed.
-    #[error(transparent)]
-    Fetch(#[from] kiln_debpkg::DebError),
-    /// A build step failed.
-    #[error("{what} `{step}` failed ({status}); the full log is {log}:\n{tail}")]
-    BuildFailed {
-        /// What was being built.
-        what: &'static str,
-        /// The step.
-        step: String,
-        /// How it ended.
-        status: String,
-        /// The saved log.
-        log: PathBuf,
-        /// The last lines of output.
-        tail: String,
-    },
-    /// A filesystem or process operation failed.
-    #[error("cannot {action} {path}: {error}")]
-    Io {
-        /// What was being done.
-        action: &'static str,
-        /// The path involved.
-        path: PathBuf,
-        /// The underlying error.
-        error: io::Error,
-    },
-}
-
-impl BusyboxError {
-    /// Whether the recipe's list is at fault (a bad or unknown name).
-    pub fn is_user_error(&self) -> bool {
-        matches!(
-            self,
-            BusyboxError::BadName(_)
-                | BusyboxError::Unknown { .. }
-                | BusyboxError::NotApplied { .. }
-        )
-    }
-}
-
-fn io_err(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> BusyboxError {
-    let path = path.to_path_buf();
-    move |error| BusyboxError::Io {
-        action,
-        path,
-        error,
-    }
-}
-
 /// The configuration symbols (without `CONFIG_`) that give applet `name`; a `CONFIG_X`
 /// entry is the symbol `X` itself.
-pub fn symbols(name: &str) -> Result<Vec<String>, BusyboxError> {
+pub fn symbols(name: &str) -> Result<Vec<String>, UserlandError> {
     if let Some(sym) = name.strip_prefix("CONFIG_") {
         let ok = !sym.is_empty()
             && sym
@@ -262,7 +174,7 @@ pub fn symbols(name: &str) -> Result<Vec<String>, BusyboxError> {
         return if ok {
             Ok(vec![sym.to_string()])
         } else {
-            Err(BusyboxError::BadName(name.to_string()))
+            Err(UserlandError::BadName(name.to_string()))
         };
     }
     Ok(match name {
@@ -276,7 +188,7 @@ pub fn symbols(name: &str) -> Result<Vec<String>, BusyboxError> {
                     .chars()
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '-');
             if !ok {
-                return Err(BusyboxError::BadName(name.to_string()));
+                return Err(UserlandError::BadName(name.to_string()));
             }
             vec![name.to_ascii_uppercase().replace('-', "_")]
         }
@@ -285,7 +197,7 @@ pub fn symbols(name: &str) -> Result<Vec<String>, BusyboxError> {
 
 /// Every symbol a build with the core and `extra` applets turns on, each with the name it
 /// came from, in order, without repeats.
-pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, BusyboxError> {
+pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, UserlandError> {
     let mut out: Vec<(String, String)> = Vec::new();
     let names = CORE_APPLETS
         .iter()
@@ -315,6 +227,7 @@ pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, BusyboxError
 /// The cache key over the tarball, the symbols and the build steps' version.
 pub fn cache_key(symbols: &[(String, String)]) -> String {
     let mut h = Sha256::new();
+    // "kiln-busybox", the crate's old name: kept so that cached builds stay valid.
     h.update(format!("kiln-busybox v{BUILD_VERSION}\n{TARBALL_SHA256}\n").as_bytes());
     let mut syms: Vec<&str> = symbols.iter().map(|(s, _)| s.as_str()).collect();
     syms.sort_unstable();
@@ -340,14 +253,14 @@ pub fn merge_config(config: &str, on: &[(String, String)]) -> String {
 }
 
 /// Check the configuration `make oldconfig` wrote against what was asked.
-pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), BusyboxError> {
+pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), UserlandError> {
     let got = parse_dot_config(config);
     for (sym, name) in on {
         let (name, symbol) = (name.clone(), format!("CONFIG_{sym}"));
         match got.get(sym) {
             Some(OptionValue::Yes) => {}
-            Some(_) => return Err(BusyboxError::NotApplied { name, symbol }),
-            None => return Err(BusyboxError::Unknown { name, symbol }),
+            Some(_) => return Err(UserlandError::NotApplied { name, symbol }),
+            None => return Err(UserlandError::Unknown { name, symbol }),
         }
     }
     Ok(())
@@ -382,7 +295,7 @@ pub fn build(
     opts: &Options,
     debs: &kiln_debpkg::Cache,
     progress: &dyn Fn(&str),
-) -> Result<Busybox, BusyboxError> {
+) -> Result<Busybox, UserlandError> {
     let on = requested(&opts.applets)?;
     let hash = cache_key(&on);
     let symbols = on.iter().map(|(s, _)| s.clone()).collect();
