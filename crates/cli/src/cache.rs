@@ -247,7 +247,15 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                 ("debs (downloads)", "debs"),
                 ("unpacked packages", "unpacked"),
                 ("kernel sources", "src"),
-            ] {
+                ("source tarballs", kiln_debpkg::ORIG_DIR),
+            ]
+            .into_iter()
+            .map(|(what, sub)| (what.to_string(), sub))
+            .chain(
+                kiln_userland::cache_folders()
+                    .into_iter()
+                    .map(|sub| (format!("{sub} (built)"), sub)),
+            ) {
                 let p = cache.join(sub);
                 if p.exists() {
                     println!("{what:<20} {:>9}  {}", human(size_of(&p)), p.display());

@@ -39,6 +39,8 @@ use sha2::{Digest, Sha256};
 
 /// Name of the completion marker written inside an unpacked tree.
 pub const UNPACK_MARKER: &str = ".kiln-unpacked";
+/// The cache folder (under the cache root) of the source tarballs [`Cache::fetch_orig`] keeps.
+pub const ORIG_DIR: &str = "orig";
 
 /// Errors from fetching, verifying or unpacking Debian packages.
 #[derive(Debug, thiserror::Error)]
@@ -397,7 +399,7 @@ impl Cache {
         sha256: &str,
     ) -> Result<PathBuf, DebError> {
         validate_name(binary_package)?;
-        let dir = self.root.join("orig");
+        let dir = self.root.join(ORIG_DIR);
         let dest = dir.join(file);
         let plain = Path::new(file).components().count() == 1
             && !file.starts_with('.')

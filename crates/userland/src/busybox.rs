@@ -270,7 +270,7 @@ pub fn check_config(config: &str, on: &[(String, String)]) -> Result<(), Userlan
 pub type Busybox = Built;
 
 /// busybox's builds.
-const BUSYBOX: Product = Product {
+pub(crate) const BUSYBOX: Product = Product {
     name: "busybox",
     tag: "bb",
     binary: "busybox",

@@ -84,7 +84,7 @@ pub const PROGRAMS: &[(&str, &str)] = &[
 /// Where the multi-call binary goes in the guest.
 pub const BINARY_PATH: &str = "/usr/sbin/dropbearmulti";
 
-const DROPBEAR: Product = Product {
+pub(crate) const DROPBEAR: Product = Product {
     name: "dropbear",
     tag: "db",
     binary: "dropbearmulti",

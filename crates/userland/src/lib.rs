@@ -14,6 +14,11 @@ pub mod dropbear;
 
 pub use build::Built;
 
+/// The folders under Kiln's cache that hold these builds, one per program.
+pub fn cache_folders() -> [&'static str; 2] {
+    [busybox::BUSYBOX.name, dropbear::DROPBEAR.name]
+}
+
 /// Errors from building Kiln's busybox or dropbear.
 #[derive(Debug, thiserror::Error)]
 pub enum UserlandError {

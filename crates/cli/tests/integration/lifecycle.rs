@@ -739,6 +739,15 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     let expanded = cache.path().join("initrd");
     std::fs::create_dir_all(&expanded).expect("mkdir");
     std::fs::write(expanded.join("feedface.cpio"), vec![0u8; 4096]).expect("w");
+    // Kiln's own builds and their source tarballs are listed with the rest.
+    for (dir, file) in [
+        ("busybox/bb-feedface", "busybox"),
+        ("dropbear/db-feedface", "dropbearmulti"),
+        ("orig", "x.orig.tar.bz2"),
+    ] {
+        std::fs::create_dir_all(cache.path().join(dir)).expect("mkdir");
+        std::fs::write(cache.path().join(dir).join(file), vec![0u8; 4096]).expect("w");
+    }
 
     let mut f = Fleet::new();
     let name = f.name("cached");
@@ -766,6 +775,12 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
     assert!(o.status.success(), "{listing}");
     assert!(listing.contains(&format!("used by {name}")), "{listing}");
     assert!(listing.contains("the newest image of httpd"), "{listing}");
+    for what in ["busybox (built)", "dropbear (built)", "source tarballs"] {
+        assert!(
+            listing.lines().any(|l| l.starts_with(what)),
+            "{what}: {listing}"
+        );
+    }
     // The VM booted its initramfs expanded into the cache (httpd's archive is compressed).
     let manifest = manifest(&used);
     let sha = manifest["initramfs"]["sha256"]
