@@ -343,8 +343,8 @@ struct Inputs {
     kernel: kiln_kernel::Kernel,
     /// busybox's binary and its origin (`package version`), when the recipe wants it.
     busybox: Option<(PathBuf, String)>,
-    /// Kiln's dropbear, when the recipe asks for it.
-    dropbear: Option<kiln_userland::Built>,
+    /// Kiln's dropbear and sftp-server, when the recipe asks for them.
+    dropbear: Option<Ssh>,
     /// The recipe's packages, when it has any.
     pkgs: Option<packages::Provisioned>,
     /// The index file in effect, if any.
@@ -442,28 +442,35 @@ impl Build<'_> {
         )))
     }
 
-    /// Kiln's dropbear, when the recipe sets `[root] dropbear = true`.
-    fn provision_dropbear(
-        &self,
-        cache: &Cache,
-    ) -> Result<Option<kiln_userland::Built>, BuildError> {
+    /// Kiln's dropbear and sftp-server, when the recipe sets `[root] dropbear = true`.
+    fn provision_dropbear(&self, cache: &Cache) -> Result<Option<Ssh>, BuildError> {
         if !self.recipe.config.root.dropbear {
             return Ok(None);
         }
         let root = &self.opts.cache_root;
-        kiln_userland::dropbear::build(root, jobs(), cache, &|step| self.progress.phase(step))
-            .map(Some)
-            .map_err(|error| BuildError::Dropbear {
-                file: self.recipe.config_path(),
-                error: Box::new(error),
-            })
+        let progress = |step: &str| self.progress.phase(step);
+        let failed = |error| BuildError::Dropbear {
+            file: self.recipe.config_path(),
+            error: Box::new(error),
+        };
+        let dropbear =
+            kiln_userland::dropbear::build(root, jobs(), cache, &progress).map_err(failed)?;
+        let sftp_server =
+            kiln_userland::sftp_server::build(root, jobs(), cache, &progress).map_err(failed)?;
+        Ok(Some(Ssh {
+            dropbear,
+            sftp_server,
+        }))
     }
 
     /// The build's fingerprint: the recipe and its inputs, the package set and the index's hash.
     fn fingerprint(&self, inputs: &Inputs) -> Result<String, BuildError> {
         let mut extra = self.variant.describe(self.recipe);
-        if let Some(d) = &inputs.dropbear {
-            extra.push_str(&format!("\n{}", d.identity));
+        if let Some(ssh) = &inputs.dropbear {
+            extra.push_str(&format!(
+                "\n{}\n{}",
+                ssh.dropbear.identity, ssh.sftp_server.identity
+            ));
         }
         if let Some(b) = &inputs.base {
             // A tag that moves to another image is another build.
@@ -1193,13 +1200,26 @@ fn install_busybox(
     Ok(())
 }
 
-/// Kiln's dropbear and its program links; with `keep`, paths already staged are kept.
-fn install_dropbear(
-    st: &mut Staging,
-    dropbear: &kiln_userland::Built,
-    keep: bool,
-) -> Result<(), BuildError> {
+/// Kiln's SSH server for `[root] dropbear`: dropbear and the sftp-server it runs.
+struct Ssh {
+    dropbear: kiln_userland::Built,
+    sftp_server: kiln_userland::Built,
+}
+
+/// Kiln's dropbear, its program links and sftp-server; with `keep`, paths already staged
+/// are kept.
+fn install_dropbear(st: &mut Staging, ssh: &Ssh, keep: bool) -> Result<(), BuildError> {
     use kiln_userland::dropbear::{BINARY_PATH, PROGRAMS};
+    let sftp = Path::new(kiln_userland::sftp_server::GUEST_PATH);
+    if !(keep && oci::staged(st, sftp)) {
+        st.copy_file_labelled(
+            sftp,
+            &ssh.sftp_server.binary,
+            &ssh.sftp_server.identity,
+            "sftp-server: what dropbear runs for SFTP ([root] dropbear)",
+        )?;
+    }
+    let dropbear = &ssh.dropbear;
     st.copy_file_labelled(
         Path::new(BINARY_PATH),
         &dropbear.binary,

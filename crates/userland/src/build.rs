@@ -198,12 +198,12 @@ pub(crate) struct Workspace {
 }
 
 impl Workspace {
-    /// Unpack a `.tar.bz2` into `src`, without its top folder.
+    /// Unpack a source tarball (tar finds its compression) into `src`, without its top folder.
     pub fn unpack(&mut self, tarball: &Path) -> Result<(), UserlandError> {
         self.step.run(
             "unpack",
             Command::new("tar")
-                .arg("-xjf")
+                .arg("-xf")
                 .arg(tarball)
                 .arg("-C")
                 .arg(&self.src)
@@ -221,6 +221,19 @@ impl Workspace {
             .env("LC_ALL", "C")
             .env_remove("MAKEFLAGS")
             .env_remove("MAKELEVEL");
+        c
+    }
+
+    /// `./configure ARGS` in `src` for a static musl build, the kernel headers on the path.
+    pub fn configure(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("./configure");
+        c.current_dir(&self.src)
+            .args(args)
+            .env("CC", "musl-gcc")
+            .env("CFLAGS", format!("-Os -I{}", self.kinc.display()))
+            .env("LDFLAGS", "-static")
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .env("LC_ALL", "C");
         c
     }
 

@@ -152,16 +152,7 @@ pub fn build(
         let options = ws.src.join("localoptions.h");
         std::fs::write(&options, LOCAL_OPTIONS).map_err(crate::io_err("write", &options))?;
         progress("dropbear: configuring");
-        let mut configure = std::process::Command::new("./configure");
-        configure
-            .current_dir(&ws.src)
-            .args(CONFIGURE)
-            .env("CC", "musl-gcc")
-            .env("CFLAGS", format!("-Os -I{}", ws.kinc.display()))
-            .env("LDFLAGS", "-static")
-            .env("SOURCE_DATE_EPOCH", "1700000000")
-            .env("LC_ALL", "C");
-        ws.step.run("configure", &mut configure)?;
+        ws.step.run("configure", &mut ws.configure(CONFIGURE))?;
         progress("dropbear: compiling");
         let programs: Vec<&str> = PROGRAMS.iter().map(|(p, _)| *p).collect();
         let programs = format!("PROGRAMS={}", programs.join(" "));

@@ -1,7 +1,8 @@
 //! Kiln's own userland programs, built static with musl-gcc from Debian's
 //! source tarballs and cached: busybox with only the applets a recipe asks
-//! for ([`busybox`], `[root] applets`) and dropbear without the shared crypto
-//! libraries ([`dropbear`], `[root] dropbear`). What both builds share (the
+//! for ([`busybox`], `[root] applets`), and for `[root] dropbear` dropbear
+//! without the shared crypto libraries ([`dropbear`]) and the OpenSSH
+//! sftp-server it runs ([`sftp_server`]). What the builds share (the
 //! cache entry renamed into place under a per-key lock, the build log, the
 //! kernel headers musl-gcc sees) is `build`'s.
 
@@ -11,12 +12,17 @@ use std::path::{Path, PathBuf};
 mod build;
 pub mod busybox;
 pub mod dropbear;
+pub mod sftp_server;
 
 pub use build::Built;
 
 /// The folders under Kiln's cache that hold these builds, one per program.
-pub fn cache_folders() -> [&'static str; 2] {
-    [busybox::BUSYBOX.name, dropbear::DROPBEAR.name]
+pub fn cache_folders() -> [&'static str; 3] {
+    [
+        busybox::BUSYBOX.name,
+        dropbear::DROPBEAR.name,
+        sftp_server::SFTP_SERVER.name,
+    ]
 }
 
 /// Errors from building Kiln's busybox or dropbear.
