@@ -110,10 +110,10 @@ fn openssh_client_logs_into_sshd_with_a_key() {
     std::fs::copy(key.with_extension("pub"), ssh_dir.join("authorized_keys")).expect("copy");
 
     let (d, image, m) = build(r.path());
-    // Kiln's own dropbear (static, its crypto bundled): none of Debian's crypto libraries.
+    // Kiln's own dropbear (static, its crypto bundled) and sftp-server: no shared library.
     assert!(
-        size_of(&m) <= 1_800_000,
-        "sshd image {} bytes > 1.8 MB",
+        size_of(&m) <= 1_000_000,
+        "sshd image {} bytes > 1.0 MB",
         size_of(&m)
     );
     let files = paths(&m);
@@ -137,11 +137,11 @@ fn openssh_client_logs_into_sshd_with_a_key() {
             "{program}: {from}"
         );
     }
+    let from = source("/usr/lib/sftp-server").expect("/usr/lib/sftp-server not in the image");
+    assert!(from.starts_with("kiln sftp-server 9.2p1 musl "), "{from}");
     assert!(
-        !files
-            .iter()
-            .any(|p| p.contains("libtom") || p.contains("libgmp")),
-        "Debian's crypto libraries are in the image: {files:?}"
+        !files.iter().any(|p| p.contains(".so")),
+        "a shared library is in the image: {files:?}"
     );
     assert!(
         !files.iter().any(|p| p.starts_with("/etc/dropbear/")),
