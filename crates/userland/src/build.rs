@@ -9,6 +9,7 @@ use std::process::{Command, Stdio};
 
 use kiln_kernel::tiny::on_path;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::{io_err, UserlandError};
 
@@ -39,26 +40,55 @@ pub(crate) struct Record {
     pub size: u64,
 }
 
-/// One kind of build: its name, its cache folder's prefix and the binary it leaves.
+/// One kind of build: its name, its source, its cache folder's prefix and the binary it
+/// leaves.
 pub(crate) struct Product {
-    /// `busybox`, `dropbear`: names cache folders' parents, logs and identities.
+    /// `busybox`, `dropbear`, `sftp-server`: names cache folders' parents, logs and identities.
     pub name: &'static str,
-    /// The entry folder's prefix (`bb`, `db`).
+    /// The entry folder's prefix (`bb`, `db`, `sf`).
     pub tag: &'static str,
     /// The binary's file name in the entry.
     pub binary: &'static str,
     /// The source version, for the record and the identity.
     pub version: &'static str,
-    /// The source tarball's sha256.
+    /// Debian's source tarball.
+    pub tarball: &'static str,
+    /// Its sha256: a download that differs is refused.
     pub tarball_sha256: &'static str,
+    /// The binary package whose mirror directory holds the tarball.
+    pub mirror_package: &'static str,
+    /// Bumped when the build steps change in a way the key's parts do not show.
+    pub build_version: u32,
+    /// Tools it needs besides [`TOOLS`].
+    pub tools: &'static [&'static str],
 }
 
 impl Product {
+    /// The cache key: sha256 over `kiln-<name> v<build_version>`, the tarball's sha256 and
+    /// `parts` (what the build turns on), each as given.
+    pub fn key(&self, parts: impl IntoIterator<Item = impl AsRef<[u8]>>) -> String {
+        let mut h = Sha256::new();
+        h.update(
+            format!(
+                "kiln-{} v{}\n{}\n",
+                self.name, self.build_version, self.tarball_sha256
+            )
+            .as_bytes(),
+        );
+        for p in parts {
+            h.update(p.as_ref());
+        }
+        hex::encode(h.finalize())
+    }
+
+    /// The cache entry's folder name for `hash`: `bb-<hash16>`.
+    fn entry_name(&self, hash: &str) -> String {
+        format!("{}-{}", self.tag, &hash[..16])
+    }
+
     /// The cache entry for `hash` under `cache_root`.
     fn entry(&self, cache_root: &Path, hash: &str) -> PathBuf {
-        cache_root
-            .join(self.name)
-            .join(format!("{}-{}", self.tag, &hash[..16]))
+        cache_root.join(self.name).join(self.entry_name(hash))
     }
 
     /// The record's file name: `busybox.json`.
@@ -80,15 +110,17 @@ impl Product {
         })
     }
 
-    /// The cached build for `hash`, or a new one: `build` fills a [`Workspace`] and leaves
-    /// the stripped binary at [`Workspace::output`]. The entry is written to a temp folder
-    /// and renamed into place under a per-key lock, so it is complete or absent.
+    /// The cached build for `hash`, or a new one: the source tarball is fetched (by `debs`)
+    /// and unpacked into [`Workspace::src`], then `build` leaves the stripped binary at
+    /// [`Workspace::output`]. The entry is written to a temp folder and renamed into place
+    /// under a per-key lock, so it is complete or absent. `progress` hears the source step.
     pub fn cached(
         &self,
         cache_root: &Path,
+        debs: &kiln_debpkg::Cache,
+        progress: &dyn Fn(&str),
         hash: &str,
         symbols: Vec<String>,
-        tools: &[&str],
         build: impl FnOnce(&mut Workspace) -> Result<(), UserlandError>,
     ) -> Result<Built, UserlandError> {
         let dir = self.entry(cache_root, hash);
@@ -97,7 +129,7 @@ impl Product {
         }
         let missing: Vec<&str> = TOOLS
             .iter()
-            .chain(tools)
+            .chain(self.tools)
             .copied()
             .filter(|t| !on_path(t))
             .collect();
@@ -109,7 +141,7 @@ impl Product {
         }
         let root = cache_root.join(self.name);
         std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
-        let key = format!("{}-{}", self.tag, &hash[..16]);
+        let key = self.entry_name(hash);
         let lock_path = root.join(format!(".{key}.lock"));
         let lock = std::fs::OpenOptions::new()
             .create(true)
@@ -149,6 +181,9 @@ impl Product {
             std::os::unix::fs::symlink(target, ws.kinc.join(name))
                 .map_err(io_err("link", &ws.kinc))?;
         }
+        progress(&format!("{}: source", self.name));
+        let tarball = debs.fetch_orig(self.mirror_package, self.tarball, self.tarball_sha256)?;
+        ws.unpack(&tarball)?;
         build(&mut ws)?;
         for dir in [&ws.src, &ws.kinc] {
             std::fs::remove_dir_all(dir).map_err(io_err("remove", dir))?;
@@ -199,7 +234,7 @@ pub(crate) struct Workspace {
 
 impl Workspace {
     /// Unpack a source tarball (tar finds its compression) into `src`, without its top folder.
-    pub fn unpack(&mut self, tarball: &Path) -> Result<(), UserlandError> {
+    fn unpack(&mut self, tarball: &Path) -> Result<(), UserlandError> {
         self.step.run(
             "unpack",
             Command::new("tar")

@@ -19,7 +19,6 @@ use std::path::PathBuf;
 use std::process::Stdio;
 
 use kiln_kernel::tiny::{parse_dot_config, FragmentOption, OptionValue};
-use sha2::{Digest, Sha256};
 
 use crate::build::{Built, Product};
 use crate::{io_err, UserlandError};
@@ -224,17 +223,11 @@ pub fn requested(extra: &[String]) -> Result<Vec<(String, String)>, UserlandErro
     Ok(out)
 }
 
-/// The cache key over the tarball, the symbols and the build steps' version.
+/// The cache key over the tarball, the symbols (in any order) and the build steps' version.
 pub fn cache_key(symbols: &[(String, String)]) -> String {
-    let mut h = Sha256::new();
-    // "kiln-busybox", the crate's old name: kept so that cached builds stay valid.
-    h.update(format!("kiln-busybox v{BUILD_VERSION}\n{TARBALL_SHA256}\n").as_bytes());
     let mut syms: Vec<&str> = symbols.iter().map(|(s, _)| s.as_str()).collect();
     syms.sort_unstable();
-    for s in syms {
-        h.update(format!("{s}\n").as_bytes());
-    }
-    hex::encode(h.finalize())
+    BUSYBOX.key(syms.iter().map(|s| format!("{s}\n")))
 }
 
 /// Rewrite a `.config`: every symbol in `on` set to `y`, its old line dropped (busybox's
@@ -275,7 +268,11 @@ pub(crate) const BUSYBOX: Product = Product {
     tag: "bb",
     binary: "busybox",
     version: VERSION,
+    tarball: TARBALL,
     tarball_sha256: TARBALL_SHA256,
+    mirror_package: MIRROR_PACKAGE,
+    build_version: BUILD_VERSION,
+    tools: &[],
 };
 
 /// What to build.
@@ -299,10 +296,7 @@ pub fn build(
     let on = requested(&opts.applets)?;
     let hash = cache_key(&on);
     let symbols = on.iter().map(|(s, _)| s.clone()).collect();
-    BUSYBOX.cached(&opts.cache_root, &hash, symbols, &[], |ws| {
-        progress("busybox: source");
-        let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
-        ws.unpack(&tarball)?;
+    BUSYBOX.cached(&opts.cache_root, debs, progress, &hash, symbols, |ws| {
         let cflags = format!("EXTRA_CFLAGS=-I{}", ws.kinc.display());
         progress("busybox: configuring");
         ws.step

@@ -15,8 +15,6 @@
 //! zlib compression, lastlog, utmp and wtmp are left out (an image has none of
 //! their files); dropbear logs to stderr with `-E`, which is the console.
 
-use sha2::{Digest, Sha256};
-
 use crate::build::{Built, Product};
 use crate::UserlandError;
 
@@ -89,7 +87,11 @@ pub(crate) const DROPBEAR: Product = Product {
     tag: "db",
     binary: "dropbearmulti",
     version: VERSION,
+    tarball: TARBALL,
     tarball_sha256: TARBALL_SHA256,
+    mirror_package: MIRROR_PACKAGE,
+    build_version: BUILD_VERSION,
+    tools: &["patch"],
 };
 
 /// The settings a build is made of, as recorded: patches, options, configure arguments and
@@ -113,18 +115,12 @@ pub fn cache_key() -> String {
 }
 
 fn key_of(patches: &[(&str, &str)], local_options: &str, settings: &[String]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("kiln-dropbear v{BUILD_VERSION}\n{TARBALL_SHA256}\n").as_bytes());
-    for (name, text) in patches {
-        h.update(format!("{name}\n{}\n", text.len()).as_bytes());
-        h.update(text.as_bytes());
-    }
-    h.update(format!("{}\n", local_options.len()).as_bytes());
-    h.update(local_options.as_bytes());
-    for s in settings {
-        h.update(format!("{s}\n").as_bytes());
-    }
-    hex::encode(h.finalize())
+    let patches = patches
+        .iter()
+        .map(|(name, text)| format!("{name}\n{}\n{text}", text.len()));
+    let options = format!("{}\n{local_options}", local_options.len());
+    let settings = settings.iter().map(|s| format!("{s}\n"));
+    DROPBEAR.key(patches.chain([options]).chain(settings))
 }
 
 /// Build (or find in `<cache>/dropbear/`) Kiln's dropbear. `debs` fetches the source
@@ -136,10 +132,7 @@ pub fn build(
     progress: &dyn Fn(&str),
 ) -> Result<Built, UserlandError> {
     let hash = cache_key();
-    DROPBEAR.cached(cache_root, &hash, settings(), &["patch"], |ws| {
-        progress("dropbear: source");
-        let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
-        ws.unpack(&tarball)?;
+    DROPBEAR.cached(cache_root, debs, progress, &hash, settings(), |ws| {
         for (name, text) in PATCHES {
             let mut patch = std::process::Command::new("patch");
             patch

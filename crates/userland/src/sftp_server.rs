@@ -8,8 +8,6 @@
 //! needs no C library at all. Debian's patches to OpenSSH do not touch
 //! sftp-server's code and are not applied.
 
-use sha2::{Digest, Sha256};
-
 use crate::build::{Built, Product};
 use crate::UserlandError;
 
@@ -48,7 +46,11 @@ pub(crate) const SFTP_SERVER: Product = Product {
     tag: "sf",
     binary: "sftp-server",
     version: VERSION,
+    tarball: TARBALL,
     tarball_sha256: TARBALL_SHA256,
+    mirror_package: MIRROR_PACKAGE,
+    build_version: BUILD_VERSION,
+    tools: &[],
 };
 
 /// The cache key over the tarball, the configure arguments and the build steps' version.
@@ -57,12 +59,7 @@ pub fn cache_key() -> String {
 }
 
 fn key_of(configure: &[&str]) -> String {
-    let mut h = Sha256::new();
-    h.update(format!("kiln-sftp-server v{BUILD_VERSION}\n{TARBALL_SHA256}\n").as_bytes());
-    for a in configure {
-        h.update(format!("{a}\n").as_bytes());
-    }
-    hex::encode(h.finalize())
+    SFTP_SERVER.key(configure.iter().map(|a| format!("{a}\n")))
 }
 
 /// Build (or find in `<cache>/sftp-server/`) Kiln's sftp-server. `debs` fetches the source
@@ -74,10 +71,7 @@ pub fn build(
     progress: &dyn Fn(&str),
 ) -> Result<Built, UserlandError> {
     let settings = CONFIGURE.iter().map(|a| a.to_string()).collect();
-    SFTP_SERVER.cached(cache_root, &cache_key(), settings, &[], |ws| {
-        progress("sftp-server: source");
-        let tarball = debs.fetch_orig(MIRROR_PACKAGE, TARBALL, TARBALL_SHA256)?;
-        ws.unpack(&tarball)?;
+    SFTP_SERVER.cached(cache_root, debs, progress, &cache_key(), settings, |ws| {
         progress("sftp-server: configuring");
         ws.step.run("configure", &mut ws.configure(CONFIGURE))?;
         progress("sftp-server: compiling");
