@@ -62,20 +62,15 @@ pub enum BuildError {
     /// The tiny kernel could not be built.
     #[error(transparent)]
     Tiny(#[from] kiln_kernel::tiny::TinyError),
-    /// Kiln's busybox could not be built for the recipe's `[root] applets`.
-    #[error("{file}: root.applets: {error}")]
-    Busybox {
+    /// One of Kiln's own programs could not be built for the recipe's `[root]` key (`applets`
+    /// for busybox, `dropbear` for dropbear and sftp-server).
+    #[error("{file}: root.{key}: {error}")]
+    Userland {
         /// The recipe's kiln.toml.
         file: PathBuf,
+        /// The `[root]` key that asked for it.
+        key: &'static str,
         /// What went wrong.
-        error: Box<kiln_userland::UserlandError>,
-    },
-    /// Kiln's dropbear could not be built for the recipe's `[root] dropbear`.
-    #[error("{file}: root.dropbear: {error}")]
-    Dropbear {
-        /// The recipe's kiln.toml.
-        file: PathBuf,
-        /// Why.
         error: Box<kiln_userland::UserlandError>,
     },
     /// Root filesystem assembly failed.
@@ -193,7 +188,7 @@ impl BuildError {
                 | kiln_kernel::KernelError::Truncated { .. },
             ) => true,
             BuildError::Tiny(t) => t.is_user_error(),
-            BuildError::Busybox { error, .. } => error.is_user_error(),
+            BuildError::Userland { error, .. } => error.is_user_error(),
             _ => false,
         }
     }
@@ -427,8 +422,9 @@ impl Build<'_> {
                 jobs: jobs(),
             };
             let bb = kiln_userland::busybox::build(&opts, cache, &|step| self.progress.phase(step))
-                .map_err(|error| BuildError::Busybox {
+                .map_err(|error| BuildError::Userland {
                     file: self.recipe.config_path(),
+                    key: "applets",
                     error: Box::new(error),
                 })?;
             return Ok(Some((bb.binary, bb.identity)));
@@ -449,8 +445,9 @@ impl Build<'_> {
         }
         let root = &self.opts.cache_root;
         let progress = |step: &str| self.progress.phase(step);
-        let failed = |error| BuildError::Dropbear {
+        let failed = |error| BuildError::Userland {
             file: self.recipe.config_path(),
+            key: "dropbear",
             error: Box::new(error),
         };
         let dropbear =
