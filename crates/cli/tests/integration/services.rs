@@ -359,7 +359,16 @@ fn trace_of_nginx_writes_an_index_whose_image_is_smaller_and_passes() {
     let workload = format!(
         "curl -sf --retry 20 --retry-connrefused --retry-delay 1 -m 10 http://127.0.0.1:{port}/debian.html"
     );
-    let o = run(trace_cmd(d.path(), r.path(), port, &[], &workload));
+    // The trace VM is named after the kiln process; the test next to this one traces nginx
+    // too, so only this run's pid tells its QEMU apart.
+    let child = trace_cmd(d.path(), r.path(), port, &[], &workload)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run kiln trace");
+    let vm = format!("kiln-trace-nginx-{} ", child.id());
+    let o = child.wait_with_output().expect("wait for kiln trace");
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("trace accepted"), "{t}");
@@ -388,7 +397,7 @@ fn trace_of_nginx_writes_an_index_whose_image_is_smaller_and_passes() {
     assert!(nums[2] < nums[0], "the minimal image is smaller: {line}");
     assert!(nums[3] < nums[1], "minimal image has fewer files: {line}");
     assert!(
-        kiln_test_support::qemu_pids_with("kiln-trace-nginx").is_empty(),
+        kiln_test_support::qemu_pids_with(&vm).is_empty(),
         "QEMU left running"
     );
 }
