@@ -5,6 +5,7 @@
 
 #![allow(clippy::unwrap_used)]
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -713,6 +714,59 @@ fn whiteouts_delete_lower_entries() {
     assert!(!dest.join("a/.wh.gone").exists());
     assert!(!dest.join("d").exists());
     assert!(dest.join("a/new").exists());
+}
+
+/// A layer of (path, type, uid, gid) entries, files holding one byte; links point at `t`.
+fn owned_tar(entries: &[(&str, tar::EntryType, u64, u64)]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (p, kind, uid, gid) in entries {
+        let size = u64::from(*kind == tar::EntryType::Regular);
+        let mut h = header(p, *kind, size, 0o755);
+        if *kind == tar::EntryType::Link {
+            h.as_old_mut().linkname[..1].copy_from_slice(b"t");
+        }
+        h.set_uid(*uid);
+        h.set_gid(*gid);
+        h.set_cksum();
+        b.append(&h, &b"x"[..size as usize]).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn owners_other_than_roots_are_reported_and_follow_the_layers() {
+    use tar::EntryType::{Directory as D, Link as L, Regular as F};
+    let l0 = owned_tar(&[
+        ("app/", D, 1001, 1001),
+        ("app/data", F, 1001, 1002),
+        ("app/gone", F, 7, 7),
+        ("d/", D, 5, 5),
+        ("d/x", F, 5, 5),
+        ("t", F, 8, 9),
+        ("hard", L, 0, 0),
+        ("mine", F, 0, 0),
+    ]);
+    let l1 = owned_tar(&[
+        ("app/.wh.gone", F, 0, 0),
+        (".wh.d", F, 0, 0),
+        ("app/data", F, 0, 0),
+        ("new", F, 42, 43),
+    ]);
+    let (_tmp, dest, r) = unpack_layers(&[l0, l1]);
+    let owners = r.unwrap().owners;
+    let want: BTreeMap<PathBuf, (u32, u32)> = [
+        ("app", (1001, 1001)),
+        ("hard", (8, 9)),
+        ("new", (42, 43)),
+        ("t", (8, 9)),
+    ]
+    .into_iter()
+    .map(|(p, o)| (PathBuf::from(p), o))
+    .collect();
+    assert_eq!(owners, want);
+    // Unpacked without root, every file is the unpacking user's.
+    let me = fs::metadata(&dest).unwrap().uid();
+    assert_eq!(fs::metadata(dest.join("new")).unwrap().uid(), me);
 }
 
 #[test]

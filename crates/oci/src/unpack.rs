@@ -1,7 +1,9 @@
 //! Layers unpacked in order into one folder, without root: regular files,
 //! folders, symlinks and hard links made; whiteouts (`.wh.NAME`) and opaque
 //! folders (`.wh..wh..opq`) applied to the lower layers' content; device
-//! nodes and FIFOs skipped and reported; mode bits kept, owners ignored.
+//! nodes and FIFOs skipped and reported; mode bits kept. Owners cannot be set
+//! without root: those other than root's are reported, for the image writers to
+//! store.
 //!
 //! Nothing is written outside the destination: entries with absolute paths or
 //! `..` components are refused, every parent folder is resolved one component
@@ -26,6 +28,9 @@ pub struct UnpackReport {
     pub skipped: Vec<(String, String)>,
     /// Regular files, symlinks and hard links written (over all layers).
     pub files: usize,
+    /// Owner (uid, gid) of each path, relative to the destination, that the layers give to
+    /// someone other than root (0, 0): the unpacked files are the unpacking user's.
+    pub owners: BTreeMap<PathBuf, (u32, u32)>,
 }
 
 const WHITEOUT: &str = ".wh.";
@@ -39,12 +44,14 @@ pub fn unpack(layers: &[PathBuf], dest: &Path) -> Result<UnpackReport, OciError>
     let root = dest.canonicalize().map_err(|e| OciError::io(dest, e))?;
     let mut report = UnpackReport::default();
     let mut dir_modes: BTreeMap<PathBuf, u32> = BTreeMap::new();
+    let mut owners: BTreeMap<PathBuf, (u32, u32)> = BTreeMap::new();
     for layer in layers {
         let mut u = Unpacker {
             root: &root,
             layer,
             written: HashSet::new(),
             dir_modes: &mut dir_modes,
+            owners: &mut owners,
             report: &mut report,
         };
         u.layer()?;
@@ -58,6 +65,7 @@ pub fn unpack(layers: &[PathBuf], dest: &Path) -> Result<UnpackReport, OciError>
         fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
             .map_err(|e| OciError::io(&path, e))?;
     }
+    report.owners = owners;
     Ok(report)
 }
 
@@ -107,6 +115,8 @@ struct Unpacker<'a> {
     /// Real paths (relative to root) made by this layer: whiteouts spare them.
     written: HashSet<PathBuf>,
     dir_modes: &'a mut BTreeMap<PathBuf, u32>,
+    /// Owners other than root's, by real path relative to the root.
+    owners: &'a mut BTreeMap<PathBuf, (u32, u32)>,
     report: &'a mut UnpackReport,
 }
 
@@ -161,11 +171,13 @@ impl Unpacker<'_> {
             return Ok(());
         }
         let mode = entry.header().mode().map_err(|e| self.io_err(e))? & 0o7777;
+        let owner = Self::owner_of(entry.header());
         match kind {
             tar::EntryType::Directory => {
                 let dir = self.resolve(&comps, Resolve::DirEntry, &shown)?;
                 if let Some(dir) = dir {
-                    self.dir_modes.insert(dir, mode);
+                    self.dir_modes.insert(dir.clone(), mode);
+                    self.set_owner(dir, owner);
                 }
             }
             tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
@@ -184,6 +196,7 @@ impl Unpacker<'_> {
                 if let Ok(mtime) = entry.header().mtime() {
                     let _ = file.set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(mtime));
                 }
+                self.set_owner(rel, owner);
                 self.report.files += 1;
             }
             tar::EntryType::Symlink => {
@@ -195,6 +208,7 @@ impl Unpacker<'_> {
                 let rel = self.place(parent, name, &shown)?;
                 let path = self.root.join(&rel);
                 std::os::unix::fs::symlink(&target, &path).map_err(|e| OciError::io(&path, e))?;
+                self.set_owner(rel, owner);
                 self.report.files += 1;
             }
             tar::EntryType::Link => {
@@ -243,6 +257,9 @@ impl Unpacker<'_> {
                 }
                 let path = self.root.join(&rel);
                 fs::hard_link(&tpath, &path).map_err(|e| OciError::io(&path, e))?;
+                // One inode: both names have the target's owner.
+                let shared = self.owners.get(&trel).copied().unwrap_or((0, 0));
+                self.set_owner(rel, shared);
                 self.report.files += 1;
             }
             tar::EntryType::Char | tar::EntryType::Block => {
@@ -290,8 +307,35 @@ impl Unpacker<'_> {
         Ok(rel)
     }
 
-    /// Removes `root/rel` if present (a folder with everything in it), without following symlinks.
-    fn remove(&self, rel: &Path) -> Result<(), OciError> {
+    /// The entry's (uid, gid) from its header; a field that is empty or not a number (some
+    /// tools leave them blank) or out of range is root's, as every owner was before.
+    fn owner_of(header: &tar::Header) -> (u32, u32) {
+        let id = |v: io::Result<u64>| v.ok().and_then(|v| u32::try_from(v).ok()).unwrap_or(0);
+        (id(header.uid()), id(header.gid()))
+    }
+
+    /// Notes `rel`'s owner: kept when not root's, forgotten (a lower layer's) when it is.
+    fn set_owner(&mut self, rel: PathBuf, owner: (u32, u32)) {
+        if owner == (0, 0) {
+            self.owners.remove(&rel);
+        } else {
+            self.owners.insert(rel, owner);
+        }
+    }
+
+    /// Removes `root/rel` if present (a folder with everything in it), without following
+    /// symlinks, and forgets the owners of what was there.
+    fn remove(&mut self, rel: &Path) -> Result<(), OciError> {
+        let gone: Vec<PathBuf> = self
+            .owners
+            .range(rel.to_path_buf()..)
+            .map(|(p, _)| p)
+            .take_while(|p| p.starts_with(rel))
+            .cloned()
+            .collect();
+        for p in gone {
+            self.owners.remove(&p);
+        }
         let path = self.root.join(rel);
         match fs::symlink_metadata(&path) {
             Ok(m) if m.is_dir() => fs::remove_dir_all(&path).map_err(|e| OciError::io(&path, e)),
@@ -302,7 +346,7 @@ impl Unpacker<'_> {
     }
 
     /// Empties `root/dir` of everything this layer did not make (an opaque folder).
-    fn prune(&self, dir: &Path) -> Result<(), OciError> {
+    fn prune(&mut self, dir: &Path) -> Result<(), OciError> {
         let path = self.root.join(dir);
         let entries = match fs::read_dir(&path) {
             Ok(e) => e,
