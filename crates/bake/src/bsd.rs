@@ -124,6 +124,7 @@ pub(crate) fn build_bsd(
             size_mib: cfg.image.size_mib,
             mtime: kiln_image::source_date_epoch().unwrap_or(0),
             uuid: String::new(),
+            owners: kiln_image::Owners::new(),
         },
         &image_dir.join(FFS_DISK_FILE),
     )?;

@@ -37,6 +37,7 @@ pub(crate) fn pack_read_only(
     staging: &Path,
     image_dir: &Path,
     uuid: &str,
+    owners: &kiln_image::Owners,
 ) -> Result<InitramfsInfo, BuildError> {
     let dir = staging.join(OVERLAY_DIR);
     std::fs::create_dir_all(&dir).map_err(io(&dir))?;
@@ -44,9 +45,18 @@ pub(crate) fn pack_read_only(
     let file = format!("root.{format}");
     let dest = image_dir.join(&file);
     let stats = if format == "erofs" {
+        if let Some((path, (uid, gid))) = owners.iter().next() {
+            tracing::warn!(
+                "erofs cannot keep owners with Debian's mkfs.erofs 1.5: {} paths the base image \
+                 gives to other users (the first: /{} {uid}:{gid}) are root's in this image; \
+                 [image] format = \"squashfs\" keeps them",
+                owners.len(),
+                path.display()
+            );
+        }
         kiln_image::write_erofs(staging, mtime, uuid, &dest)?
     } else {
-        kiln_image::write_squashfs(staging, mtime, &dest)?
+        kiln_image::write_squashfs(staging, mtime, owners, &dest)?
     };
     Ok(InitramfsInfo {
         file,

@@ -316,12 +316,26 @@ pub fn build_variant(
     let rc_reason = "the service's entry script (etc/rc)";
     let files = recipe_layers(&mut st, recipe, rc_reason, progress)?;
 
-    let root_image = b.pack_root(&staging_dir, &image_dir, &fp)?;
+    let root_image = b.pack_root(&staging_dir, &image_dir, &fp, &owners_of(&files))?;
     let kernel = place_kernel(&inputs.kernel, &opts.cache_root, &image_dir)?;
     let pc = b.pack_iso(&inputs.kernel, &root_image, &image_dir)?;
     let mut manifest = b.manifest(&inputs, fp, kernel, root_image, module_names, files);
     manifest.pc = pc;
     install(work, &image_dir, manifest, opts, started)
+}
+
+/// The owners other than root's that the file list names, by path in the staging tree.
+fn owners_of(files: &[kiln_rootfs::FileEntry]) -> kiln_image::Owners {
+    files
+        .iter()
+        .filter(|f| (f.uid, f.gid) != (0, 0))
+        .map(|f| {
+            (
+                PathBuf::from(f.path.trim_start_matches('/')),
+                (f.uid, f.gid),
+            )
+        })
+        .collect()
 }
 
 /// What every stage of one Linux build shares: recipe, options, variant and progress sink.
@@ -544,21 +558,26 @@ impl Build<'_> {
         Ok(())
     }
 
-    /// Pack the staging tree into the image folder as the recipe's root image format.
+    /// Pack the staging tree into the image folder as the recipe's root image format, giving
+    /// the paths of `owners` theirs.
     fn pack_root(
         &self,
         staging_dir: &Path,
         image_dir: &Path,
         fp: &str,
+        owners: &kiln_image::Owners,
     ) -> Result<InitramfsInfo, BuildError> {
         match self.recipe.config.image.format.as_str() {
-            "disk" => self.pack_disk(staging_dir, image_dir, fp),
-            "qcow2" => formats::to_qcow2(self.pack_disk(staging_dir, image_dir, fp)?, image_dir),
+            "disk" => self.pack_disk(staging_dir, image_dir, fp, owners),
+            "qcow2" => formats::to_qcow2(
+                self.pack_disk(staging_dir, image_dir, fp, owners)?,
+                image_dir,
+            ),
             f @ ("erofs" | "squashfs") => {
                 self.progress.phase(&format!("{f} image"));
-                formats::pack_read_only(f, staging_dir, image_dir, &uuid_from(fp))
+                formats::pack_read_only(f, staging_dir, image_dir, &uuid_from(fp), owners)
             }
-            _ => self.pack_initramfs(staging_dir, image_dir),
+            _ => self.pack_initramfs(staging_dir, image_dir, owners),
         }
     }
 
@@ -592,6 +611,7 @@ impl Build<'_> {
         staging_dir: &Path,
         image_dir: &Path,
         fp: &str,
+        owners: &kiln_image::Owners,
     ) -> Result<InitramfsInfo, BuildError> {
         self.progress.phase("disk image");
         let name = DISK_FILE.to_string();
@@ -600,6 +620,7 @@ impl Build<'_> {
             size_mib: self.recipe.config.image.size_mib,
             mtime: kiln_image::source_date_epoch().unwrap_or(0),
             uuid: uuid_from(fp),
+            owners: owners.clone(),
         };
         let stats = kiln_image::write_disk(staging_dir, &opts, &image_dir.join(&name))?;
         Ok(InitramfsInfo {
@@ -618,11 +639,15 @@ impl Build<'_> {
         &self,
         staging_dir: &Path,
         image_dir: &Path,
+        owners: &kiln_image::Owners,
     ) -> Result<InitramfsInfo, BuildError> {
         self.progress.phase("initramfs");
         let compression: kiln_image::Compression =
             self.recipe.config.image.compression.as_str().parse()?;
-        let image_opts = kiln_image::BuildOptions::from_env(compression);
+        let image_opts = kiln_image::BuildOptions {
+            owners: owners.clone(),
+            ..kiln_image::BuildOptions::from_env(compression)
+        };
         let name = format!("initramfs.{}", compression.extension());
         let extras = [kiln_image::ExtraEntry::char_dev("dev/console", 0o600, 5, 1)];
         let stats =
@@ -895,7 +920,7 @@ fn recipe_layers(
             progress.log(l)
         })?;
     }
-    Ok(kiln_rootfs::manifest::describe(&staging, st.origins())?)
+    Ok(kiln_rootfs::manifest::describe(st)?)
 }
 
 /// A temporary folder beside `out_dir` to assemble a build in (removed when dropped), locked

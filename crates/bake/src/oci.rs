@@ -7,6 +7,7 @@
 //! (`containerd-shim-kiln-v2`) builds from a bundle's rootfs and its process's args/env/cwd.
 
 use crate::BuildError;
+use kiln_image::Owners;
 use kiln_oci::{ImageConfig, PullOptions, Pulled, Source};
 use kiln_recipe::Recipe;
 use kiln_rootfs::Staging;
@@ -79,17 +80,19 @@ pub(crate) fn pull_base(
 }
 
 /// Unpack the image's layers as the bottom of the staging tree; every path is recorded as
-/// coming from the image.
+/// coming from the image, with its owner when that is not root (the staged copies are the
+/// building user's).
 pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildError> {
     let root = st.root().to_path_buf();
-    if let Some(dir) = base.reference.strip_prefix(DIR_SOURCE) {
-        copy_tree(Path::new(dir), &root)?;
+    let owners = if let Some(dir) = base.reference.strip_prefix(DIR_SOURCE) {
+        copy_tree(Path::new(dir), &root)?
     } else {
         let report = kiln_oci::unpack(&base.layers, st.root())?;
         for (path, why) in &report.skipped {
             tracing::warn!(path = %path, "not taken from the OCI image: {why}");
         }
-    }
+        report.owners
+    };
     let source = format!("{}@{}", base.reference, base.manifest_digest);
     for e in walkdir::WalkDir::new(&root)
         .min_depth(1)
@@ -99,6 +102,9 @@ pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildErr
         if let Ok(rel) = e.path().strip_prefix(&root) {
             st.adopt(&Path::new("/").join(rel), &source, "from the OCI image");
         }
+    }
+    for (rel, (uid, gid)) in owners {
+        st.set_owner(&Path::new("/").join(rel), uid, gid)?;
     }
     Ok(())
 }
@@ -134,8 +140,10 @@ fn tree_digest(dir: &Path) -> String {
 
 /// Copy the root folder `src` into the empty staging root `dst`: folders with their modes,
 /// symlinks as links, regular files; device nodes, FIFOs and sockets are skipped and logged.
-fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuildError> {
-    use std::os::unix::fs::PermissionsExt;
+/// Returns the owners other than root's, which the copies (the building user's) lose.
+fn copy_tree(src: &Path, dst: &Path) -> Result<Owners, BuildError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let mut owners = Owners::new();
     for e in walkdir::WalkDir::new(src).min_depth(1) {
         let e = e.map_err(|e| {
             let path = e.path().unwrap_or(src).to_path_buf();
@@ -163,9 +171,15 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<(), BuildError> {
             std::fs::copy(e.path(), &to).map_err(crate::io(&to))?;
         } else {
             tracing::warn!(path = %rel.display(), "not taken from the root folder: not a file, folder or link");
+            continue;
+        }
+        if let Ok(m) = e.metadata() {
+            if (m.uid(), m.gid()) != (0, 0) {
+                owners.insert(rel.to_path_buf(), (m.uid(), m.gid()));
+            }
         }
     }
-    Ok(())
+    Ok(owners)
 }
 
 /// Whether guest path `guest` exists in the staging tree (a link counts, followed or not).

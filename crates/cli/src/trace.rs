@@ -501,6 +501,8 @@ mod tests {
             kind,
             size: 1,
             mode: 0o644,
+            uid: 0,
+            gid: 0,
             target: target.map(str::to_string),
             source: source.into(),
             reason: String::new(),

@@ -2,7 +2,8 @@
 //! a streaming [`Writer`] generic over [`std::io::Write`] and an in-memory
 //! reader, [`read_archive`], used by tests and by `kiln` to inspect images.
 //!
-//! The writer stores every entry with uid/gid 0, one fixed mtime, inode
+//! The writer stores every entry with uid/gid 0 (or the owner set with
+//! [`Writer::set_owner`]), one fixed mtime, inode
 //! numbers assigned sequentially from 1 and `nlink` 1 (2 for directories), so
 //! the kernel never hard-links two entries together. [`Writer::finish`] writes
 //! the `TRAILER!!!` entry and pads the archive to a multiple of 512 bytes.
@@ -78,6 +79,7 @@ pub struct Writer<W: Write> {
     written: u64,
     entries: usize,
     buf: Vec<u8>,
+    owner: (u32, u32),
 }
 
 impl<W: Write> Writer<W> {
@@ -90,6 +92,7 @@ impl<W: Write> Writer<W> {
             written: 0,
             entries: 0,
             buf: Vec::new(),
+            owner: (0, 0),
         }
     }
 
@@ -97,6 +100,11 @@ impl<W: Write> Writer<W> {
     pub fn with_mtime(mut self, mtime: u32) -> Self {
         self.mtime = mtime;
         self
+    }
+
+    /// Store the entries added from now on as owned by `uid:gid` (root's, 0:0, by default).
+    pub fn set_owner(&mut self, uid: u32, gid: u32) {
+        self.owner = (uid, gid);
     }
 
     /// Number of archive bytes written so far (after [`finish`](Self::finish):
@@ -231,6 +239,7 @@ impl<W: Write> Writer<W> {
     /// Write the `TRAILER!!!` entry, pad the archive with NULs to a multiple
     /// of [`BLOCK_SIZE`] bytes, flush and return the inner writer.
     pub fn finish(mut self) -> Result<W, ImageError> {
+        self.owner = (0, 0);
         self.write_header(TRAILER.as_bytes(), 0, 0, 1, 0, (0, 0))?;
         let rem = self.written % BLOCK_SIZE;
         if rem != 0 {
@@ -278,11 +287,19 @@ impl<W: Write> Writer<W> {
         // check_path bounds the name length, so namesize fits in u32.
         let namesize = name.len() as u32 + 1;
         let fields: [u32; 13] = [
-            ino, mode, 0, // uid
-            0, // gid
-            nlink, self.mtime, filesize, 0, // dev major
+            ino,
+            mode,
+            self.owner.0,
+            self.owner.1,
+            nlink,
+            self.mtime,
+            filesize,
+            0, // dev major
             0, // dev minor
-            rdev.0, rdev.1, namesize, 0, // check
+            rdev.0,
+            rdev.1,
+            namesize,
+            0, // check
         ];
         let mut header = Vec::with_capacity(HEADER_LEN + name.len() + 4);
         header.extend_from_slice(NEWC_MAGIC);

@@ -2,7 +2,8 @@
 //! keep in RAM, FFS (FFSv1/UFS1) for BSD guests. e2fsprogs' `mke2fs -d` or NetBSD's `makefs -t ffs`
 //! copies the tree into a fresh filesystem; no root is needed: a non-root builder runs it in a
 //! user namespace where it is uid 0 (`unshare --map-root-user`), so every file is owned by root
-//! in the guest, as in the initramfs. For ext4, timestamps, the UUID and the directory hash seed
+//! in the guest, as in the initramfs, but for the ext4 paths of [`DiskOptions::owners`], which
+//! `debugfs` gives their owners afterwards. For ext4, timestamps, the UUID and the directory hash seed
 //! are fixed, so the same tree gives the same image; FFS images differ in the superblock's
 //! random filesystem id only.
 
@@ -47,6 +48,8 @@ pub struct DiskOptions {
     pub mtime: u64,
     /// Filesystem UUID (also the directory hash seed), e.g. derived from the build fingerprint.
     pub uuid: String,
+    /// Paths owned by someone other than root (ext4 only: BSD roots come from sets, all root's).
+    pub owners: crate::Owners,
 }
 
 /// What [`write_disk`] produced.
@@ -140,10 +143,14 @@ pub fn write_disk(
             detail: format!("{} ({})", detail, out.status),
         });
     }
-    // mke2fs copies each file's ctime, which no one can set: fix it afterwards.
+    // mke2fs copies each file's ctime, which no one can set: fix it afterwards, and give the
+    // paths of other owners theirs.
     let mut script = String::new();
     for p in &paths {
         script.push_str(&format!("sif \"/{p}\" ctime @{}\n", opts.mtime));
+        if let Some((uid, gid)) = opts.owners.get(Path::new(p)) {
+            script.push_str(&format!("sif \"/{p}\" uid {uid}\nsif \"/{p}\" gid {gid}\n"));
+        }
     }
     let script_file = d_script(dir, &script).map_err(write_err)?;
     let out = Command::new("debugfs")
@@ -358,8 +365,26 @@ mod tests {
             size_mib: None,
             mtime: 1_700_000_000,
             uuid: "6b696c6e-0000-4000-8000-000000000001".into(),
+            owners: [("etc".into(), (1001, 70_000)), ("rc".into(), (5, 6))]
+                .into_iter()
+                .collect(),
         };
         let a = write_disk(&tree, &opts, &d.path().join("a.img")).expect("disk");
+        for (path, want) in [("/etc", "1001 70000"), ("/rc", "5 6"), ("/etc/rc", "0 0")] {
+            let o = Command::new("debugfs")
+                .args(["-R", &format!("stat {path}")])
+                .arg(d.path().join("a.img"))
+                .output()
+                .expect("debugfs");
+            let text = String::from_utf8_lossy(&o.stdout);
+            // "User:  1001   Group: 70000   Project: ..."
+            let line = text
+                .lines()
+                .find(|l| l.contains("User:"))
+                .expect("owner line");
+            let ids: Vec<&str> = line.split_whitespace().collect();
+            assert_eq!(format!("{} {}", ids[1], ids[3]), want, "{path}: {line}");
+        }
         assert_eq!(a.entries, 5, "root, etc, etc/rc, big, rc");
         assert_eq!(a.size_bytes, default_size_mib(a.used_bytes, 5) * MIB);
         let img = std::fs::read(d.path().join("a.img")).expect("read");
@@ -407,6 +432,7 @@ mod tests {
             size_mib: None,
             mtime: 0,
             uuid: "6b696c6e-0000-4000-8000-000000000002".into(),
+            owners: Default::default(),
         };
         write_disk(&tree, &opts, &d.path().join("a.img")).expect("disk");
         let img = std::fs::read(d.path().join("a.img")).expect("read");
@@ -427,6 +453,7 @@ mod tests {
             size_mib: None,
             mtime: 1_700_000_000,
             uuid: String::new(),
+            owners: Default::default(),
         };
         let st = write_disk(&tree, &opts, &d.path().join("root.ffs")).expect("makefs");
         assert_eq!(st.entries, 3);

@@ -4,6 +4,7 @@
 //! a temporary file and rename it into place only once everything succeeded.
 
 use std::collections::BTreeMap;
+use std::ffi::OsStr;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
@@ -130,6 +131,8 @@ pub struct BuildOptions {
     pub level: Option<i32>,
     /// Fixed mtime (seconds since the epoch) for every entry; must fit in 32 bits.
     pub mtime: u64,
+    /// Staged paths owned by someone other than root (0:0, every other entry's owner).
+    pub owners: crate::Owners,
 }
 
 impl BuildOptions {
@@ -139,6 +142,7 @@ impl BuildOptions {
             compression,
             level: None,
             mtime: 0,
+            owners: crate::Owners::new(),
         }
     }
 
@@ -232,7 +236,7 @@ struct Tree<'a> {
 /// Walk `staging` (sorted by path bytes, directories before their contents),
 /// add `extra` entries (an extra entry overrides a staged one at the same
 /// path; missing ancestors are added as directories with mode 0755), write a
-/// newc cpio with uid/gid 0, the fixed `opts.mtime`, inode numbers assigned
+/// newc cpio with uid/gid 0 (except the paths of `opts.owners`), the fixed `opts.mtime`, inode numbers assigned
 /// sequentially from 1 (nlink 1 for files, 2 for dirs; hard links are stored
 /// as separate files), modes taken from the staged file's type + permission
 /// bits and symlinks stored as symlinks, then compress it into a temporary
@@ -289,7 +293,7 @@ fn encode(
     let archive_out = Tally::new(BufWriter::with_capacity(BUF_LEN, encoder), false);
     let mut writer = cpio::Writer::new(archive_out).with_mtime(mtime);
 
-    write_tree(&mut writer, tree)?;
+    write_tree(&mut writer, tree, &opts.owners)?;
     let entries = writer.entries();
 
     let archive_out = writer.finish()?;
@@ -541,9 +545,18 @@ fn add_extra<'a>(tree: &mut Tree<'a>, extra: &'a ExtraEntry) -> Result<(), Image
     Ok(())
 }
 
-fn write_tree<W: Write>(w: &mut cpio::Writer<W>, tree: &Tree<'_>) -> Result<(), ImageError> {
+fn write_tree<W: Write>(
+    w: &mut cpio::Writer<W>,
+    tree: &Tree<'_>,
+    owners: &crate::Owners,
+) -> Result<(), ImageError> {
     w.add_dir(".", tree.root_perm)?;
     for (path, node) in &tree.nodes {
+        let (uid, gid) = owners
+            .get(Path::new(OsStr::from_bytes(path)))
+            .copied()
+            .unwrap_or((0, 0));
+        w.set_owner(uid, gid);
         match node {
             Node::Dir { perm } => w.add_dir(path, *perm)?,
             Node::Data { perm, data } => w.add_file(path, *perm, data)?,

@@ -4,7 +4,7 @@
 //!
 //! * [`write_initramfs`] walks the staging tree, merges [`ExtraEntry`]s (device
 //!   nodes and other entries an unprivileged build cannot create), and writes
-//!   the compressed image with fixed ownership (0:0), a fixed mtime and
+//!   the compressed image with fixed ownership (0:0 unless [`Owners`] says otherwise), a fixed mtime and
 //!   sequential inode numbers, so identical inputs give byte-identical images.
 //! * [`cpio`] is the newc writer and reader (the reader is used to inspect images).
 //! * [`Compression`], [`compress`] and [`decompress`] handle gzip, xz (CRC32,
@@ -41,3 +41,8 @@ pub use initramfs::{
 pub use iso::{write_iso, IsoOptions};
 pub use rofs::{write_erofs, write_qcow2, write_squashfs};
 pub use workdir::{sweep_stale, WorkDir};
+
+/// Owners (uid, gid) other than root's, by path relative to the staging root. A build without
+/// root cannot give its staged files to other users, so the writers store these instead: the
+/// initramfs, the ext4 disk and squashfs do; erofs cannot ([`write_erofs`]).
+pub type Owners = std::collections::BTreeMap<std::path::PathBuf, (u32, u32)>;

@@ -1,7 +1,8 @@
 //! Read-only root images of a staging tree (`[image] format = "erofs" | "squashfs"`) and the
 //! qcow2 form of a raw disk image (`format = "qcow2"`). Debian's tools do the work:
 //! `mkfs.erofs` (erofs-utils, lz4hc), `mksquashfs` (squashfs-tools, zstd) and `qemu-img`
-//! (qemu-utils). None needs root: every file is stored as owned by root, and every timestamp
+//! (qemu-utils). None needs root: every file is stored as owned by root (squashfs gives the
+//! paths of [`crate::Owners`] theirs; mkfs.erofs 1.5 has no way to), and every timestamp
 //! (and the erofs UUID) is fixed, so the same tree gives the same bytes whatever its files'
 //! own times. Each tool writes into a [`WorkDir`] beside the destination, which is renamed
 //! into place only when the tool succeeded; on any failure the folder is removed and the
@@ -17,7 +18,7 @@ use std::process::Command;
 
 use sha2::{Digest, Sha256};
 
-use crate::{ImageError, WorkDir};
+use crate::{ImageError, Owners, WorkDir};
 
 /// What a read-only root / qcow2 / ISO writer produced.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -64,6 +65,8 @@ const TAIL_BYTES: usize = 2000;
 
 /// Write `staging` as an erofs image (lz4hc, no xattrs, every file root's, every timestamp
 /// `mtime`, filesystem UUID `uuid`) at `dest`, atomically. The staging tree is not modified.
+/// Debian 12's mkfs.erofs (1.5) sets owners only all at once, so owners other than root's
+/// cannot be kept: the caller says so.
 pub fn write_erofs(
     staging: &Path,
     mtime: u64,
@@ -100,16 +103,23 @@ fn erofs_with(
     finish(&image, dest, entries, used)
 }
 
-/// Write `staging` as a squashfs image (zstd, no xattrs, every file root's, every timestamp
-/// and the filesystem's own `mtime`) at `dest`, atomically. The staging tree is not modified.
-pub fn write_squashfs(staging: &Path, mtime: u64, dest: &Path) -> Result<ImageStats, ImageError> {
-    squashfs_with(MKSQUASHFS, staging, mtime, dest)
+/// Write `staging` as a squashfs image (zstd, no xattrs, every file root's but the paths of
+/// `owners`, every timestamp and the filesystem's own `mtime`) at `dest`, atomically. The
+/// staging tree is not modified.
+pub fn write_squashfs(
+    staging: &Path,
+    mtime: u64,
+    owners: &Owners,
+    dest: &Path,
+) -> Result<ImageStats, ImageError> {
+    squashfs_with(MKSQUASHFS, staging, mtime, owners, dest)
 }
 
 fn squashfs_with(
     tool: Tool,
     staging: &Path,
     mtime: u64,
+    owners: &Owners,
     dest: &Path,
 ) -> Result<ImageStats, ImageError> {
     if mtime > MAX_TIME_32 {
@@ -126,13 +136,50 @@ fn squashfs_with(
     cmd.arg(plain_arg(staging))
         .arg(plain_arg(&image))
         .args(["-quiet", "-no-progress", "-noappend", "-reproducible"])
-        .args(["-comp", "zstd", "-no-xattrs", "-all-root"])
+        .args(["-comp", "zstd", "-no-xattrs"])
         .arg("-mkfs-time")
         .arg(mtime.to_string())
         .arg("-all-time")
         .arg(mtime.to_string());
+    if owners.is_empty() {
+        cmd.arg("-all-root");
+    } else {
+        // -all-root would win over the pseudo file: instead every entry is given its owner
+        // (root's unless `owners` names another) and its own mode.
+        let pseudo = work.path().join("owners.pseudo");
+        std::fs::write(&pseudo, owner_definitions(staging, owners)?).map_err(|error| {
+            ImageError::Write {
+                path: pseudo.clone(),
+                error,
+            }
+        })?;
+        cmd.args(["-root-uid", "0", "-root-gid", "0", "-pf"])
+            .arg(plain_arg(&pseudo));
+    }
     run(tool, cmd, work.path(), dest)?;
     finish(&image, dest, entries, used)
+}
+
+/// mksquashfs pseudo definitions (`"path" m MODE UID GID`) for every entry under `staging` but
+/// the root.
+fn owner_definitions(staging: &Path, owners: &Owners) -> Result<String, ImageError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut out = String::new();
+    for e in crate::tree::walk(staging, false).skip(1) {
+        let e = e?;
+        let rel = e.path().strip_prefix(staging).unwrap_or(e.path());
+        let Some(name) = rel.to_str().filter(|r| !r.contains('\n')) else {
+            return Err(ImageError::InvalidPath {
+                path: e.path().to_string_lossy().into_owned(),
+                reason: "a squashfs path with owners must be UTF-8 without newlines",
+            });
+        };
+        let mode = crate::tree::metadata(&e)?.permissions().mode() & 0o7777;
+        let (uid, gid) = owners.get(rel).copied().unwrap_or((0, 0));
+        let quoted = name.replace('\\', "\\\\").replace('"', "\\\"");
+        out.push_str(&format!("\"{quoted}\" m {mode:o} {uid} {gid}\n"));
+    }
+    Ok(out)
 }
 
 /// Convert the raw disk image `raw` (e.g. the ext4 image [`write_disk`](crate::write_disk)
@@ -483,8 +530,10 @@ pub(crate) mod tests {
         tree(&d.path().join("t2"), 1);
         let out = d.path().join("out");
         std::fs::create_dir(&out).expect("mkdir");
-        let a = write_squashfs(&d.path().join("t1"), T, &out.join("a.sqfs")).expect("squashfs");
-        let b = write_squashfs(&d.path().join("t2"), T, &out.join("b.sqfs")).expect("squashfs");
+        let a = write_squashfs(&d.path().join("t1"), T, &Owners::new(), &out.join("a.sqfs"))
+            .expect("squashfs");
+        let b = write_squashfs(&d.path().join("t2"), T, &Owners::new(), &out.join("b.sqfs"))
+            .expect("squashfs");
         assert_eq!(
             a.sha256, b.sha256,
             "same tree, other times and order: same image"
@@ -527,9 +576,56 @@ pub(crate) mod tests {
             .expect("unsquashfs");
         assert_eq!(cat.stdout, b"echo hi\n");
 
-        let err = write_squashfs(&d.path().join("t1"), 1 << 32, &out.join("c.sqfs"))
-            .expect_err("time too late");
+        let err = write_squashfs(
+            &d.path().join("t1"),
+            1 << 32,
+            &Owners::new(),
+            &out.join("c.sqfs"),
+        )
+        .expect_err("time too late");
         assert!(matches!(err, ImageError::TimeOutOfRange { .. }), "{err}");
+
+        // Owners other than root's, on a folder, a symlink and a file whose name needs quoting;
+        // every other entry stays root's with its own mode.
+        let t2 = d.path().join("t2");
+        std::fs::write(t2.join("bin/we\"ird \\name"), "x").expect("w");
+        let owners: Owners = [
+            ("bin", (1001, 1002)),
+            ("rc", (5, 6)),
+            ("bin/we\"ird \\name", (3, 4)),
+        ]
+        .into_iter()
+        .map(|(p, o)| (p.into(), o))
+        .collect();
+        let o1 = write_squashfs(&t2, T, &owners, &out.join("o1.sqfs")).expect("squashfs");
+        let o2 = write_squashfs(&t2, T, &owners, &out.join("o2.sqfs")).expect("squashfs");
+        assert_eq!(o1.sha256, o2.sha256, "owners keep the image reproducible");
+        let ls = Command::new("unsquashfs")
+            .args(["-lln", "-d", "/r"])
+            .arg(out.join("o1.sqfs"))
+            .output()
+            .expect("unsquashfs");
+        let ls = String::from_utf8_lossy(&ls.stdout);
+        let line = |end: &str| -> String {
+            ls.lines()
+                .find(|l| l.ends_with(end))
+                .unwrap_or_else(|| panic!("{end} not listed: {ls}"))
+                .to_string()
+        };
+        for (end, start) in [
+            ("/r", "drwxr-xr-x 0/0 "),
+            ("/r/bin", "drwxr-xr-x 1001/1002 "),
+            ("/r/bin/tool", "-rwxr-xr-x 0/0 "),
+            ("/r/bin/we\"ird \\name", "-rw-r--r-- 3/4 "),
+            ("/r/rc -> etc/rc", "lrwxrwxrwx 5/6 "),
+            ("/r/etc/rc", "-rw-r--r-- 0/0 "),
+        ] {
+            let l = line(end);
+            assert!(l.starts_with(start), "{end}: {l}");
+        }
+        std::fs::write(t2.join("bin/new\nline"), "x").expect("w");
+        let err = write_squashfs(&t2, T, &owners, &out.join("o3.sqfs")).expect_err("newline");
+        assert!(matches!(err, ImageError::InvalidPath { .. }), "{err}");
     }
 
     #[test]
@@ -579,14 +675,16 @@ pub(crate) mod tests {
         let missing = d.path().join("no-such-staging");
         for err in [
             write_erofs(&missing, T, UUID, &d.path().join("a.erofs")).expect_err("missing"),
-            write_squashfs(&missing, T, &d.path().join("a.sqfs")).expect_err("missing"),
+            write_squashfs(&missing, T, &Owners::new(), &d.path().join("a.sqfs"))
+                .expect_err("missing"),
         ] {
             assert!(matches!(err, ImageError::StagingDir { .. }), "{err}");
             assert!(err.to_string().contains("no-such-staging"), "{err}");
         }
         let file = d.path().join("file");
         std::fs::write(&file, "x").expect("w");
-        let err = write_squashfs(&file, T, &d.path().join("a.sqfs")).expect_err("not a dir");
+        let err = write_squashfs(&file, T, &Owners::new(), &d.path().join("a.sqfs"))
+            .expect_err("not a dir");
         assert!(matches!(err, ImageError::StagingDir { .. }), "{err}");
 
         let err = write_erofs(d.path(), T, "not-a-uuid", &d.path().join("a.erofs"))

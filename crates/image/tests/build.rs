@@ -108,6 +108,7 @@ fn cpio_round_trip() {
         compression: Compression::None,
         level: None,
         mtime: 1_700_000_000,
+        owners: Default::default(),
     };
     let stats = build(staging.path(), &extras(), &opts, &dest);
 
@@ -321,6 +322,7 @@ fn reproducible_across_staging_trees() {
             compression,
             level: None,
             mtime: 1_234_567,
+            owners: Default::default(),
         };
         let da = out.path().join(format!("a.{}", compression.extension()));
         let db = out.path().join(format!("b.{}", compression.extension()));
@@ -342,6 +344,7 @@ fn reproducible_across_staging_trees() {
         compression: Compression::None,
         level: None,
         mtime,
+        owners: Default::default(),
     };
     let s1 = build(a.path(), &[], &opts(1), &out.path().join("m1"));
     let s2 = build(a.path(), &[], &opts(2), &out.path().join("m2"));
@@ -473,6 +476,7 @@ fn every_compression_decodes() {
         compression: Compression::Zstd,
         level: Some(3),
         mtime: 0,
+        owners: Default::default(),
     };
     build(staging.path(), &[], &opts, &dest);
     assert!(read_archive(&decompress(&fs::read(&dest).expect("read")).expect("dec")).is_ok());
@@ -480,6 +484,7 @@ fn every_compression_decodes() {
         compression: Compression::Gzip,
         level: Some(12),
         mtime: 0,
+        owners: Default::default(),
     };
     let err = write_initramfs(staging.path(), &[], &bad, &out.path().join("bad.gz"))
         .expect_err("invalid level");
@@ -628,6 +633,45 @@ fn other_errors_name_the_problem() {
         "leftovers: {:?}",
         dir_names(out.path())
     );
+}
+
+#[test]
+fn owners_are_stored_for_their_paths_and_root_owns_the_rest() {
+    let staging = tempfile::tempdir().expect("tempdir");
+    let root = staging.path();
+    populate(root);
+    let out = tempfile::tempdir().expect("tempdir");
+    let dest = out.path().join("i.cpio");
+    let mut opts = BuildOptions::new(Compression::None);
+    for (p, o) in [
+        ("usr/bin", (1001, 1002)),
+        ("etc/shadow", (0, 42)),
+        ("bin", (7, 8)),
+    ] {
+        opts.owners.insert(p.into(), o);
+    }
+    build(root, &[], &opts, &dest);
+    let entries = entries_of(&dest);
+    for e in &entries {
+        let want = match e.path.as_str() {
+            "usr/bin" => (1001, 1002),
+            "etc/shadow" => (0, 42),
+            "bin" => (7, 8),
+            _ => (0, 0),
+        };
+        assert_eq!((e.uid, e.gid), want, "{}", e.path);
+    }
+    assert!(find(&entries, "bin").is_symlink());
+    // The same tree with no owners is the image it always was: owners change only their paths.
+    let plain = out.path().join("plain.cpio");
+    build(root, &[], &BuildOptions::new(Compression::None), &plain);
+    let differ: Vec<String> = entries_of(&plain)
+        .into_iter()
+        .zip(&entries)
+        .filter(|(a, b)| a != *b)
+        .map(|(a, _)| a.path)
+        .collect();
+    assert_eq!(differ, ["bin", "etc/shadow", "usr/bin"]);
 }
 
 #[test]

@@ -1,11 +1,10 @@
-//! The file list of a built root: every path with its kind, size, source and reason.
+//! The file list of a built root: every path with its kind, size, owner, source and reason.
 
-use crate::stage::Origin;
 use crate::RootfsError;
+use crate::Staging;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// The type of a manifest entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -30,6 +29,12 @@ pub struct FileEntry {
     pub size: u64,
     /// Permission bits.
     pub mode: u32,
+    /// Owner's user id in the guest (root's, 0, unless a base image says otherwise).
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub uid: u32,
+    /// Owner's group id in the guest.
+    #[serde(skip_serializing_if = "is_zero", default)]
+    pub gid: u32,
     /// Symlink target.
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub target: Option<String>,
@@ -39,12 +44,15 @@ pub struct FileEntry {
     pub reason: String,
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
 /// Walk the finished staging tree (after hooks) and describe every path, using the recorded
-/// origins; paths nobody recorded were made by a build hook.
-pub fn describe(
-    staging: &Path,
-    origins: &BTreeMap<PathBuf, Origin>,
-) -> Result<Vec<FileEntry>, RootfsError> {
+/// origins and owners; paths nobody recorded were made by a build hook.
+pub fn describe(st: &Staging) -> Result<Vec<FileEntry>, RootfsError> {
+    let staging = st.root();
+    let (origins, owners) = (st.origins(), st.owners());
     let mut out = Vec::new();
     for entry in walkdir::WalkDir::new(staging)
         .min_depth(1)
@@ -74,11 +82,14 @@ pub fn describe(
             None if kind == FileKind::Dir => ("kiln".into(), "parent folder".into()),
             None => ("postinst".into(), "made by a build hook".into()),
         };
+        let (uid, gid) = owners.get(&guest).copied().unwrap_or((0, 0));
         out.push(FileEntry {
             path: guest.display().to_string(),
             kind,
             size: if kind == FileKind::Dir { 0 } else { meta.len() },
             mode: meta.permissions().mode() & 0o7777,
+            uid,
+            gid,
             target,
             source,
             reason,
@@ -105,17 +116,23 @@ mod tests {
         )
         .expect("w");
         std::fs::write(d.path().join("etc/by-hook"), "x").expect("w");
-        let list = describe(d.path(), s.origins()).expect("describe");
+        s.set_owner(Path::new("/etc"), 33, 34).expect("owner");
+        let list = describe(&s).expect("describe");
         let rc = list.iter().find(|e| e.path == "/etc/rc").expect("rc");
         assert_eq!((rc.kind, rc.size, rc.mode), (FileKind::File, 8, 0o755));
+        assert_eq!((rc.uid, rc.gid), (0, 0));
+        let json = serde_json::to_string(rc).expect("json");
+        assert!(!json.contains("uid"), "root's owner is left out: {json}");
         assert_eq!(rc.reason, "entry script");
         let h = list
             .iter()
             .find(|e| e.path == "/etc/by-hook")
             .expect("hook file");
         assert_eq!(h.reason, "made by a build hook");
-        assert!(list
-            .iter()
-            .any(|e| e.path == "/etc" && e.kind == FileKind::Dir));
+        let etc = list.iter().find(|e| e.path == "/etc").expect("etc");
+        assert_eq!((etc.kind, etc.uid, etc.gid), (FileKind::Dir, 33, 34));
+        let back: FileEntry =
+            serde_json::from_str(&serde_json::to_string(etc).expect("json")).expect("parse");
+        assert_eq!(&back, etc);
     }
 }

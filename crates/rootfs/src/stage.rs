@@ -3,7 +3,9 @@
 //! Guest paths are resolved inside the staging root the way the guest will see them: a symlink
 //! met on the way (`/bin -> usr/bin`, or an absolute `/lib64/ld.so -> /lib/...`) is followed
 //! *within* the staging root, never on the host. Every write is recorded with its source and
-//! reason, which become the manifest.
+//! reason, which become the manifest. Owners other than root's (a base image's files) are
+//! recorded too, since the staged files themselves are the building user's: a file written
+//! over one forgets it.
 
 use crate::RootfsError;
 use std::collections::BTreeMap;
@@ -26,6 +28,7 @@ pub struct Origin {
 pub struct Staging {
     root: PathBuf,
     origins: BTreeMap<PathBuf, Origin>,
+    owners: BTreeMap<PathBuf, (u32, u32)>,
 }
 
 const MAX_SYMLINKS: usize = 40;
@@ -37,6 +40,7 @@ impl Staging {
         Ok(Staging {
             root: root.to_path_buf(),
             origins: BTreeMap::new(),
+            owners: BTreeMap::new(),
         })
     }
 
@@ -48,6 +52,24 @@ impl Staging {
     /// What was recorded for each guest path.
     pub fn origins(&self) -> &BTreeMap<PathBuf, Origin> {
         &self.origins
+    }
+
+    /// The (uid, gid) of each guest path owned by someone other than root.
+    pub fn owners(&self) -> &BTreeMap<PathBuf, (u32, u32)> {
+        &self.owners
+    }
+
+    /// Give the staged path `guest` (its last component not followed) the owner `uid:gid` in
+    /// the image; root's (0, 0) is everyone's default.
+    pub fn set_owner(&mut self, guest: &Path, uid: u32, gid: u32) -> Result<(), RootfsError> {
+        let host = self.host_path(guest)?;
+        let guest = self.guest_of_host(&host);
+        if (uid, gid) == (0, 0) {
+            self.owners.remove(&guest);
+        } else {
+            self.owners.insert(guest, (uid, gid));
+        }
+        Ok(())
     }
 
     /// The guest path of a host path under the root (symlinks already resolved).
@@ -166,7 +188,9 @@ impl Staging {
         p
     }
 
-    fn clear_slot(&self, host: &Path) -> Result<(), RootfsError> {
+    /// Make room for a file or symlink at `host`: what was there goes, with its owner.
+    fn clear_slot(&mut self, host: &Path) -> Result<(), RootfsError> {
+        self.owners.remove(&self.guest_of_host(host));
         match fs::symlink_metadata(host) {
             Ok(m) if m.is_dir() => Err(RootfsError::Staging {
                 path: host.strip_prefix(&self.root).unwrap_or(host).to_path_buf(),
@@ -352,6 +376,36 @@ fn guest_of(cur: &[OsString], c: &OsString) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn owners_are_kept_through_symlinks_and_forgotten_when_a_file_is_replaced() {
+        let d = tempfile::tempdir().expect("tmp");
+        let mut s = Staging::new(d.path()).expect("staging");
+        s.mkdir(Path::new("/usr/app"), 0o755, "base")
+            .expect("mkdir");
+        s.symlink(Path::new("/app"), Path::new("usr/app"), "base", "link")
+            .expect("link");
+        for f in ["/app/data", "/app/conf"] {
+            s.write_file(Path::new(f), b"x", 0o644, "base", "file")
+                .expect("write");
+        }
+        for p in ["/app/data", "/app/conf", "/app/"] {
+            s.set_owner(Path::new(p), 1001, 1002).expect("owner");
+        }
+        s.set_owner(Path::new("/app/conf"), 0, 0).expect("owner");
+        // A folder made again keeps its owner; a file written over loses it.
+        s.mkdir(Path::new("/usr/app"), 0o755, "again")
+            .expect("mkdir");
+        s.write_file(Path::new("/app/data"), b"y", 0o644, "recipe", "overlay")
+            .expect("write");
+        let want: BTreeMap<PathBuf, (u32, u32)> = [(PathBuf::from("/app"), (1001, 1002))]
+            .into_iter()
+            .collect();
+        // `/app` is a symlink: its own owner is recorded, not its target's.
+        assert_eq!(s.owners(), &want);
+        s.set_owner(Path::new("/usr/app"), 7, 8).expect("owner");
+        assert_eq!(s.owners().get(Path::new("/usr/app")), Some(&(7, 8)));
+    }
 
     #[test]
     fn writes_resolve_through_staged_symlinks_not_host_ones() {

@@ -95,7 +95,7 @@ fn run(c: &mut Command) -> String {
 /// An OCI layout at `dir` holding `httpd:1`: two layers made with umoci from the host's static
 /// busybox. Layer 1: busybox with `sh` and `httpd` links, /www/index.html, /www/secret.html and
 /// /data/old.txt; layer 2 deletes secret.html (a whiteout) and replaces /data with a folder
-/// holding only new.txt (whiteouts for its old files). Entrypoint `/bin/httpd -f -p 80 -h /www`, Env
+/// holding only new.txt (whiteouts for its old files), both owned by www (33:33). Entrypoint `/bin/httpd -f -p 80 -h /www`, Env
 /// `GREETING=hello from OCI`, WorkingDir `/www`, ExposedPorts 80/tcp.
 pub fn httpd_layout(dir: &Path) -> PathBuf {
     let layout = dir.join("layout");
@@ -133,15 +133,21 @@ pub fn httpd_layout(dir: &Path) -> PathBuf {
         .args(["repack", "--image", &image])
         .arg(&bundle));
     // Layer 2: a whiteout, and /data replaced (umoci writes an opaque folder or whiteouts).
+    // Unpacked as root, not --rootless: a rootless bundle maps every owner to root on repack.
     std::fs::remove_dir_all(&bundle).expect("rm bundle");
     run(Command::new("umoci")
-        .args(["unpack", "--rootless", "--image", &image])
+        .args(["unpack", "--image", &image])
         .arg(&bundle));
     let root = bundle.join("rootfs");
     std::fs::remove_file(root.join("www/secret.html")).expect("rm");
     std::fs::remove_dir_all(root.join("data")).expect("rm data");
     std::fs::create_dir_all(root.join("data")).expect("mkdir");
     std::fs::write(root.join("data/new.txt"), "new\n").expect("w");
+    // /data is www's, as an image's data folder often is its service user's (the tests run as
+    // root, so the layer records the owner).
+    for p in ["data", "data/new.txt"] {
+        std::os::unix::fs::chown(root.join(p), Some(33), Some(33)).expect("chown (needs root)");
+    }
     run(Command::new("umoci")
         .args(["repack", "--image", &image])
         .arg(&bundle));

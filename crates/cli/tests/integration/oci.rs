@@ -1,7 +1,7 @@
 //! OCI images as microVMs (issue 14, part 1) against a real registry: Debian's docker-registry on
 //! a loopback port, an image made with umoci from the host's static busybox and copied in with
 //! skopeo. `kiln run REF` serves it; its Env and WorkingDir are the service's; whiteouts are
-//! honoured; a container's exit code is `kiln run`'s; bad references are refused clearly.
+//! honoured; its files keep their owners; a container's exit code is `kiln run`'s; bad references are refused clearly.
 
 use super::lifecycle::{page, Fleet};
 use super::*;
@@ -204,7 +204,7 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
     .expect("kiln.toml");
     std::fs::write(
         recipe.join("etc/rc"),
-        "#!/bin/sh\nexec httpd -f -p 8080 -h /www\n",
+        "#!/bin/sh\necho written > /data/by-www\nexec httpd -f -p 8080 -h /www\n",
     )
     .expect("rc");
     std::fs::write(recipe.join("files/www/extra.html"), "from the recipe\n").expect("extra");
@@ -230,6 +230,30 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
         .map(|l| l.split_whitespace().skip(1).collect())
         .collect();
     assert_eq!(ids, [vec!["33"; 4], vec!["33"; 4]], "{status}");
+    // The image's /data is www's (its layer says so, though the build unpacked it without
+    // root), so the service could write there; the recipe's files stay root's.
+    let owned = out(&f.ok(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "cat /data/by-www; ls -lnd /data /data/new.txt /data/by-www /www/extra.html",
+    ]));
+    assert!(owned.starts_with("written\n"), "{owned}");
+    for (path, owner) in [
+        ("/data", "33 33"),
+        ("/data/new.txt", "33 33"),
+        ("/data/by-www", "33 33"),
+        ("/www/extra.html", "0 0"),
+    ] {
+        let l = owned
+            .lines()
+            .find(|l| l.ends_with(&format!(" {path}")))
+            .unwrap_or_else(|| panic!("{path} not listed: {owned}"));
+        let f: Vec<&str> = l.split_whitespace().collect();
+        assert_eq!(format!("{} {}", f[2], f[3]), owner, "{l}");
+    }
     f.ok(&["rm", "-f", &name]);
 
     // A `docker save` tarball of the same image builds too.
@@ -255,6 +279,14 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
         serde_json::from_slice(&std::fs::read(built.join("manifest.json")).expect("manifest"))
             .expect("json");
     assert_eq!(m["name"], "httpd");
+    // The manifest lists each path's owner when it is not root's.
+    let files = m["files"].as_array().expect("files");
+    let entry = |p: &str| files.iter().find(|f| f["path"] == p).expect("listed");
+    assert_eq!(
+        (&entry("/data")["uid"], &entry("/data")["gid"]),
+        (&33.into(), &33.into())
+    );
+    assert!(entry("/bin/busybox").get("uid").is_none());
     // An unknown user is refused with its kiln.toml line.
     let toml = std::fs::read_to_string(recipe.join("kiln.toml")).expect("read");
     std::fs::write(
