@@ -3,8 +3,9 @@
 //! change to a recipe; prune keeps each recipe's newest image and every image a VM record
 //! points at (running or not: `kiln enable`d VMs boot them later), and drops PVH kernels no
 //! kept image uses, and saved states (`snapshots/`) no image names as its template and no VM
-//! starts from. Compiled tiny kernels go only with `--kernels` (recompiling costs minutes),
-//! downloaded packages never.
+//! starts from. Compiled tiny kernels go only with `--kernels` (recompiling costs minutes), and
+//! Kiln's own programs (busybox, dropbear, sftp-server builds) no kept image holds only with
+//! `--builds`; downloaded packages never.
 
 use crate::{dirs, human};
 use anyhow::{Context, Result};
@@ -30,6 +31,10 @@ pub enum CacheCmd {
         /// Also remove snapshots of VMs (`kiln snapshot`) that no VM starts from.
         #[arg(long)]
         snapshots: bool,
+        /// Also remove builds of Kiln's busybox, dropbear and sftp-server that no kept image
+        /// holds, and the logs of failed ones (a rebuild compiles again).
+        #[arg(long)]
+        builds: bool,
     },
 }
 
@@ -43,6 +48,8 @@ struct CachedImage {
     kernel_sha: String,
     initramfs_sha: String,
     kernel_description: String,
+    /// Where its files came from (the manifest's sources: Kiln's builds by identity).
+    sources: BTreeSet<String>,
     /// VMs whose records point at it.
     users: Vec<String>,
 }
@@ -97,6 +104,10 @@ fn images(cache: &Path, state_root: &Path) -> Vec<CachedImage> {
             initramfs_sha: m
                 .as_ref()
                 .map(|m| m.initramfs.sha256.clone())
+                .unwrap_or_default(),
+            sources: m
+                .as_ref()
+                .map(|m| m.files.iter().map(|f| f.source.clone()).collect())
                 .unwrap_or_default(),
             kernel_description: m.map(|m| m.kernel.description).unwrap_or_default(),
             users: users.remove(&canon).unwrap_or_default(),
@@ -267,13 +278,15 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
             dry_run,
             kernels,
             snapshots: drop_snapshots,
+            builds,
         } => {
             let verb = if dry_run { "would remove" } else { "removed" };
             let mut freed = 0u64;
             let mut count = 0usize;
-            let mut remove = |path: &Path, what: &str, bytes: u64| -> Result<()> {
+            // `delete`: false when the caller removed it already.
+            let mut remove = |path: &Path, what: &str, bytes: u64, delete: bool| -> Result<()> {
                 println!("kiln: {verb} {what} {} ({})", path.display(), human(bytes));
-                if !dry_run {
+                if delete && !dry_run {
                     if path.is_dir() {
                         std::fs::remove_dir_all(path)
                     } else {
@@ -288,7 +301,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
             let kept: Vec<&CachedImage> =
                 imgs.iter().filter(|i| keep.contains_key(&i.dir)).collect();
             for i in imgs.iter().filter(|i| !keep.contains_key(&i.dir)) {
-                remove(&i.dir, "image", i.bytes)?;
+                remove(&i.dir, "image", i.bytes, true)?;
             }
             for sn in snapshots(&cache, &dirs::state_root()) {
                 let mine = drop_snapshots
@@ -298,7 +311,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                         .as_deref()
                         .is_some_and(|k| k.starts_with("a snapshot"));
                 if sn.keep.is_none() || mine {
-                    remove(&sn.dir, &sn.kind, sn.bytes)?;
+                    remove(&sn.dir, &sn.kind, sn.bytes, true)?;
                 }
             }
             // Files derived from an image's kernel or initramfs, named by its sha256: PVH
@@ -326,7 +339,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                         let name = e.file_name().to_string_lossy().into_owned();
                         if !used.contains(&name) {
                             let bytes = e.metadata().map(|m| m.len()).unwrap_or(0);
-                            remove(&e.path(), what, bytes)?;
+                            remove(&e.path(), what, bytes, true)?;
                         }
                     }
                 }
@@ -335,7 +348,34 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                 for k in kiln_kernel::tiny::list_tiny(&cache) {
                     let short = &k.config_hash[..16];
                     if !kept.iter().any(|i| i.kernel_description.contains(short)) {
-                        remove(&k.dir, "tiny kernel", size_of(&k.dir))?;
+                        remove(&k.dir, "tiny kernel", size_of(&k.dir), true)?;
+                    }
+                }
+            }
+            if builds {
+                for b in kiln_userland::cached_builds(&cache) {
+                    if b.identity
+                        .as_ref()
+                        .is_some_and(|id| kept.iter().any(|i| i.sources.contains(id)))
+                    {
+                        continue;
+                    }
+                    let what = match &b.identity {
+                        Some(_) => format!("{} build", b.program),
+                        None => format!("unfinished or failed {} build", b.program),
+                    };
+                    let bytes = size_of(&b.path);
+                    // Under the build's lock: one that runs now keeps its folder.
+                    if dry_run
+                        || kiln_userland::remove_build(&cache, &b)
+                            .with_context(|| format!("removing {}", b.path.display()))?
+                    {
+                        remove(&b.path, &what, bytes, false)?;
+                    } else {
+                        println!(
+                            "kiln: kept {} ({what}: a build of it runs now)",
+                            b.path.display()
+                        );
                     }
                 }
             }

@@ -142,18 +142,14 @@ impl Product {
         let root = cache_root.join(self.name);
         std::fs::create_dir_all(&root).map_err(io_err("create", &root))?;
         let key = self.entry_name(hash);
-        let lock_path = root.join(format!(".{key}.lock"));
-        let lock = std::fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open the build lock", &lock_path))?;
+        let lock = lock_file(&root, &key)?;
         lock.lock()
-            .map_err(io_err("take the build lock", &lock_path))?;
+            .map_err(io_err("take the build lock", &lock_path(&root, &key)))?;
         if let Some(b) = self.read(&dir) {
             return Ok(b);
         }
+        // Holding the key's lock, any build folder of this key is a killed build's.
+        sweep_killed(&root, &key);
         let tmp = tempfile::Builder::new()
             .prefix(&format!(".tmp-{key}-"))
             .tempdir_in(&root)
@@ -218,6 +214,102 @@ impl Product {
             error: io::Error::other("the cache entry just written is incomplete"),
         })
     }
+}
+
+/// The lock file of the cache entry `key` in `root`.
+fn lock_path(root: &Path, key: &str) -> PathBuf {
+    root.join(format!(".{key}.lock"))
+}
+
+/// Open (creating) the lock file of the cache entry `key` in `root`.
+fn lock_file(root: &Path, key: &str) -> Result<File, UserlandError> {
+    let path = lock_path(root, key);
+    std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err("open the build lock", &path))
+}
+
+/// Remove the build folders of `key` a killed build left in `root` (the caller holds the lock).
+fn sweep_killed(root: &Path, key: &str) {
+    let prefix = format!(".tmp-{key}-");
+    for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+        if e.file_name().to_string_lossy().starts_with(&prefix) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
+/// A build in the cache, as [`crate::cached_builds`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CachedBuild {
+    /// `busybox`, `dropbear`, `sftp-server`.
+    pub program: &'static str,
+    /// The entry's folder, or the log of a build that failed (`KEY.failed.log`).
+    pub path: PathBuf,
+    /// What images record as the binary's origin ([`Built::identity`]); `None` for a failed
+    /// build's log or an incomplete entry.
+    pub identity: Option<String>,
+    key: String,
+}
+
+impl Product {
+    /// The builds of this program in `cache_root`: complete entries, incomplete ones (a killed
+    /// build's folder included: [`remove_build`] spares one whose build still runs) and the
+    /// logs of failed builds.
+    pub(crate) fn cached_builds(&self, cache_root: &Path) -> Vec<CachedBuild> {
+        let root = cache_root.join(self.name);
+        let mut out = Vec::new();
+        let entry_prefix = format!("{}-", self.tag);
+        for e in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let path = e.path();
+            let (key, identity) = if let Some(key) = name.strip_suffix(".failed.log") {
+                (key.to_string(), None)
+            } else if name.starts_with(&entry_prefix) && path.is_dir() {
+                (name.clone(), self.read(&path).map(|b| b.identity))
+            } else if let Some(rest) = name.strip_prefix(".tmp-") {
+                // `.tmp-KEY-RANDOM`: a killed build's folder, unless its build still runs.
+                match rest.rsplit_once('-') {
+                    Some((key, _)) => (key.to_string(), None),
+                    None => continue,
+                }
+            } else {
+                continue;
+            };
+            out.push(CachedBuild {
+                program: self.name,
+                path,
+                identity,
+                key,
+            });
+        }
+        out.sort_by(|a, b| a.path.cmp(&b.path));
+        out
+    }
+}
+
+/// Remove `build` from the cache unless a build of its key runs now: `Ok(false)` then.
+pub fn remove_build(cache_root: &Path, build: &CachedBuild) -> Result<bool, UserlandError> {
+    let root = cache_root.join(build.program);
+    let lock = lock_file(&root, &build.key)?;
+    match lock.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => return Ok(false),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(io_err("take the build lock", &lock_path(&root, &build.key))(e))
+        }
+    }
+    let p = &build.path;
+    if p.is_dir() {
+        std::fs::remove_dir_all(p)
+    } else {
+        std::fs::remove_file(p)
+    }
+    .map_err(io_err("remove", p))?;
+    Ok(true)
 }
 
 /// One build's folders and log.
@@ -344,5 +436,76 @@ impl Step {
             tail: lines[lines.len().saturating_sub(25)..].join("\n"),
             log,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::busybox::BUSYBOX;
+
+    /// A complete busybox entry for `hash` in `cache`.
+    fn entry(cache: &Path, hash: &str) -> PathBuf {
+        let dir = BUSYBOX.entry(cache, hash);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        std::fs::write(dir.join(BUSYBOX.binary), b"\x7fELF").expect("binary");
+        let r = Record {
+            version: BUSYBOX.version.into(),
+            tarball_sha256: BUSYBOX.tarball_sha256.into(),
+            hash: hash.into(),
+            symbols: vec![],
+            size: 4,
+        };
+        std::fs::write(
+            dir.join(BUSYBOX.record()),
+            serde_json::to_vec(&r).expect("json"),
+        )
+        .expect("record");
+        dir
+    }
+
+    #[test]
+    fn builds_are_listed_and_removed_unless_their_build_runs() {
+        let d = tempfile::tempdir().expect("tmp");
+        let cache = d.path();
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        let complete = entry(cache, &a);
+        let incomplete = entry(cache, &b);
+        std::fs::remove_file(incomplete.join(BUSYBOX.binary)).expect("rm");
+        let root = cache.join(BUSYBOX.name);
+        let failed = root.join("bb-cccccccccccccccc.failed.log");
+        std::fs::write(&failed, "log").expect("log");
+        // A build of key d runs: its lock is held and its folder is in use.
+        let running = root.join(".tmp-bb-dddddddddddddddd-XyZ123");
+        std::fs::create_dir(&running).expect("mkdir");
+        let held = lock_file(&root, "bb-dddddddddddddddd").expect("lock");
+        held.lock().expect("lock");
+
+        let builds = crate::cached_builds(cache);
+        let listed: Vec<(&Path, Option<&str>)> = builds
+            .iter()
+            .map(|b| (b.path.as_path(), b.identity.as_deref()))
+            .collect();
+        let identity = format!("kiln busybox {} musl {}", BUSYBOX.version, &a[..16]);
+        assert_eq!(
+            listed,
+            [
+                (running.as_path(), None),
+                (complete.as_path(), Some(identity.as_str())),
+                (incomplete.as_path(), None),
+                (failed.as_path(), None),
+            ]
+        );
+        for b in &builds {
+            let removed = remove_build(cache, b).expect("remove");
+            assert_eq!(removed, b.path != running, "{}", b.path.display());
+        }
+        assert!(running.is_dir() && !complete.exists() && !failed.exists());
+        // Once its build is gone, a killed build's folder is swept under the key's lock.
+        drop(held);
+        let lock = lock_file(&root, "bb-dddddddddddddddd").expect("lock");
+        lock.lock().expect("lock");
+        sweep_killed(&root, "bb-dddddddddddddddd");
+        assert!(!running.exists());
     }
 }

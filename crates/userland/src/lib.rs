@@ -14,7 +14,7 @@ pub mod busybox;
 pub mod dropbear;
 pub mod sftp_server;
 
-pub use build::Built;
+pub use build::{remove_build, Built, CachedBuild};
 
 /// The folders under Kiln's cache that hold these builds, one per program.
 pub fn cache_folders() -> [&'static str; 3] {
@@ -23,6 +23,18 @@ pub fn cache_folders() -> [&'static str; 3] {
         dropbear::DROPBEAR.name,
         sftp_server::SFTP_SERVER.name,
     ]
+}
+
+/// Every build of Kiln's programs in `cache_root` (see [`CachedBuild`]).
+pub fn cached_builds(cache_root: &Path) -> Vec<CachedBuild> {
+    [
+        &busybox::BUSYBOX,
+        &dropbear::DROPBEAR,
+        &sftp_server::SFTP_SERVER,
+    ]
+    .into_iter()
+    .flat_map(|p| p.cached_builds(cache_root))
+    .collect()
 }
 
 /// Errors from building Kiln's busybox or dropbear.

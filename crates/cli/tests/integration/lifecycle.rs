@@ -701,7 +701,7 @@ fn dry_runs_render_other_backends_from_a_config_file() {
 
 /// `kiln cache prune` drops a recipe's older images but keeps its newest and any a VM record
 /// points at, and PVH kernels and expanded initramfs archives no kept image uses; `--dry-run`
-/// removes nothing.
+/// removes nothing; `--builds` drops Kiln's own program builds no kept image holds.
 #[test]
 fn cache_prune_keeps_the_newest_and_the_used_images() {
     let cache = tempfile::tempdir().expect("cache");
@@ -748,6 +748,32 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
         std::fs::create_dir_all(cache.path().join(dir)).expect("mkdir");
         std::fs::write(cache.path().join(dir).join(file), vec![0u8; 4096]).expect("w");
     }
+    // The busybox build the images hold (a stand-in with its identity) and a failed build's log.
+    let manifest_json = manifest(&used);
+    let identity = manifest_json["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["source"].as_str())
+        .find(|s| s.starts_with("kiln busybox "))
+        .expect("the image holds Kiln's busybox")
+        .to_string();
+    let hash16 = identity.rsplit(' ').next().expect("hash").to_string();
+    let held = cache.path().join(format!("busybox/bb-{hash16}"));
+    std::fs::create_dir_all(&held).expect("mkdir");
+    std::fs::write(held.join("busybox"), b"stand-in").expect("w");
+    std::fs::write(
+        held.join("busybox.json"),
+        serde_json::json!({
+            "version": identity.split(' ').nth(2).expect("version"),
+            "tarball_sha256": "", "hash": format!("{hash16}{}", "0".repeat(48)),
+            "symbols": [], "size": 8,
+        })
+        .to_string(),
+    )
+    .expect("record");
+    let failed = cache.path().join("busybox/bb-0123456789abcdef.failed.log");
+    std::fs::write(&failed, "make: *** failed").expect("w");
 
     let mut f = Fleet::new();
     let name = f.name("cached");
@@ -815,6 +841,23 @@ fn cache_prune_keeps_the_newest_and_the_used_images() {
         "a kept image's expanded initramfs went: {t}"
     );
     assert!(t.contains("kept 2 images"), "{t}");
+    assert!(
+        held.is_dir() && failed.is_file(),
+        "builds go only with --builds: {t}"
+    );
+
+    let o = cmd(&f, &["cache", "prune", "--builds"]);
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(
+        held.join("busybox").is_file(),
+        "a kept image's build went: {t}"
+    );
+    for gone in ["busybox/bb-feedface", "dropbear/db-feedface"] {
+        assert!(!cache.path().join(gone).exists(), "{gone}: {t}");
+    }
+    assert!(!failed.exists(), "{t}");
+    assert!(t.contains("unfinished or failed busybox build"), "{t}");
 
     // The VM booted from the kept image still stops cleanly.
     f.ok(&["stop", &name]);
