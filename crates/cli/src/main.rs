@@ -225,8 +225,13 @@ impl std::error::Error for BadInput {}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings reach the user unless KILN_LOG says otherwise (e.g. `KILN_LOG=error`).
+    let filter = tracing_subscriber::EnvFilter::builder()
+        .with_default_directive(tracing_subscriber::filter::LevelFilter::WARN.into())
+        .with_env_var("KILN_LOG")
+        .from_env_lossy();
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
+        .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
     match dispatch(cli) {

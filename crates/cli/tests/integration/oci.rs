@@ -307,3 +307,60 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
         text(&o)
     );
 }
+
+/// The same image as a squashfs root keeps /data www's (mksquashfs pseudo definitions); as an
+/// erofs root, which Debian's mkfs.erofs cannot give owners per file, the build warns and names
+/// the first path.
+#[test]
+fn read_only_roots_keep_owners_or_say_they_cannot() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    let f = Fleet::new();
+    for format in ["squashfs", "erofs"] {
+        let recipe = tmp.path().join(format!("recipe-{format}"));
+        std::fs::create_dir_all(recipe.join("etc")).expect("mkdir");
+        std::fs::write(
+            recipe.join("kiln.toml"),
+            format!(
+                "name = \"owned\"\nfrom = \"oci:{}:1\"\nready = \"none\"\n\n[image]\nformat = \"{format}\"\n",
+                layout.display()
+            ),
+        )
+        .expect("kiln.toml");
+        std::fs::write(recipe.join("etc/rc"), "#!/bin/sh\nexec sleep 1\n").expect("rc");
+        let built = tmp.path().join(format!("out-{format}"));
+        let o = f.ok(&[
+            "build",
+            recipe.to_str().expect("utf-8"),
+            "-o",
+            built.to_str().expect("utf-8"),
+        ]);
+        let root = built.join(format!("root.{format}"));
+        let warned = text(&o).contains("erofs cannot keep owners");
+        if format == "erofs" {
+            assert!(warned && text(&o).contains("/data 33:33"), "{}", text(&o));
+            continue;
+        }
+        assert!(!warned, "{}", text(&o));
+        let ls = std::process::Command::new("unsquashfs")
+            .args(["-lln", "-d", "/r"])
+            .arg(&root)
+            .output()
+            .expect("unsquashfs");
+        let ls = String::from_utf8_lossy(&ls.stdout);
+        for (end, owner) in [
+            ("/r/data", "33/33"),
+            ("/r/data/new.txt", "33/33"),
+            ("/r/etc/rc", "0/0"),
+        ] {
+            let line = ls
+                .lines()
+                .find(|l| l.ends_with(end))
+                .unwrap_or_else(|| panic!("{end} not listed: {ls}"));
+            assert_eq!(line.split_whitespace().nth(1), Some(owner), "{line}");
+        }
+    }
+}
