@@ -30,9 +30,25 @@ pub fn boots_expanded(info: &InitramfsInfo, memory_mib: u32) -> bool {
         && info.uncompressed_size.saturating_mul(MEMORY_FRACTION) <= u64::from(memory_mib) << 20
 }
 
-/// The initramfs to boot from `image_dir` with `memory_mib` of guest memory: the expanded copy
-/// in `<cache_root>/initrd/` (made now if missing, atomically) when [`boots_expanded`], else
-/// the image's own file. An archive that does not expand to the manifest's size is refused.
+/// The initramfs a VM with `memory_mib` of guest memory boots from `image_dir`: the expanded
+/// copy's path in `<cache_root>/initrd/` when [`boots_expanded`], else the image's own file.
+/// Nothing is read or written (a plan on paper names it); [`boot_initramfs`] makes it.
+pub fn boot_initramfs_path(
+    image_dir: &Path,
+    info: &InitramfsInfo,
+    cache_root: &Path,
+    memory_mib: u32,
+) -> PathBuf {
+    if !boots_expanded(info, memory_mib) || !is_sha256(&info.sha256) {
+        return image_dir.join(&info.file);
+    }
+    cache_root
+        .join(EXPANDED_DIR)
+        .join(format!("{}.cpio", info.sha256))
+}
+
+/// [`boot_initramfs_path`], the expanded copy made now if missing (atomically). An archive
+/// that does not expand to the manifest's size is refused.
 pub fn boot_initramfs(
     image_dir: &Path,
     info: &InitramfsInfo,
@@ -40,11 +56,11 @@ pub fn boot_initramfs(
     memory_mib: u32,
 ) -> Result<PathBuf, BuildError> {
     let file = image_dir.join(&info.file);
-    if !boots_expanded(info, memory_mib) || !is_sha256(&info.sha256) {
+    let dest = boot_initramfs_path(image_dir, info, cache_root, memory_mib);
+    if dest == file {
         return Ok(file);
     }
     let dir = cache_root.join(EXPANDED_DIR);
-    let dest = dir.join(format!("{}.cpio", info.sha256));
     if std::fs::metadata(&dest).is_ok_and(|m| m.len() == info.uncompressed_size) {
         return Ok(dest);
     }

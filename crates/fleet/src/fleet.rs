@@ -172,6 +172,7 @@ impl Fleet {
                 verbose,
                 lans: self.peek_lans(p.name(), &p.config.nets)?,
                 cache_root: self.cache_root().to_path_buf(),
+                on_paper: true,
             },
         )
     }
@@ -227,6 +228,7 @@ impl Fleet {
                 verbose,
                 lans: self.lease_lans(&name, &p.config.nets)?,
                 cache_root: self.cache_root().to_path_buf(),
+                on_paper: false,
             },
         )?;
         admit::admit(&self.store.list(), &plan, self.host())?;

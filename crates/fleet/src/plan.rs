@@ -184,6 +184,9 @@ pub struct PlanOptions {
     /// The cache, where a compressed initramfs is expanded for boot
     /// ([`kiln_bake::expand::boot_initramfs`]).
     pub cache_root: PathBuf,
+    /// A plan on paper (`--dry-run`): files it would make (the expanded initramfs) are named,
+    /// not made.
+    pub on_paper: bool,
 }
 
 /// Plan a VM from its spec and image.
@@ -266,6 +269,12 @@ pub fn plan(cfg: &VmConfig, image: &Image, o: &PlanOptions) -> Result<Plan> {
     let image_initrd = (!m.initramfs.is_disk()).then(|| image.dir.join(&m.initramfs.file));
     // Under TCG the guest's decompressor is slow: boot the archive expanded on the host.
     let initrd = match &image_initrd {
+        Some(_) if !bsd && o.on_paper => Some(kiln_bake::expand::boot_initramfs_path(
+            &image.dir,
+            &m.initramfs,
+            &o.cache_root,
+            memory_mib,
+        )),
         Some(_) if !bsd => Some(kiln_bake::expand::boot_initramfs(
             &image.dir,
             &m.initramfs,

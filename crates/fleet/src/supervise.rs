@@ -247,6 +247,7 @@ impl Fleet {
                 verbose,
                 lans: self.lease_lans(&rec.name, &rec.config.nets)?,
                 cache_root: self.cache_root().to_path_buf(),
+                on_paper: false,
             },
         )?;
         let mut session = Session::start(

@@ -121,6 +121,7 @@ impl Fleet {
                 verbose: false,
                 lans: vec![],
                 cache_root: self.cache_root().to_path_buf(),
+                on_paper: false,
             },
         )?;
         // No host ports: forwards are host-side state each clone gets its own of, and the
@@ -226,6 +227,7 @@ impl Fleet {
                 verbose: false,
                 lans: vec![],
                 cache_root: self.cache_root().to_path_buf(),
+                on_paper: false,
             },
         )?;
         let paths = plan::run_paths(&dir, true);
