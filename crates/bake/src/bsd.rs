@@ -162,6 +162,7 @@ pub(crate) fn build_bsd(
         files,
         packages: vec![],
         excluded_packages: vec![],
+        base: String::new(),
         selection: String::new(),
         pc: None,
     };

@@ -516,7 +516,7 @@ impl Build<'_> {
         let mut st = Staging::new(staging_dir)?;
         // An OCI image is the bottom layer: what Kiln adds below fills in only what it lacks.
         if let Some(base) = base {
-            oci::stage_base(&mut st, base)?;
+            oci::stage_base(&mut st, base, inputs.index.as_deref())?;
         }
         let keep = base.is_some();
         skeleton(&mut st, keep)?;
@@ -704,7 +704,8 @@ impl Build<'_> {
                         .collect()
                 })
                 .unwrap_or_default(),
-            selection: if pkgs.is_some() {
+            base: inputs.base.as_ref().map(oci::source_of).unwrap_or_default(),
+            selection: if pkgs.is_some() || inputs.base.is_some() {
                 self.variant.describe(self.recipe)
             } else {
                 String::new()

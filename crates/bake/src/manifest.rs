@@ -35,7 +35,11 @@ pub struct ImageManifest {
     /// Dependencies left out, with the reason.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub excluded_packages: Vec<String>,
-    /// How the package files were chosen: "all", "index FILE", or "all, traced".
+    /// The `from` image the root starts from (`REF@DIGEST`, its files' source), if any.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub base: String,
+    /// How the package (and `from` image) files were chosen: "all", "index FILE", or "all,
+    /// traced".
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub selection: String,
     /// A PC's boot files (`format = "iso"`): the bzImage a boot loader or iPXE loads with the

@@ -10,6 +10,7 @@ use crate::BuildError;
 use kiln_image::Owners;
 use kiln_oci::{ImageConfig, PullOptions, Pulled, Source};
 use kiln_recipe::Recipe;
+use kiln_rootfs::packages::{Entry, EntryKind, PackageRoot};
 use kiln_rootfs::Staging;
 use std::path::{Path, PathBuf};
 
@@ -79,34 +80,102 @@ pub(crate) fn pull_base(
     Ok(Some(pulled))
 }
 
-/// Unpack the image's layers as the bottom of the staging tree; every path is recorded as
-/// coming from the image, with its owner when that is not root (the staged copies are the
-/// building user's).
-pub(crate) fn stage_base(st: &mut Staging, base: &Pulled) -> Result<(), BuildError> {
-    let root = st.root().to_path_buf();
-    let owners = if let Some(dir) = base.reference.strip_prefix(DIR_SOURCE) {
-        copy_tree(Path::new(dir), &root)?
-    } else {
-        let report = kiln_oci::unpack(&base.layers, st.root())?;
-        for (path, why) in &report.skipped {
-            tracing::warn!(path = %path, "not taken from the OCI image: {why}");
+/// `REF@DIGEST`: the manifest source of the image's files.
+pub(crate) fn source_of(base: &Pulled) -> String {
+    format!("{}@{}", base.reference, base.manifest_digest)
+}
+
+/// The image's files as the bottom of the staging tree, with their owners when those are not
+/// root (the staged copies are the building user's). Without an index every file is taken,
+/// unpacked in place; with one, the image is unpacked beside the staging tree and only what
+/// the index selects is taken, with the ELF closure of its programs and libraries (from the
+/// image alone) and the image's user database.
+pub(crate) fn stage_base(
+    st: &mut Staging,
+    base: &Pulled,
+    index: Option<&Path>,
+) -> Result<(), BuildError> {
+    let source = source_of(base);
+    let Some(index) = index else {
+        let root = st.root().to_path_buf();
+        let owners = unpack_into(base, &root)?;
+        for e in walkdir::WalkDir::new(&root)
+            .min_depth(1)
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(rel) = e.path().strip_prefix(&root) {
+                st.adopt(&Path::new("/").join(rel), &source, "from the OCI image");
+            }
         }
-        report.owners
+        for (rel, (uid, gid)) in owners {
+            st.set_owner(&Path::new("/").join(rel), uid, gid)?;
+        }
+        return Ok(());
     };
-    let source = format!("{}@{}", base.reference, base.manifest_digest);
-    for e in walkdir::WalkDir::new(&root)
+    let dir = st.root().with_file_name("base");
+    std::fs::create_dir_all(&dir).map_err(crate::io(&dir))?;
+    let owners = unpack_into(base, &dir)?;
+    let tree = sysroot_of(&dir, &source);
+    let from = crate::packages::Sysroot {
+        root: &tree,
+        prefix: "",
+        host_libraries: false,
+    };
+    crate::packages::install_from(&from, Some(index), st)?;
+    // `user` and the service's own lookups of names read these, traced or not.
+    for f in ["/etc/passwd", "/etc/group"] {
+        let host = tree.host_path(Path::new(f));
+        let staged = st.root().join(&f[1..]);
+        if host.is_file() && std::fs::symlink_metadata(&staged).is_err() {
+            st.copy_file_labelled(Path::new(f), &host, &source, "the image's user database")?;
+        }
+    }
+    for (rel, (uid, gid)) in owners {
+        if std::fs::symlink_metadata(st.root().join(&rel)).is_ok() {
+            st.set_owner(&Path::new("/").join(rel), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpack the image (or copy the root folder of a `dir:` source) into `dest`; the owners other
+/// than root's it gives.
+fn unpack_into(base: &Pulled, dest: &Path) -> Result<Owners, BuildError> {
+    if let Some(dir) = base.reference.strip_prefix(DIR_SOURCE) {
+        return copy_tree(Path::new(dir), dest);
+    }
+    let report = kiln_oci::unpack(&base.layers, dest)?;
+    for (path, why) in &report.skipped {
+        tracing::warn!(path = %path, "not taken from the OCI image: {why}");
+    }
+    Ok(report.owners)
+}
+
+/// The unpacked image at `dir` as a tree an index selects from, every path labelled `source`.
+fn sysroot_of(dir: &Path, source: &str) -> PackageRoot {
+    let mut entries = std::collections::BTreeMap::new();
+    for e in walkdir::WalkDir::new(dir)
         .min_depth(1)
         .into_iter()
         .flatten()
     {
-        if let Ok(rel) = e.path().strip_prefix(&root) {
-            st.adopt(&Path::new("/").join(rel), &source, "from the OCI image");
-        }
+        let (Ok(rel), Some(kind)) = (e.path().strip_prefix(dir), EntryKind::of(e.file_type()))
+        else {
+            continue;
+        };
+        entries.insert(
+            Path::new("/").join(rel),
+            Entry {
+                kind,
+                package: source.to_string(),
+            },
+        );
     }
-    for (rel, (uid, gid)) in owners {
-        st.set_owner(&Path::new("/").join(rel), uid, gid)?;
+    PackageRoot {
+        dir: dir.to_path_buf(),
+        entries,
     }
-    Ok(())
 }
 
 /// The prefix of a `from` that names an unpacked root folder rather than an image.

@@ -85,24 +85,41 @@ pub fn provision(recipe: &Recipe, cache: &Cache, refresh: bool) -> Result<Provis
     Ok(Provisioned { set, root })
 }
 
+/// A tree the build takes files from: a recipe's merged packages, or the unpacked `from`
+/// image when an index chooses from it.
+pub(crate) struct Sysroot<'a> {
+    /// The tree, each path with its label (`name version` for a package, `REF@DIGEST` for an
+    /// image).
+    pub root: &'a PackageRoot,
+    /// Put before a label to make a file's manifest source: `package ` for packages.
+    pub prefix: &'static str,
+    /// Whether the ELF closure may take a library from the host when the tree lacks it
+    /// (packages: yes; an image carries its own libraries).
+    pub host_libraries: bool,
+}
+
 /// What to stage, collected before writing so each path is written once.
 struct Plan<'a> {
-    root: &'a PackageRoot,
+    from: &'a Sysroot<'a>,
     elf_roots: Vec<(PathBuf, String)>,
 }
 
 impl Plan<'_> {
+    /// The manifest source of host path `source`: its label in the tree, else the host path.
     fn label(&self, source: &Path) -> String {
-        match source.strip_prefix(&self.root.dir) {
-            Ok(rel) => {
-                let guest = Path::new("/").join(rel);
-                self.root
-                    .package_of(&guest)
-                    .map(|p| format!("package {p}"))
-                    .unwrap_or_else(|| source.display().to_string())
-            }
+        match source.strip_prefix(&self.from.root.dir) {
+            Ok(rel) => self.guest_label(&Path::new("/").join(rel)),
             Err(_) => source.display().to_string(),
         }
+    }
+
+    /// The manifest source of guest path `guest`: its label in the tree, else the path itself.
+    fn guest_label(&self, guest: &Path) -> String {
+        self.from
+            .root
+            .package_of(guest)
+            .map(|p| format!("{}{p}", self.from.prefix))
+            .unwrap_or_else(|| guest.display().to_string())
     }
 }
 
@@ -114,17 +131,38 @@ pub fn install(
     index: Option<&Path>,
     st: &mut Staging,
 ) -> Result<(), BuildError> {
-    let resolver =
-        Resolver::layered(&[p.root.dir.clone(), PathBuf::from("/")]).map_err(RootfsError::from)?;
-    let mut plan = Plan {
+    let from = Sysroot {
         root: &p.root,
+        prefix: "package ",
+        host_libraries: true,
+    };
+    install_from(&from, index, st)?;
+    tracing::debug!(recipe = %recipe.dir.display(), "package files staged");
+    Ok(())
+}
+
+/// Put the files of `from` into the staging tree: those `index` selects (with their ELF
+/// closure), or all of them.
+pub(crate) fn install_from(
+    from: &Sysroot<'_>,
+    index: Option<&Path>,
+    st: &mut Staging,
+) -> Result<(), BuildError> {
+    let mut roots = vec![from.root.dir.clone()];
+    if from.host_libraries {
+        roots.push(PathBuf::from("/"));
+    }
+    let resolver = Resolver::layered(&roots).map_err(RootfsError::from)?;
+    let mut plan = Plan {
+        from,
         elf_roots: Vec::new(),
     };
     match index {
         None => {
-            for (guest, entry) in &p.root.entries {
+            for (guest, entry) in &from.root.entries {
                 let reason = "file of a package (no index: every file is kept)";
-                let host = p.root.host_path(guest);
+                let label = format!("{}{}", from.prefix, entry.package);
+                let host = from.root.host_path(guest);
                 match entry.kind {
                     EntryKind::Dir => {
                         let mode = std::fs::metadata(&host)
@@ -137,34 +175,25 @@ pub fn install(
                             path: host.clone(),
                             error: e,
                         })?;
-                        st.symlink(
-                            guest,
-                            &target,
-                            &format!("package {}", entry.package),
-                            reason,
-                        )?;
+                        st.symlink(guest, &target, &label, reason)?;
                     }
                     EntryKind::File => {
                         if is_elf(&host) {
                             plan.elf_roots.push((guest.clone(), reason.to_string()));
                         } else {
-                            st.copy_file_labelled(
-                                guest,
-                                &host,
-                                &format!("package {}", entry.package),
-                                reason,
-                            )?;
+                            st.copy_file_labelled(guest, &host, &label, reason)?;
                         }
                     }
                 }
             }
         }
         Some(file) => {
-            let selected = kiln_rootfs::index::select(file, &p.root).map_err(RootfsError::from)?;
+            let selected =
+                kiln_rootfs::index::select(file, from.root).map_err(RootfsError::from)?;
             for sel in selected {
                 let Some(nodes) = resolver.locate(&sel.path).map_err(RootfsError::from)? else {
                     // A dangling symlink in a package: keep the link itself.
-                    let host = p.root.host_path(&sel.path);
+                    let host = from.root.host_path(&sel.path);
                     if let Ok(target) = std::fs::read_link(&host) {
                         st.symlink(&sel.path, &target, &plan.label(&host), &sel.reason)?;
                     }
@@ -175,7 +204,7 @@ pub fn install(
                 };
                 for link in links {
                     if let NodeKind::Symlink { target } = &link.kind {
-                        let src = resolver_host_label(&plan, &link.path);
+                        let src = plan.guest_label(&link.path);
                         st.symlink(
                             &link.path,
                             target,
@@ -221,20 +250,12 @@ pub fn install(
                 st.copy_file_labelled(&node.path, source, &label, &reason)?;
             }
             NodeKind::Symlink { target } => {
-                let label = resolver_host_label(&plan, &node.path);
+                let label = plan.guest_label(&node.path);
                 st.symlink(&node.path, target, &label, &reason)?;
             }
         }
         staged.insert(node.path.clone(), ());
     }
-    tracing::debug!(recipe = %recipe.dir.display(), files = staged.len(), "package ELF closure staged");
+    tracing::debug!(files = staged.len(), "ELF closure staged");
     Ok(())
-}
-
-/// The source label of a symlink at guest path `guest`: its package, or the host.
-fn resolver_host_label(plan: &Plan, guest: &Path) -> String {
-    plan.root
-        .package_of(guest)
-        .map(|p| format!("package {p}"))
-        .unwrap_or_else(|| guest.display().to_string())
 }

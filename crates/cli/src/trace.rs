@@ -1,10 +1,10 @@
 //! `kiln trace RECIPE -- WORKLOAD`: find the files a service needs by watching it work.
 //!
-//! 1. Build the recipe with every file of its packages and kiln-init's access tracer on
+//! 1. Build the recipe with every file of its packages (and of its `from` image) and kiln-init's access tracer on
 //!    (fanotify; `kiln: trace PATH` lines on the console), boot it, wait for readiness.
 //! 2. Run WORKLOAD (`sh -c`) on the host against the forwarded ports; it must succeed.
-//! 3. Power off and turn the traced paths into an index: every package file or folder that was
-//!    opened, executed or read, plus the package symlinks that lead to one.
+//! 3. Power off and turn the traced paths into an index: every package (or image) file or
+//!    folder that was opened, executed or read, plus the symlinks of those that lead to one.
 //! 4. Build the image again from that index alone and run the same workload against it. Only
 //!    when it passes too is the index written (to the recipe's `index`, else `files.txt` in the
 //!    recipe folder); otherwise the trace is rejected, naming the traced files the minimal image
@@ -32,7 +32,7 @@ use std::time::{Duration, Instant};
 /// Options of `kiln trace`.
 #[derive(Args, Debug)]
 pub struct TraceArgs {
-    /// The recipe folder (it must list `packages`).
+    /// The recipe folder (it must list `packages` or start `from` an image).
     pub recipe: PathBuf,
     /// Forward a host port: [HOSTADDR:]HOSTPORT:GUESTPORT[/tcp|/udp] (repeatable; replaces the recipe's ports).
     #[arg(short = 'p', long = "publish", value_name = "PORTS")]
@@ -149,14 +149,16 @@ fn resolve_links(path: &str, links: &BTreeMap<String, String>) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// The index lines for a trace: traced package files and folders, and the package symlinks
-/// that resolve to one of them, minus `exclude`.
+/// The index lines for a trace: traced files and folders of the packages and the `from` image,
+/// and their symlinks that resolve to one of them, minus `exclude`.
 pub fn index_from_trace(
     full: &ImageManifest,
     traced: &BTreeSet<String>,
     exclude: &[Glob],
 ) -> Vec<String> {
-    let from_package = |source: &str| source.starts_with("package ");
+    let from_package = |source: &str| {
+        source.starts_with("package ") || (!full.base.is_empty() && source == full.base)
+    };
     let links: BTreeMap<String, String> = full
         .files
         .iter()
@@ -190,9 +192,9 @@ fn progress_line(msg: &str) {
 /// `kiln trace`.
 pub fn trace(a: TraceArgs) -> Result<ExitCode> {
     let recipe = Recipe::load(&a.recipe)?;
-    if recipe.config.packages.is_empty() {
+    if recipe.config.packages.is_empty() && recipe.config.from.is_none() {
         return Err(BadInput(format!(
-            "{}: the recipe lists no `packages`; kiln trace selects files from packages",
+            "{}: the recipe lists no `packages` and has no `from` image; kiln trace selects files from those",
             recipe.config_path().display()
         ))
         .into());
@@ -495,6 +497,8 @@ mod tests {
     use super::*;
     use kiln_rootfs::FileEntry;
 
+    const BASE: &str = "localhost:5000/app:1@sha256:00";
+
     fn entry(path: &str, kind: FileKind, target: Option<&str>, source: &str) -> FileEntry {
         FileEntry {
             path: path.into(),
@@ -555,7 +559,7 @@ mod tests {
     }
 
     #[test]
-    fn index_keeps_traced_package_paths_and_their_links() {
+    fn index_keeps_traced_package_and_image_paths_and_their_links() {
         let pkg = "package nginx-common 1";
         let m_files = vec![
             entry("/etc/nginx/mime.types", FileKind::File, None, pkg),
@@ -574,13 +578,23 @@ mod tests {
             ),
             entry("/etc/rc", FileKind::File, None, "recipe"),
             entry("/var/log/nginx", FileKind::Dir, None, pkg),
+            // The `from` image's files count as the packages' do; Kiln's own never.
+            entry("/app/server", FileKind::File, None, BASE),
+            entry("/app/unused", FileKind::File, None, BASE),
+            entry("/app/run", FileKind::Symlink, Some("server"), BASE),
+            entry(
+                "/bin/sh",
+                FileKind::File,
+                None,
+                "kiln busybox 1.35.0 musl 0",
+            ),
         ];
         let json = serde_json::json!({
             "kiln_version": "0", "name": "n", "fingerprint": "", "recipe": "",
             "kernel": {"file": "k", "boot": "pvh", "file_size": 0, "description": "", "version": null, "sha256": "", "size": 0},
             "initramfs": {"file": "i", "compression": "xz", "size": 0, "uncompressed_size": 0, "entries": 0, "sha256": ""},
             "boot": {"cmdline": "", "cpus": 1, "memory": 128, "ports": [], "ready": "none", "ready_timeout": 1, "network": "user"},
-            "modules": [], "files": m_files,
+            "modules": [], "files": m_files, "base": BASE,
         });
         let m: ImageManifest = serde_json::from_value(json).expect("manifest");
         let traced: BTreeSet<String> = [
@@ -589,6 +603,8 @@ mod tests {
             "/etc/rc",
             "/var/log/nginx",
             "/run/nginx.pid",
+            "/app/server",
+            "/bin/sh",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -597,6 +613,8 @@ mod tests {
         assert_eq!(
             idx,
             [
+                "/app/run",
+                "/app/server",
                 "/etc/nginx/mime.types",
                 "/etc/nginx/sites-available/default",
                 "/etc/nginx/sites-enabled/default",

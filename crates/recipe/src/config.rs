@@ -681,10 +681,10 @@ impl Config {
                     "index: empty; give a file in the recipe folder, e.g. \"files.txt\"".into(),
                 ));
             }
-            if self.packages.is_empty() {
+            if self.packages.is_empty() && self.from.is_none() {
                 return Err((
                     Some(i.span()),
-                    "index: selects files from `packages`, but the recipe lists no packages".into(),
+                    "index: selects files from `packages` or the `from` image, but the recipe has neither".into(),
                 ));
             }
         }

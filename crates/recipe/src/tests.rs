@@ -239,7 +239,7 @@ fn bad_packages_and_index_are_refused_with_their_line() {
     );
     let (line, msg) = parse_err("name = \"web\"\nindex = \"files.txt\"\n");
     assert_eq!(line, 2);
-    assert!(msg.contains("lists no packages"), "{msg}");
+    assert!(msg.contains("but the recipe has neither"), "{msg}");
 
     let d = recipe_dir("name = \"web\"\npackages = [\"nginx-light\"]\nindex = \"nope.txt\"\n");
     match Recipe::load(d.path()) {

@@ -67,6 +67,21 @@ pub struct PackageRoot {
     pub entries: BTreeMap<PathBuf, Entry>,
 }
 
+impl EntryKind {
+    /// The kind of a file of type `ft` (not followed); `None` for devices, FIFOs and sockets.
+    pub fn of(ft: fs::FileType) -> Option<EntryKind> {
+        if ft.is_symlink() {
+            Some(EntryKind::Symlink)
+        } else if ft.is_dir() {
+            Some(EntryKind::Dir)
+        } else if ft.is_file() {
+            Some(EntryKind::File)
+        } else {
+            None
+        }
+    }
+}
+
 impl PackageRoot {
     /// The host path of guest path `guest` inside the tree.
     pub fn host_path(&self, guest: &Path) -> PathBuf {
@@ -123,14 +138,7 @@ pub fn merge(trees: &[PackageTree], dest: &Path) -> Result<PackageRoot, RootfsEr
             let Some(guest) = guest_path(rel) else {
                 continue;
             };
-            let ft = e.file_type();
-            let kind = if ft.is_symlink() {
-                EntryKind::Symlink
-            } else if ft.is_dir() {
-                EntryKind::Dir
-            } else if ft.is_file() {
-                EntryKind::File
-            } else {
+            let Some(kind) = EntryKind::of(e.file_type()) else {
                 continue;
             };
             if USR_MERGED

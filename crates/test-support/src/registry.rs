@@ -93,8 +93,8 @@ fn run(c: &mut Command) -> String {
 }
 
 /// An OCI layout at `dir` holding `httpd:1`: two layers made with umoci from the host's static
-/// busybox. Layer 1: busybox with `sh` and `httpd` links, /www/index.html, /www/secret.html and
-/// /data/old.txt; layer 2 deletes secret.html (a whiteout) and replaces /data with a folder
+/// busybox. Layer 1: busybox with `sh` and `httpd` links, /www/index.html, /www/secret.html,
+/// /data/old.txt and 256 kB of noise nothing reads (/opt/unused.bin); layer 2 deletes secret.html (a whiteout) and replaces /data with a folder
 /// holding only new.txt (whiteouts for its old files), both owned by www (33:33). Entrypoint `/bin/httpd -f -p 80 -h /www`, Env
 /// `GREETING=hello from OCI`, WorkingDir `/www`, ExposedPorts 80/tcp.
 pub fn httpd_layout(dir: &Path) -> PathBuf {
@@ -122,6 +122,18 @@ pub fn httpd_layout(dir: &Path) -> PathBuf {
     )
     .expect("w");
     std::fs::write(root.join("www/secret.html"), "secret\n").expect("w");
+    // A file the service never reads (incompressible, so a trace's slimmer image shows it).
+    std::fs::create_dir_all(root.join("opt")).expect("mkdir");
+    let mut x: u32 = 1;
+    let noise: Vec<u8> = (0..256 * 1024)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect();
+    std::fs::write(root.join("opt/unused.bin"), noise).expect("w");
     std::fs::write(root.join("data/old.txt"), "old\n").expect("w");
     std::fs::write(
         root.join("etc/passwd"),

@@ -662,8 +662,12 @@ fn dry_runs_render_other_backends_from_a_config_file() {
     // On paper the expanded archive is named, not made: a cache of its own stays empty.
     let cache = tempfile::tempdir().expect("cache");
     let mut c = f.kiln();
-    c.env("KILN_CACHE_DIR", cache.path())
-        .args(["run", "-f", cfg.to_str().expect("utf8"), "--dry-run"]);
+    c.env("KILN_CACHE_DIR", cache.path()).args([
+        "run",
+        "-f",
+        cfg.to_str().expect("utf8"),
+        "--dry-run",
+    ]);
     let o = run(c);
     assert!(o.status.success(), "{}", text(&o));
     let argv = String::from_utf8_lossy(&o.stdout).into_owned();

@@ -228,3 +228,31 @@ pub fn console_session(
     out.extend(rx.try_iter().flatten());
     (status, String::from_utf8_lossy(&out).into_owned())
 }
+
+/// The sizes line `kiln trace` prints ("initramfs with every package file A MB (N files),
+/// minimal B MB (M files)"), as ((bytes, files) of the full image, of the minimal one).
+pub fn trace_sizes(t: &str) -> ((f64, f64), (f64, f64)) {
+    let line = t
+        .lines()
+        .find(|l| l.contains("initramfs with every package file"))
+        .unwrap_or_else(|| panic!("no sizes line: {t}"));
+    let unit = |u: &str| match u {
+        "kB" => 1e3,
+        "MB" => 1e6,
+        "GB" => 1e9,
+        _ => 1.0,
+    };
+    let words: Vec<&str> = line
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')' || c == ',')
+        .filter(|w| !w.is_empty())
+        .collect();
+    let mut nums = vec![];
+    for (i, w) in words.iter().enumerate() {
+        if let Ok(v) = w.parse::<f64>() {
+            let next = words.get(i + 1).copied().unwrap_or("");
+            nums.push(if next == "files" { v } else { v * unit(next) });
+        }
+    }
+    assert_eq!(nums.len(), 4, "{line}");
+    ((nums[0], nums[1]), (nums[2], nums[3]))
+}

@@ -20,6 +20,21 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// A recipe folder `dir` on `layout`'s `httpd:1`: kiln.toml is `name`, the `from` line, then
+/// `toml`; etc/rc is `rc`.
+fn recipe_on(layout: &Path, dir: &Path, name: &str, toml: &str, rc: &str) {
+    std::fs::create_dir_all(dir.join("etc")).expect("mkdir");
+    std::fs::write(
+        dir.join("kiln.toml"),
+        format!(
+            "name = \"{name}\"\nfrom = \"oci:{}:1\"\n{toml}",
+            layout.display()
+        ),
+    )
+    .expect("kiln.toml");
+    std::fs::write(dir.join("etc/rc"), format!("#!/bin/sh\n{rc}\n")).expect("rc");
+}
+
 #[test]
 fn an_oci_image_from_a_registry_runs_as_a_microvm() {
     if skip() {
@@ -191,22 +206,14 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
     let tmp = tempfile::tempdir().expect("tmp");
     let layout = httpd_layout(tmp.path());
     let recipe = tmp.path().join("recipe");
-    std::fs::create_dir_all(recipe.join("etc")).expect("mkdir");
+    recipe_on(
+        &layout,
+        &recipe,
+        "fromimage",
+        "user = \"www\"\nready = \"tcp:8080\"\nports = [\"8080:8080\"]\nmemory = 64\n",
+        "echo written > /data/by-www\nexec httpd -f -p 8080 -h /www",
+    );
     std::fs::create_dir_all(recipe.join("files/www")).expect("mkdir");
-    std::fs::write(
-        recipe.join("kiln.toml"),
-        format!(
-            "name = \"fromimage\"\nfrom = \"oci:{}:1\"\nuser = \"www\"\nready = \"tcp:8080\"\n\
-             ports = [\"8080:8080\"]\nmemory = 64\n",
-            layout.display()
-        ),
-    )
-    .expect("kiln.toml");
-    std::fs::write(
-        recipe.join("etc/rc"),
-        "#!/bin/sh\necho written > /data/by-www\nexec httpd -f -p 8080 -h /www\n",
-    )
-    .expect("rc");
     std::fs::write(recipe.join("files/www/extra.html"), "from the recipe\n").expect("extra");
     let mut f = Fleet::new();
     let (name, port) = f.run_detached("from", recipe.to_str().expect("utf-8"), 8080, &[]);
@@ -321,16 +328,13 @@ fn read_only_roots_keep_owners_or_say_they_cannot() {
     let f = Fleet::new();
     for format in ["squashfs", "erofs"] {
         let recipe = tmp.path().join(format!("recipe-{format}"));
-        std::fs::create_dir_all(recipe.join("etc")).expect("mkdir");
-        std::fs::write(
-            recipe.join("kiln.toml"),
-            format!(
-                "name = \"owned\"\nfrom = \"oci:{}:1\"\nready = \"none\"\n\n[image]\nformat = \"{format}\"\n",
-                layout.display()
-            ),
-        )
-        .expect("kiln.toml");
-        std::fs::write(recipe.join("etc/rc"), "#!/bin/sh\nexec sleep 1\n").expect("rc");
+        recipe_on(
+            &layout,
+            &recipe,
+            "owned",
+            &format!("ready = \"none\"\n\n[image]\nformat = \"{format}\"\n"),
+            "exec sleep 1",
+        );
         let built = tmp.path().join(format!("out-{format}"));
         let o = f.ok(&[
             "build",
@@ -363,4 +367,83 @@ fn read_only_roots_keep_owners_or_say_they_cannot() {
             assert_eq!(line.split_whitespace().nth(1), Some(owner), "{line}");
         }
     }
+}
+
+/// `kiln trace` of a recipe on an image: the image's files the service reads make the index,
+/// and the image built from it (only those, their ELF closure and the user database) serves
+/// the same page with fewer files.
+#[test]
+fn trace_slims_an_image_to_what_the_service_reads() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    let recipe = tmp.path().join("recipe");
+    recipe_on(
+        &layout,
+        &recipe,
+        "slim",
+        "ready = \"tcp:80\"\nmemory = 64\n",
+        "exec httpd -f -p 80 -h /www",
+    );
+    let f = Fleet::new();
+    let port = free_port();
+    let o = f.run(&[
+        "trace",
+        recipe.to_str().expect("utf-8"),
+        "-p",
+        &format!("{port}:80"),
+        "--",
+        &format!(
+            "curl -sf --retry 20 --retry-connrefused --retry-delay 1 -m 10 http://127.0.0.1:{port}/index.html"
+        ),
+    ]);
+    let t = text(&o);
+    assert!(o.status.success() && t.contains("trace accepted"), "{t}");
+    let index = std::fs::read_to_string(recipe.join("files.txt")).expect("index");
+    let lines: Vec<&str> = index.lines().filter(|l| !l.starts_with('#')).collect();
+    for want in ["/bin/busybox", "/bin/httpd", "/www/index.html"] {
+        assert!(lines.contains(&want), "{want} not in the index:\n{index}");
+    }
+    assert!(
+        !lines.contains(&"/data/new.txt") && !lines.contains(&"/opt/unused.bin"),
+        "{index}"
+    );
+    let (full, min) = trace_sizes(&t);
+    eprintln!("trace of an image: (bytes, files) {full:?} -> {min:?}");
+    assert!(min.1 < full.1, "the minimal image has fewer files: {t}");
+    assert!(
+        min.0 + 200e3 < full.0,
+        "the unused 256 kB file is not in the minimal image: {t}"
+    );
+
+    // With `index` the recipe builds the slim image: the image's other files are not in it.
+    let toml = std::fs::read_to_string(recipe.join("kiln.toml")).expect("read");
+    std::fs::write(
+        recipe.join("kiln.toml"),
+        format!("index = \"files.txt\"\n{toml}"),
+    )
+    .expect("w");
+    let built = tmp.path().join("slim");
+    f.ok(&[
+        "build",
+        recipe.to_str().expect("utf-8"),
+        "-o",
+        built.to_str().expect("utf-8"),
+    ]);
+    let m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(built.join("manifest.json")).expect("manifest"))
+            .expect("json");
+    let base = m["base"].as_str().expect("base").to_string();
+    assert!(base.contains("@sha256:"), "{base}");
+    let files = m["files"].as_array().expect("files");
+    let has = |p: &str| files.iter().any(|f| f["path"] == p);
+    assert!(has("/www/index.html") && has("/etc/passwd"), "{m}");
+    assert!(!has("/data/new.txt"), "{m}");
+    let from_image = files
+        .iter()
+        .filter(|f| f["source"] == base.as_str())
+        .count();
+    assert!(from_image >= 3, "{m}");
 }

@@ -383,19 +383,9 @@ fn trace_of_nginx_writes_an_index_whose_image_is_smaller_and_passes() {
             "{want} not in the index:\n{written}"
         );
     }
-    // "initramfs with every package file A MB (N files), minimal B MB (M files)"
-    let line = t
-        .lines()
-        .find(|l| l.contains("initramfs with every package file"))
-        .expect("sizes line");
-    let nums: Vec<f64> = line
-        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .filter_map(|w| w.parse().ok())
-        .collect();
-    assert!(nums.len() >= 4, "{line}");
-    assert!(line.matches(" MB").count() == 2, "{line}");
-    assert!(nums[2] < nums[0], "the minimal image is smaller: {line}");
-    assert!(nums[3] < nums[1], "minimal image has fewer files: {line}");
+    let (full, min) = trace_sizes(&t);
+    assert!(min.0 < full.0, "the minimal image is smaller: {t}");
+    assert!(min.1 < full.1, "minimal image has fewer files: {t}");
     assert!(
         kiln_test_support::qemu_pids_with(&vm).is_empty(),
         "QEMU left running"
