@@ -26,6 +26,8 @@ echo "== Kiln nets: VM to VM on a net beside slirp; host to VM through slirp bes
 KILN="$KILN" ./scripts/bench-nets.sh
 echo "== OCI images: kiln run REF (cold and warm cache) beside recipes/httpd; push and pull"
 KILN="$KILN" ./scripts/bench-oci.sh
+echo "== an OCI image slimmed: debian minbase + nginx-light, every file beside what kiln trace keeps"
+KILN="$KILN" ./scripts/bench-slim.sh
 echo "== containerd: ctr run --rm with the kiln runtime beside runc"
 ./scripts/bench-containerd.sh
 echo "== root formats: recipes/httpd as initramfs, disk, qcow2, erofs, squashfs and iso; the ISO on -M pc"

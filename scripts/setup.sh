@@ -17,6 +17,7 @@ PKGS=(
   build-essential pkg-config
   libssl-dev                 # kiln-oci's HTTPS to registries (ureq + native-tls, the system's OpenSSL and CA store)
   docker-registry skopeo umoci   # kiln-oci's tests: a real registry on loopback, images made with umoci, copied in with skopeo
+  mmdebstrap                 # make bench: a Debian root with nginx as an OCI image, slimmed by kiln trace
   linux-source-6.1 flex bison bc libelf-dev patch   # kiln kernel build: the tiny kernel from source, Kiln's patches
   musl-tools bzip2            # [root] applets and dropbear: Kiln's own static busybox and dropbear, built with musl-gcc from Debian's source tarballs
   chromium chromium-driver   # the web console's browser test (tests/e2e, playwright-core)

@@ -150,7 +150,7 @@ fn resolve_links(path: &str, links: &BTreeMap<String, String>) -> String {
 }
 
 /// The index lines for a trace: traced files and folders of the packages and the `from` image,
-/// and their symlinks that resolve to one of them, minus `exclude`.
+/// and their symlinks that resolve to one of them or to a folder holding one, minus `exclude`.
 pub fn index_from_trace(
     full: &ImageManifest,
     traced: &BTreeSet<String>,
@@ -172,14 +172,24 @@ pub fn index_from_trace(
         .filter(|f| traced.contains(&f.path))
         .map(|f| f.path.clone())
         .collect();
-    for f in &full.files {
-        if f.kind == FileKind::Symlink
-            && from_package(&f.source)
-            && keep.contains(&resolve_links(&f.path, &links))
-        {
-            keep.insert(f.path.clone());
-        }
-    }
+    // A link is kept when it leads to a kept path or to a folder on the way to one
+    // (`/usr/share/nginx/modules -> ../../lib/nginx/modules`: the tracer reports the real path).
+    let leads_to_kept = |target: &str, keep: &BTreeSet<String>| {
+        let inside = format!("{}/", target.trim_end_matches('/'));
+        keep.contains(target)
+            || keep
+                .range(inside.clone()..)
+                .next()
+                .is_some_and(|k| k.starts_with(&inside))
+    };
+    let kept_links: Vec<String> = full
+        .files
+        .iter()
+        .filter(|f| f.kind == FileKind::Symlink && from_package(&f.source))
+        .filter(|f| leads_to_kept(&resolve_links(&f.path, &links), &keep))
+        .map(|f| f.path.clone())
+        .collect();
+    keep.extend(kept_links);
     keep.into_iter()
         .filter(|p| !exclude.iter().any(|g| g.matches(p)))
         .collect()
@@ -583,6 +593,19 @@ mod tests {
             entry("/app/unused", FileKind::File, None, BASE),
             entry("/app/run", FileKind::Symlink, Some("server"), BASE),
             entry(
+                "/app/mods",
+                FileKind::Symlink,
+                Some("../lib/app/mods"),
+                BASE,
+            ),
+            entry("/lib/app/mods/echo.so", FileKind::File, None, BASE),
+            entry(
+                "/app/other",
+                FileKind::Symlink,
+                Some("../lib/app/else"),
+                BASE,
+            ),
+            entry(
                 "/bin/sh",
                 FileKind::File,
                 None,
@@ -605,6 +628,7 @@ mod tests {
             "/run/nginx.pid",
             "/app/server",
             "/bin/sh",
+            "/lib/app/mods/echo.so",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -613,11 +637,13 @@ mod tests {
         assert_eq!(
             idx,
             [
+                "/app/mods",
                 "/app/run",
                 "/app/server",
                 "/etc/nginx/mime.types",
                 "/etc/nginx/sites-available/default",
                 "/etc/nginx/sites-enabled/default",
+                "/lib/app/mods/echo.so",
                 "/var/log/nginx"
             ]
         );
