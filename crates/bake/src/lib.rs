@@ -27,7 +27,8 @@ use kiln_image::WorkDir;
 use kiln_kernel::{KernelSource, BASE_MODULES, SHARE_MODULES};
 use kiln_recipe::{KernelChoice, Recipe};
 use kiln_rootfs::elf::{NodeKind, Resolver};
-use kiln_rootfs::Staging;
+use kiln_rootfs::index::{IndexError, IndexLine};
+use kiln_rootfs::{RootfsError, Staging};
 use sha2::Digest;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -305,8 +306,9 @@ pub fn build_variant(
     }
 
     let (work, staging_dir, image_dir) = workspace(&opts.out_dir)?;
-    let mut st = b.stage_skeleton(&staging_dir, &inputs)?;
-    b.stage_packages(&mut st, &inputs)?;
+    let (mut st, base_unmatched) = b.stage_skeleton(&staging_dir, &inputs)?;
+    let package_unmatched = b.stage_packages(&mut st, &inputs)?;
+    b.refuse_unmatched(&inputs, base_unmatched, package_unmatched)?;
     let package_root = inputs.pkgs.as_ref().map(|p| p.root.dir.as_path());
     install_binaries(recipe, &mut st, package_root)?;
     install_files(recipe, &mut st)?;
@@ -508,15 +510,21 @@ impl Build<'_> {
         )
     }
 
-    /// Start the staging tree: the root skeleton, busybox and its applets, Kiln's dropbear,
-    /// kiln-init as /init.
-    fn stage_skeleton(&self, staging_dir: &Path, inputs: &Inputs) -> Result<Staging, BuildError> {
+    /// Start the staging tree: the `from` image, the root skeleton, busybox and its applets,
+    /// Kiln's dropbear, kiln-init as /init. Also returns the index lines the image has nothing
+    /// for.
+    fn stage_skeleton(
+        &self,
+        staging_dir: &Path,
+        inputs: &Inputs,
+    ) -> Result<(Staging, Vec<IndexLine>), BuildError> {
         let base = inputs.base.as_ref();
         self.progress.phase("root filesystem");
         let mut st = Staging::new(staging_dir)?;
         // An OCI image is the bottom layer: what Kiln adds below fills in only what it lacks.
+        let mut unmatched = Vec::new();
         if let Some(base) = base {
-            oci::stage_base(&mut st, base, inputs.index.as_deref())?;
+            unmatched = oci::stage_base(&mut st, base, inputs.index.as_deref())?;
         }
         let keep = base.is_some();
         skeleton(&mut st, keep)?;
@@ -532,16 +540,59 @@ impl Build<'_> {
             Some(0o755),
             "kiln-init, the guest's PID 1",
         )?;
-        Ok(st)
+        Ok((st, unmatched))
     }
 
     /// Stage the package files the index (or the variant) selects, when there are packages.
-    fn stage_packages(&self, st: &mut Staging, inputs: &Inputs) -> Result<(), BuildError> {
-        if let Some(p) = &inputs.pkgs {
-            self.progress.phase("package files");
-            packages::install(self.recipe, p, inputs.index.as_deref(), st)?;
+    /// Returns the index lines that matched nothing in the packages or on the host.
+    fn stage_packages(
+        &self,
+        st: &mut Staging,
+        inputs: &Inputs,
+    ) -> Result<Vec<IndexLine>, BuildError> {
+        match &inputs.pkgs {
+            Some(p) => {
+                self.progress.phase("package files");
+                packages::install(self.recipe, p, inputs.index.as_deref(), st)
+            }
+            None => Ok(Vec::new()),
         }
-        Ok(())
+    }
+
+    /// Refuse an index line that matched nothing in any tree it chooses from (the `from` image,
+    /// the packages and the host): a line the image lacks but the packages have is fine.
+    fn refuse_unmatched(
+        &self,
+        inputs: &Inputs,
+        base: Vec<IndexLine>,
+        packages: Vec<IndexLine>,
+    ) -> Result<(), BuildError> {
+        let Some(file) = &inputs.index else {
+            return Ok(());
+        };
+        let line = match (inputs.base.is_some(), inputs.pkgs.is_some()) {
+            (true, true) => base.into_iter().find(|l| packages.contains(l)),
+            (true, false) => base.into_iter().next(),
+            _ => packages.into_iter().next(),
+        };
+        let Some(l) = line else {
+            return Ok(());
+        };
+        let (file, line, text) = (file.clone(), l.line, l.text);
+        let e = match (inputs.base.is_some(), inputs.pkgs.is_some()) {
+            (false, _) => IndexError::NoMatch { file, line, text },
+            (true, with_packages) => IndexError::NoMatchIn {
+                file,
+                line,
+                text,
+                sources: if with_packages {
+                    "the `from` image, the recipe's packages nor this host".into()
+                } else {
+                    "the `from` image (the host is not looked at)".into()
+                },
+            },
+        };
+        Err(RootfsError::from(e).into())
     }
 
     /// Stage the marker that turns kiln-init's file access tracer on, for the traced variant.

@@ -10,6 +10,7 @@ use crate::BuildError;
 use kiln_image::Owners;
 use kiln_oci::{ImageConfig, PullOptions, Pulled, Source};
 use kiln_recipe::Recipe;
+use kiln_rootfs::index::IndexLine;
 use kiln_rootfs::packages::{Entry, EntryKind, PackageRoot};
 use kiln_rootfs::Staging;
 use std::path::{Path, PathBuf};
@@ -89,12 +90,13 @@ pub(crate) fn source_of(base: &Pulled) -> String {
 /// root (the staged copies are the building user's). Without an index every file is taken,
 /// unpacked in place; with one, the image is unpacked beside the staging tree and only what
 /// the index selects is taken, with the ELF closure of its programs and libraries (from the
-/// image alone) and the image's user database.
+/// image alone) and the image's user database. Returns the index lines the image has nothing
+/// for.
 pub(crate) fn stage_base(
     st: &mut Staging,
     base: &Pulled,
     index: Option<&Path>,
-) -> Result<(), BuildError> {
+) -> Result<Vec<IndexLine>, BuildError> {
     let source = source_of(base);
     let Some(index) = index else {
         let root = st.root().to_path_buf();
@@ -111,7 +113,7 @@ pub(crate) fn stage_base(
         for (rel, (uid, gid)) in owners {
             st.set_owner(&Path::new("/").join(rel), uid, gid)?;
         }
-        return Ok(());
+        return Ok(Vec::new());
     };
     let dir = st.root().with_file_name("base");
     std::fs::create_dir_all(&dir).map_err(crate::io(&dir))?;
@@ -120,9 +122,9 @@ pub(crate) fn stage_base(
     let from = crate::packages::Sysroot {
         root: &tree,
         prefix: "",
-        host_libraries: false,
+        host: false,
     };
-    crate::packages::install_from(&from, Some(index), st)?;
+    let unmatched = crate::packages::install_from(&from, Some(index), st)?;
     // `user` and the service's own lookups of names read these, traced or not.
     for f in ["/etc/passwd", "/etc/group"] {
         let host = tree.host_path(Path::new(f));
@@ -136,7 +138,7 @@ pub(crate) fn stage_base(
             st.set_owner(&Path::new("/").join(rel), uid, gid)?;
         }
     }
-    Ok(())
+    Ok(unmatched)
 }
 
 /// Unpack the image (or copy the root folder of a `dir:` source) into `dest`; the owners other

@@ -7,6 +7,7 @@ use crate::BuildError;
 use kiln_debpkg::{Cache, PackageSet};
 use kiln_recipe::Recipe;
 use kiln_rootfs::elf::{is_elf, NodeKind, Resolver};
+use kiln_rootfs::index::IndexLine;
 use kiln_rootfs::packages::{EntryKind, PackageRoot, PackageTree};
 use kiln_rootfs::{RootfsError, Staging};
 use sha2::{Digest, Sha256};
@@ -93,9 +94,9 @@ pub(crate) struct Sysroot<'a> {
     pub root: &'a PackageRoot,
     /// Put before a label to make a file's manifest source: `package ` for packages.
     pub prefix: &'static str,
-    /// Whether the ELF closure may take a library from the host when the tree lacks it
-    /// (packages: yes; an image carries its own libraries).
-    pub host_libraries: bool,
+    /// Whether the host fills in what the tree lacks: index lines and the ELF closure's
+    /// libraries (packages: yes; an image carries its own, and takes nothing of the host's).
+    pub host: bool,
 }
 
 /// What to stage, collected before writing so each path is written once.
@@ -124,32 +125,33 @@ impl Plan<'_> {
 }
 
 /// Put the package files into the staging tree: those `index` selects (with their ELF
-/// closure), or all of them.
+/// closure), or all of them. Returns the index lines that matched nothing in the packages or
+/// on the host.
 pub fn install(
     recipe: &Recipe,
     p: &Provisioned,
     index: Option<&Path>,
     st: &mut Staging,
-) -> Result<(), BuildError> {
+) -> Result<Vec<IndexLine>, BuildError> {
     let from = Sysroot {
         root: &p.root,
         prefix: "package ",
-        host_libraries: true,
+        host: true,
     };
-    install_from(&from, index, st)?;
+    let unmatched = install_from(&from, index, st)?;
     tracing::debug!(recipe = %recipe.dir.display(), "package files staged");
-    Ok(())
+    Ok(unmatched)
 }
 
 /// Put the files of `from` into the staging tree: those `index` selects (with their ELF
-/// closure), or all of them.
+/// closure), or all of them. Returns the index lines that matched nothing in it.
 pub(crate) fn install_from(
     from: &Sysroot<'_>,
     index: Option<&Path>,
     st: &mut Staging,
-) -> Result<(), BuildError> {
+) -> Result<Vec<IndexLine>, BuildError> {
     let mut roots = vec![from.root.dir.clone()];
-    if from.host_libraries {
+    if from.host {
         roots.push(PathBuf::from("/"));
     }
     let resolver = Resolver::layered(&roots).map_err(RootfsError::from)?;
@@ -157,6 +159,7 @@ pub(crate) fn install_from(
         from,
         elf_roots: Vec::new(),
     };
+    let mut unmatched = Vec::new();
     match index {
         None => {
             for (guest, entry) in &from.root.entries {
@@ -188,9 +191,10 @@ pub(crate) fn install_from(
             }
         }
         Some(file) => {
-            let selected =
-                kiln_rootfs::index::select(file, from.root).map_err(RootfsError::from)?;
-            for sel in selected {
+            let selection = kiln_rootfs::index::select_from(file, from.root, from.host)
+                .map_err(RootfsError::from)?;
+            unmatched = selection.unmatched;
+            for sel in selection.selected {
                 let Some(nodes) = resolver.locate(&sel.path).map_err(RootfsError::from)? else {
                     // A dangling symlink in a package: keep the link itself.
                     let host = from.root.host_path(&sel.path);
@@ -236,7 +240,7 @@ pub(crate) fn install_from(
         }
     }
     if plan.elf_roots.is_empty() {
-        return Ok(());
+        return Ok(unmatched);
     }
     let closure = resolver
         .closure_with_reasons(&plan.elf_roots)
@@ -257,5 +261,5 @@ pub(crate) fn install_from(
         staged.insert(node.path.clone(), ());
     }
     tracing::debug!(files = staged.len(), "ELF closure staged");
-    Ok(())
+    Ok(unmatched)
 }

@@ -1,10 +1,10 @@
-//! The index: the files to keep from a recipe's packages, one per line, in the format of CBSD's
-//! `copy-binlib` index (absolute paths; `#` starts a comment), with shell globs (`*`, `?`,
-//! `[...]`, and `**` for any depth).
+//! The index: the files to keep from a recipe's packages (and its `from` image), one per line, in
+//! the format of CBSD's `copy-binlib` index (absolute paths; `#` starts a comment), with shell
+//! globs (`*`, `?`, `[...]`, and `**` for any depth).
 //!
 //! Each line is matched against the package sysroot first, then the host; a line that matches
-//! nothing is an error naming the file and line. The ELF closure of the kept executables and
-//! libraries is added by the caller.
+//! nothing is an error naming the file and line. An image's tree is matched alone, never the
+//! host. The ELF closure of the kept executables and libraries is added by the caller.
 
 use crate::packages::PackageRoot;
 use std::path::{Path, PathBuf};
@@ -67,6 +67,27 @@ pub enum IndexError {
         /// The line.
         text: String,
     },
+    /// A line matches no file of any tree the recipe's index chooses from.
+    #[error("{}:{line}: `{text}` matches no file of {sources}; fix the path or remove the line", .file.display())]
+    NoMatchIn {
+        /// The index file.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// The line.
+        text: String,
+        /// What was looked in: "the `from` image", ….
+        sources: String,
+    },
+}
+
+/// What [`select_from`] matched, and the lines that matched nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Selection {
+    /// The paths selected, sorted, each once.
+    pub selected: Vec<Selected>,
+    /// Lines that matched no path.
+    pub unmatched: Vec<IndexLine>,
 }
 
 /// One meaningful line of an index.
@@ -127,8 +148,29 @@ fn has_glob(s: &str) -> bool {
 }
 
 /// Read `file` and select the paths it names: package sysroot first, then the host. Sorted by
-/// path, each path once (with the first line that selected it).
+/// path, each path once (with the first line that selected it). A line that matches nothing is
+/// refused.
 pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, IndexError> {
+    let s = select_from(file, packages, true)?;
+    if let Some(l) = s.unmatched.into_iter().next() {
+        return Err(IndexError::NoMatch {
+            file: file.to_path_buf(),
+            line: l.line,
+            text: l.text,
+        });
+    }
+    Ok(s.selected)
+}
+
+/// Read `file` and select the paths it names in the tree `packages`, and with `host` on the
+/// host where the tree has nothing; lines that match nothing are returned, for the caller that looks in
+/// several trees to refuse those none has.
+pub fn select_from(
+    file: &Path,
+    packages: &PackageRoot,
+    host: bool,
+) -> Result<Selection, IndexError> {
+    let mut unmatched = Vec::new();
     let text = std::fs::read_to_string(file).map_err(|source| IndexError::Read {
         file: file.to_path_buf(),
         error: source,
@@ -176,7 +218,7 @@ pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, Inde
                     .filter(|p| pattern.matches_path_with(p, opts))
                     .map(|p| (p.clone(), Found::Package)),
             );
-            if matched.is_empty() {
+            if matched.is_empty() && host {
                 if let Ok(paths) = glob::glob_with(&l.text, opts) {
                     matched.extend(paths.flatten().map(|p| (p, Found::Host)));
                 }
@@ -188,16 +230,13 @@ pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, Inde
                 || std::fs::symlink_metadata(packages.host_path(&p)).is_ok()
             {
                 matched.push((p, Found::Package));
-            } else if std::fs::symlink_metadata(&p).is_ok() {
+            } else if host && std::fs::symlink_metadata(&p).is_ok() {
                 matched.push((p, Found::Host));
             }
         }
         if matched.is_empty() {
-            return Err(IndexError::NoMatch {
-                file: file.to_path_buf(),
-                line: l.line,
-                text: l.text,
-            });
+            unmatched.push(l);
+            continue;
         }
         for (path, found) in matched {
             out.entry(path.clone()).or_insert(Selected {
@@ -207,7 +246,10 @@ pub fn select(file: &Path, packages: &PackageRoot) -> Result<Vec<Selected>, Inde
             });
         }
     }
-    Ok(out.into_values().collect())
+    Ok(Selection {
+        selected: out.into_values().collect(),
+        unmatched,
+    })
 }
 
 /// `/a//b/./c/` → `/a/b/c`.
@@ -330,6 +372,27 @@ mod tests {
             Found::Host,
             "listed in the index files.txt:4".into()
         )));
+    }
+
+    #[test]
+    fn a_tree_without_the_host_leaves_host_only_lines_unmatched() {
+        let d = tempfile::tempdir().unwrap();
+        let f = d.path().join("files.txt");
+        std::fs::write(&f, "/usr/sbin/nginx\n/etc/passwd\n/etc/pass*\n").unwrap();
+        let r = root(&["/usr/sbin/nginx"]);
+        let image = select_from(&f, &r, false).unwrap();
+        assert_eq!(image.selected.len(), 1);
+        assert_eq!(
+            image
+                .unmatched
+                .iter()
+                .map(|l| (l.line, l.text.as_str()))
+                .collect::<Vec<_>>(),
+            [(2, "/etc/passwd"), (3, "/etc/pass*")]
+        );
+        let with_host = select_from(&f, &r, true).unwrap();
+        assert!(with_host.unmatched.is_empty(), "{with_host:?}");
+        assert!(with_host.selected.iter().any(|s| s.found == Found::Host));
     }
 
     #[test]

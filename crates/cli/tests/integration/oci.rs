@@ -446,4 +446,29 @@ fn trace_slims_an_image_to_what_the_service_reads() {
         .filter(|f| f["source"] == base.as_str())
         .count();
     assert!(from_image >= 3, "{m}");
+
+    // A line the image has nothing for is refused with its line, even when this host has it:
+    // nothing of the host's enters an image built on another.
+    let mut lines = index.clone();
+    lines.push_str("/etc/debian_version\n");
+    std::fs::write(recipe.join("files.txt"), &lines).expect("w");
+    let o = f.run(&[
+        "build",
+        recipe.to_str().expect("utf-8"),
+        "-o",
+        built.to_str().expect("utf-8"),
+    ]);
+    let n = lines.lines().count();
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(
+        text(&o).contains(&format!("files.txt:{n}"))
+            && text(&o).contains("/etc/debian_version")
+            && text(&o).contains("the `from` image"),
+        "{}",
+        text(&o)
+    );
+    assert!(
+        built.join("manifest.json").is_file(),
+        "the image built before stays"
+    );
 }
