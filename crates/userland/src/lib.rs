@@ -4,7 +4,8 @@
 //! without the shared crypto libraries ([`dropbear`]) and the OpenSSH
 //! sftp-server it runs ([`sftp_server`]). What the builds share (the
 //! cache entry renamed into place under a per-key lock, the build log, the
-//! kernel headers musl-gcc sees) is `build`'s.
+//! kernel headers musl-gcc sees, the listing and removal of cached builds for
+//! `kiln cache prune --builds`) is `build`'s.
 
 use std::io;
 use std::path::{Path, PathBuf};
