@@ -2,8 +2,10 @@
 //!
 //! Each hook runs with the staging folder as its working directory, in new user, mount, PID,
 //! network and IPC namespaces, with no capabilities, the host's / mounted read-only, a private
-//! /tmp, and only the staging folder writable. If that sandbox cannot be set up the build is
-//! refused: hooks are never run unconfined.
+//! /tmp, and only the staging folder writable. A hook named `*.chroot.sh` runs inside the root
+//! instead: the staging folder is its `/` (the host is not visible at all), it runs as uid 0 of
+//! its namespace with the root's own `/bin/sh` (a Dockerfile's RUN). If that sandbox cannot be
+//! set up the build is refused: hooks are never run unconfined.
 
 use crate::RootfsError;
 use std::io::Read;
@@ -25,10 +27,57 @@ pub fn bwrap_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The sandboxed command for one hook.
+/// The suffix of a hook that runs inside the root ([`in_root_command`]).
+pub const IN_ROOT_SUFFIX: &str = ".chroot.sh";
+
+/// Where an in-root hook's script is mounted (on the sandbox's private /tmp, so nothing is
+/// made in the root for it).
+const IN_ROOT_SCRIPT: &str = "/tmp/.kiln-hook.sh";
+
+/// The sandboxed command for one hook (in the root when its name ends in [`IN_ROOT_SUFFIX`]).
 pub fn sandbox_command(bwrap: &Path, staging: &Path, recipe_dir: &Path, hook: &Path) -> Command {
+    if hook
+        .file_name()
+        .is_some_and(|n| n.to_string_lossy().ends_with(IN_ROOT_SUFFIX))
+    {
+        return in_root_command(bwrap, staging, hook);
+    }
     let mut c = sandbox(bwrap, staging, recipe_dir);
     c.args(["--", "/bin/sh", "-e"]).arg(hook);
+    c
+}
+
+/// `hook` run inside the root being built: new namespaces, no capabilities, the staging folder
+/// as `/` (writable; nothing of the host's visible), fresh /dev, /proc and /tmp, uid and gid 0
+/// of the namespace, the root's own `/bin/sh -e`, a clean environment.
+pub fn in_root_command(bwrap: &Path, staging: &Path, hook: &Path) -> Command {
+    let mut c = Command::new(bwrap);
+    c.args([
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--uid",
+        "0",
+        "--gid",
+        "0",
+        "--cap-drop",
+        "ALL",
+    ])
+    .arg("--bind")
+    .arg(staging)
+    .arg("/")
+    .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+    .arg("--ro-bind")
+    .arg(hook)
+    .arg(IN_ROOT_SCRIPT)
+    .args(["--chdir", "/", "--clearenv"])
+    .args([
+        "--setenv",
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    ])
+    .args(["--setenv", "HOME", "/root", "--setenv", "LC_ALL", "C"])
+    .args(["--", "/bin/sh", "-e", IN_ROOT_SCRIPT]);
     c
 }
 
@@ -269,6 +318,46 @@ mod tests {
             fs::read_to_string(staging.path().join("made-by-hook")).expect("read"),
             "inside\n"
         );
+    }
+
+    #[test]
+    fn an_in_root_hook_runs_inside_the_root_and_sees_nothing_of_the_host() {
+        let recipe = tempfile::tempdir().expect("tmp");
+        let staging = tempfile::tempdir().expect("tmp");
+        let bin = staging.path().join("bin");
+        fs::create_dir_all(&bin).expect("mkdir");
+        fs::copy("/bin/busybox", bin.join("busybox")).expect("static busybox (busybox-static)");
+        std::os::unix::fs::symlink("busybox", bin.join("sh")).expect("ln");
+        let host_dir = tempfile::tempdir_in("/var/tmp").expect("tmp");
+        let host_file = host_dir.path().join("secret");
+        fs::write(&host_file, "host").expect("w");
+        let hook = recipe.path().join(format!("10-run{IN_ROOT_SUFFIX}"));
+        fs::write(
+            &hook,
+            format!(
+                "echo \"uid=$(busybox id -u) cwd=$(pwd)\" > /made\n\
+                 [ -e {} ] || echo host-hidden >> /made\n",
+                host_file.display()
+            ),
+        )
+        .expect("w");
+        run_hooks(
+            &[hook],
+            staging.path(),
+            recipe.path(),
+            Duration::from_secs(60),
+            &mut |_| {},
+        )
+        .expect("in-root hook");
+        assert_eq!(
+            fs::read_to_string(staging.path().join("made")).expect("read"),
+            "uid=0 cwd=/\nhost-hidden\n"
+        );
+        let script_left = walkdir::WalkDir::new(staging.path())
+            .into_iter()
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().contains("kiln-hook"));
+        assert!(!script_left, "the hook's script was left in the root");
     }
 
     #[test]
