@@ -7,6 +7,7 @@
 //! fingerprint) reuses the existing folder.
 
 mod bsd;
+pub mod dockerfile;
 pub mod expand;
 mod fingerprint;
 pub mod formats;
@@ -80,6 +81,16 @@ pub enum BuildError {
     /// Packing failed.
     #[error(transparent)]
     Image(#[from] kiln_image::ImageError),
+    /// A Dockerfile Kiln cannot turn into a recipe.
+    #[error("{}:{line}: {message}", .file.display())]
+    Dockerfile {
+        /// The Dockerfile.
+        file: PathBuf,
+        /// 1-based line.
+        line: usize,
+        /// What is wrong and what to do.
+        message: String,
+    },
     /// A host binary listed in the recipe cannot be used.
     #[error("{location}: root.binaries: {message}")]
     Binary {
@@ -166,6 +177,7 @@ impl BuildError {
             | BuildError::BadKernel { .. }
             | BuildError::From { .. }
             | BuildError::User { .. }
+            | BuildError::Dockerfile { .. }
             | BuildError::BadImage { .. } => true,
             BuildError::Oci(e) => e.is_user_error(),
             BuildError::Rootfs(

@@ -185,7 +185,7 @@ pub const DIR_SOURCE: &str = "dir:";
 
 /// A cheap identity of the tree at `dir` for the build's fingerprint: every entry's path,
 /// type, mode, size and modification time, hashed.
-fn tree_digest(dir: &Path) -> String {
+pub(crate) fn tree_digest(dir: &Path) -> String {
     use sha2::Digest;
     use std::os::unix::fs::MetadataExt;
     let mut h = sha2::Sha256::new();
@@ -306,7 +306,7 @@ pub fn resolve_user(root: &Path, user: &str) -> Result<(u32, u32), String> {
 }
 
 /// Quote a word for /bin/sh.
-fn sh_quote(w: &str) -> String {
+pub(crate) fn sh_quote(w: &str) -> String {
     format!("'{}'", w.replace('\'', r"'\''"))
 }
 
@@ -488,7 +488,18 @@ pub fn recipe_for(reference: &str, cache_root: &Path) -> Result<PathBuf, BuildEr
         return Ok(dir);
     }
     let (toml, rc) = recipe_text(&name, &from, &pulled.config)?;
-    let parent = dir.parent().unwrap_or(&dir).to_path_buf();
+    write_recipe(&dir, &toml, &rc, |_| Ok(()))
+}
+
+/// Write a made recipe folder at `dir`: kiln.toml, etc/rc, and what `more` adds, in a temp
+/// folder renamed into place (a concurrent maker's complete folder is kept).
+pub(crate) fn write_recipe(
+    dir: &Path,
+    toml: &str,
+    rc: &str,
+    more: impl FnOnce(&Path) -> Result<(), BuildError>,
+) -> Result<PathBuf, BuildError> {
+    let parent = dir.parent().unwrap_or(dir).to_path_buf();
     std::fs::create_dir_all(&parent).map_err(crate::io(&parent))?;
     let tmp = tempfile::Builder::new()
         .prefix(".new-")
@@ -498,14 +509,15 @@ pub fn recipe_for(reference: &str, cache_root: &Path) -> Result<PathBuf, BuildEr
     std::fs::create_dir_all(t.join("etc")).map_err(crate::io(t))?;
     std::fs::write(t.join("kiln.toml"), toml).map_err(crate::io(t))?;
     std::fs::write(t.join("etc/rc"), rc).map_err(crate::io(t))?;
+    more(t)?;
     let made = tmp.keep();
-    if let Err(e) = std::fs::rename(&made, &dir) {
+    if let Err(e) = std::fs::rename(&made, dir) {
         let _ = std::fs::remove_dir_all(&made);
         if !dir.join("kiln.toml").is_file() {
-            return Err(crate::io(&dir)(e));
+            return Err(crate::io(dir)(e));
         }
     }
-    Ok(dir)
+    Ok(dir.to_path_buf())
 }
 
 /// `reference` pinned to `digest` (`host/repo:tag` → `host/repo@sha256:…`).

@@ -259,6 +259,7 @@ pub fn run(cmd: Option<CacheCmd>) -> Result<ExitCode> {
                 ("unpacked packages", "unpacked"),
                 ("kernel sources", "src"),
                 ("source tarballs", kiln_debpkg::ORIG_DIR),
+                ("Dockerfile recipes", kiln_bake::dockerfile::CACHE_DIR),
             ]
             .into_iter()
             .map(|(what, sub)| (what.to_string(), sub))

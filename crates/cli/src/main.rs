@@ -193,7 +193,7 @@ enum Command {
 
 #[derive(Args, Debug)]
 struct BuildArgs {
-    /// The recipe folder, or an OCI image (HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE).
+    /// The recipe folder, a Dockerfile (or a folder with one and no kiln.toml), or an OCI image (HOST[:PORT]/REPO[:TAG], oci:DIR[:TAG], docker-archive:FILE).
     recipe: PathBuf,
     /// Output image folder (default: out/NAME).
     #[arg(short, long)]
@@ -308,6 +308,11 @@ fn dispatch(cli: Cli) -> Result<ExitCode> {
             let recipe_dir = if !a.recipe.exists() && kiln_oci::is_image_reference(&text) {
                 // An OCI image: the recipe Kiln makes from it (docs/oci.md).
                 kiln_bake::oci::recipe_for(&text, &dirs::cache_root())?
+            } else if let Some(made) =
+                kiln_bake::dockerfile::recipe_of(&a.recipe, &dirs::cache_root())?
+            {
+                // A Dockerfile: the recipe Kiln makes from it (docs/dockerfile.md).
+                made
             } else {
                 a.recipe.clone()
             };

@@ -17,7 +17,7 @@ use std::time::Instant;
 /// Options of `kiln run`. Every VM setting is also a key of `-f vm.toml` (same name, `_` for `-`).
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// A recipe folder (built first if stale) or an image folder from `kiln build`.
+    /// A recipe folder (built first if stale), a Dockerfile (or a folder with one), an OCI image, or an image folder from `kiln build`.
     #[arg(required_unless_present_any = ["file", "from"])]
     pub target: Option<PathBuf>,
     /// A VM config file (vm.toml); flags given as well win over its keys.

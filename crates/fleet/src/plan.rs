@@ -69,6 +69,10 @@ pub fn resolve_image(target: &Path, cache_root: &Path, progress: &dyn Progress) 
         // any other.
         made = kiln_bake::oci::recipe_for(&text, cache_root)?;
         made.as_path()
+    } else if let Some(dir) = kiln_bake::dockerfile::recipe_of(target, cache_root)? {
+        // A Dockerfile: a recipe made from it (cached per file, context and base image).
+        made = dir;
+        made.as_path()
     } else {
         target
     };

@@ -472,3 +472,88 @@ fn trace_slims_an_image_to_what_the_service_reads() {
         "the image built before stays"
     );
 }
+
+/// A Dockerfile on the OCI test image is a recipe: COPY brings the build context's files, RUN
+/// runs inside the root (in its WORKDIR, with its ENV and ARG values), ENV and ENTRYPOINT + CMD
+/// are the service's; what Kiln cannot do is refused with the file's line.
+#[test]
+fn a_dockerfile_builds_and_serves() {
+    if skip() {
+        return;
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let layout = httpd_layout(tmp.path());
+    let ctx = tmp.path().join("web");
+    std::fs::create_dir_all(ctx.join("site")).expect("mkdir");
+    std::fs::write(ctx.join("site/page.html"), "copied from the context\n").expect("w");
+    std::fs::write(
+        ctx.join("Dockerfile"),
+        format!(
+            "# a page on the OCI test image\n\
+             ARG WHO=docker\n\
+             FROM oci:{}:1\n\
+             ENV GREETING=\"from a $WHO file\"\n\
+             COPY site /www/\n\
+             RUN echo \"made by RUN as $(busybox id -u) in $(pwd), $GREETING\" > /www/run.html\n\
+             WORKDIR /www/sub\n\
+             RUN echo \"in $(pwd)\" > where.html\n\
+             ENTRYPOINT [\"/bin/httpd\"]\n\
+             CMD [\"-f\", \"-p\", \"80\", \"-h\", \"/www\"]\n",
+            layout.display()
+        ),
+    )
+    .expect("Dockerfile");
+    let mut f = Fleet::new();
+    let (name, port) = f.run_detached("docker", ctx.to_str().expect("utf-8"), 80, &[]);
+    for (path, want) in [
+        ("page.html", "copied from the context"),
+        ("run.html", "made by RUN as 0 in /, from a docker file"),
+        ("sub/where.html", "in /www/sub"),
+        ("index.html", "Hello from an OCI image"),
+    ] {
+        let body = page(port, path);
+        assert!(body.contains(want), "{path}: {body}");
+    }
+    let env = out(&f.ok(&[
+        "exec",
+        &name,
+        "--",
+        "sh",
+        "-c",
+        "tr '\\0' '\\n' < /proc/$(pidof httpd)/environ",
+    ]));
+    // etc/rc started it in the WORKDIR (httpd -h then moves to /www itself).
+    for want in ["GREETING=from a docker file", "PWD=/www/sub"] {
+        assert!(env.lines().any(|l| l == want), "{want}: {env}");
+    }
+    f.ok(&["rm", "-f", &name]);
+
+    // A failing RUN names its line; an instruction Kiln cannot follow is refused before any
+    // build, with its line.
+    let dockerfile = ctx.join("Dockerfile");
+    let good = std::fs::read_to_string(&dockerfile).expect("read");
+    for (change, says) in [
+        (
+            good.replace("RUN echo \"in", "RUN false\nRUN echo \"in"),
+            "Dockerfile:8: RUN failed",
+        ),
+        (
+            good.replace("WORKDIR /www/sub", "HEALTHCHECK CMD true"),
+            "Dockerfile:7: HEALTHCHECK",
+        ),
+    ] {
+        std::fs::write(&dockerfile, change).expect("w");
+        let o = f.run(&[
+            "build",
+            dockerfile.to_str().expect("utf-8"),
+            "-o",
+            tmp.path().join("out").to_str().expect("utf-8"),
+        ]);
+        assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+        assert!(text(&o).contains(says), "{says}: {}", text(&o));
+        assert!(
+            !tmp.path().join("out").exists(),
+            "a refused build left an image"
+        );
+    }
+}
