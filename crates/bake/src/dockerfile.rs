@@ -654,14 +654,75 @@ pub fn run_script(steps: &[Step], file_name: &str) -> Option<String> {
     Some(out)
 }
 
+/// The build context's `.dockerignore`: patterns (`*`, `?`, `[…]`, `**`) of paths relative to
+/// the context that COPY leaves out, `!PATTERN` taking one back; the last pattern that matches
+/// a path or one of its folders decides.
+#[derive(Debug, Default)]
+pub struct Ignore(Vec<(bool, kiln_rootfs::index::Glob)>);
+
+impl Ignore {
+    /// The patterns of `context/.dockerignore` (none when there is no such file); a bad pattern
+    /// is refused with its line.
+    pub fn read(context: &Path) -> Result<Ignore, Refusal> {
+        let Ok(text) = std::fs::read_to_string(context.join(".dockerignore")) else {
+            return Ok(Ignore::default());
+        };
+        let mut out = Vec::new();
+        for (i, raw) in text.lines().enumerate() {
+            let line = raw.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let (keep, pat) = match line.strip_prefix('!') {
+                Some(p) => (true, p.trim()),
+                None => (false, line),
+            };
+            let pat = pat.trim_start_matches('/').trim_end_matches('/');
+            let pat = if pat.is_empty() || pat == "." {
+                "**"
+            } else {
+                pat
+            };
+            let g = kiln_rootfs::index::Glob::new(pat).map_err(|e| {
+                refuse(
+                    i + 1,
+                    format!(".dockerignore: `{line}` is not a pattern ({})", e.msg),
+                )
+            })?;
+            out.push((keep, g));
+        }
+        Ok(Ignore(out))
+    }
+
+    /// Whether `rel` (relative to the context) is left out.
+    pub fn ignores(&self, rel: &Path) -> bool {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: false,
+        };
+        let mut out = false;
+        for (keep, g) in &self.0 {
+            if rel
+                .ancestors()
+                .any(|a| !a.as_os_str().is_empty() && g.matches_path_with(a, opts))
+            {
+                out = !keep;
+            }
+        }
+        out
+    }
+}
+
 /// Copy the context's `sources` to `dest` under `files` (the recipe's overlay), as Docker's
 /// COPY: a folder's contents go into `dest`; several sources, or a `dest` ending in `/`, go
-/// into that folder.
+/// into that folder. What `ignore` names is left out.
 fn copy_into(
     context: &Path,
     sources: &[String],
     dest: &str,
     files: &Path,
+    ignore: &Ignore,
 ) -> Result<(), std::io::Error> {
     let into_dir = dest.ends_with('/') || sources.len() > 1;
     let dest_rel = dest.trim_start_matches('/');
@@ -676,27 +737,38 @@ fn copy_into(
                 .join(dest_rel)
                 .join(rel.file_name().unwrap_or(rel.as_os_str()))
         };
-        copy_tree(&src, &target)?;
+        copy_tree(&src, &target, &rel, ignore)?;
     }
     Ok(())
 }
 
-/// Copy a file, symlink or folder (recursively) to `to`, modes kept.
-fn copy_tree(from: &Path, to: &Path) -> Result<(), std::io::Error> {
+/// Copy a file, symlink or folder (recursively) to `to`, modes kept; `rel` is `from` relative
+/// to the context, for `ignore`.
+fn copy_tree(from: &Path, to: &Path, rel: &Path, ignore: &Ignore) -> Result<(), std::io::Error> {
     let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        // An ignored folder is still walked: `!PATTERN` may take back a file inside it (its
+        // folders are then made as they are needed).
+        if !ignore.ignores(rel) {
+            std::fs::create_dir_all(to)?;
+            std::fs::set_permissions(to, meta.permissions())?;
+        }
+        for e in std::fs::read_dir(from)? {
+            let e = e?;
+            let name = e.file_name();
+            copy_tree(&e.path(), &to.join(&name), &rel.join(&name), ignore)?;
+        }
+        return Ok(());
+    }
+    if ignore.ignores(rel) {
+        return Ok(());
+    }
     if let Some(parent) = to.parent() {
         std::fs::create_dir_all(parent)?;
     }
     if meta.file_type().is_symlink() {
         let _ = std::fs::remove_file(to);
         std::os::unix::fs::symlink(std::fs::read_link(from)?, to)?;
-    } else if meta.is_dir() {
-        std::fs::create_dir_all(to)?;
-        std::fs::set_permissions(to, meta.permissions())?;
-        for e in std::fs::read_dir(from)? {
-            let e = e?;
-            copy_tree(&e.path(), &to.join(e.file_name()))?;
-        }
     } else {
         std::fs::copy(from, to)?;
     }
@@ -791,10 +863,15 @@ pub fn recipe_for(file: &Path, cache_root: &Path) -> Result<PathBuf, BuildError>
         &format!("# made by kiln from {} on the OCI image", file.display()),
         1,
     );
+    let ignore = Ignore::read(&context).map_err(|r| BuildError::Dockerfile {
+        file: context.join(".dockerignore"),
+        line: r.line,
+        message: r.message,
+    })?;
     crate::oci::write_recipe(&dir, &toml, &rc, |t| {
         for s in &steps {
             if let Instruction::Copy { sources, dest } = &s.instruction {
-                copy_into(&context, sources, dest, &t.join("files"))
+                copy_into(&context, sources, dest, &t.join("files"), &ignore)
                     .map_err(|e| bad(refuse(s.line, format!("COPY {}: {e}", sources.join(" ")))))?;
             }
         }
@@ -954,16 +1031,38 @@ mod tests {
         std::fs::write(ctx.join("site/css/a.css"), "c").expect("w");
         std::fs::write(ctx.join("app.conf"), "conf").expect("w");
         let files = d.path().join("files");
-        copy_into(&ctx, &["site".into()], "/www", &files).expect("dir");
-        copy_into(&ctx, &["app.conf".into()], "/etc/app/", &files).expect("into dir");
-        copy_into(&ctx, &["app.conf".into()], "/etc/renamed.conf", &files).expect("file");
+        let none = Ignore::default();
+        copy_into(&ctx, &["site".into()], "/www", &files, &none).expect("dir");
+        copy_into(&ctx, &["app.conf".into()], "/etc/app/", &files, &none).expect("into dir");
+        copy_into(
+            &ctx,
+            &["app.conf".into()],
+            "/etc/renamed.conf",
+            &files,
+            &none,
+        )
+        .expect("file");
         copy_into(
             &ctx,
             &["app.conf".into(), "site/index.html".into()],
             "/both",
             &files,
+            &none,
         )
         .expect("several");
+        std::fs::create_dir_all(ctx.join("site/private")).expect("mkdir");
+        std::fs::write(ctx.join("site/private/no.html"), "n").expect("w");
+        std::fs::write(ctx.join("site/private/yes.html"), "y").expect("w");
+        std::fs::write(
+            ctx.join(".dockerignore"),
+            "site/private\n!site/private/yes.html\n",
+        )
+        .expect("w");
+        let ignore = Ignore::read(&ctx).expect("read");
+        copy_into(&ctx, &["site".into()], "/ign", &files, &ignore).expect("ignored");
+        assert!(files.join("ign/private/yes.html").is_file());
+        assert!(!files.join("ign/private/no.html").exists());
+        assert!(files.join("ign/index.html").is_file());
         for (p, want) in [
             ("www/index.html", "i"),
             ("www/css/a.css", "c"),
@@ -978,6 +1077,35 @@ mod tests {
                 "{p}"
             );
         }
+    }
+
+    #[test]
+    fn dockerignore_leaves_out_what_it_names_and_takes_back_what_it_negates() {
+        let d = tempfile::tempdir().expect("tmp");
+        let ctx = d.path();
+        std::fs::write(
+            ctx.join(".dockerignore"),
+            "# build leftovers\n.git\n**/*.log\nsite/private\n!site/private/keep.html\n/Dockerfile\n",
+        )
+        .expect("w");
+        let i = Ignore::read(ctx).expect("read");
+        for (p, out) in [
+            (".git", true),
+            (".git/config", true),
+            ("site/a.log", true),
+            ("a.log", true),
+            ("site/private/x.html", true),
+            ("site/private/keep.html", false),
+            ("site/index.html", false),
+            ("Dockerfile", true),
+            ("sub/Dockerfile", false),
+        ] {
+            assert_eq!(i.ignores(Path::new(p)), out, "{p}");
+        }
+        std::fs::write(ctx.join(".dockerignore"), "ok\n[\n").expect("w");
+        let r = Ignore::read(ctx).expect_err("bad pattern");
+        assert_eq!(r.line, 2, "{}", r.message);
+        assert!(!Ignore::default().ignores(Path::new("anything")));
     }
 
     #[test]

@@ -486,6 +486,8 @@ fn a_dockerfile_builds_and_serves() {
     let ctx = tmp.path().join("web");
     std::fs::create_dir_all(ctx.join("site")).expect("mkdir");
     std::fs::write(ctx.join("site/page.html"), "copied from the context\n").expect("w");
+    std::fs::write(ctx.join("site/notes.txt"), "left out\n").expect("w");
+    std::fs::write(ctx.join(".dockerignore"), "site/*.txt\n").expect("w");
     std::fs::write(
         ctx.join("Dockerfile"),
         format!(
@@ -514,6 +516,11 @@ fn a_dockerfile_builds_and_serves() {
         let body = page(port, path);
         assert!(body.contains(want), "{path}: {body}");
     }
+    let listing = out(&f.ok(&["exec", &name, "--", "ls", "/www"]));
+    assert!(
+        listing.contains("page.html") && !listing.contains("notes.txt"),
+        ".dockerignore leaves site/notes.txt out: {listing}"
+    );
     let env = out(&f.ok(&[
         "exec",
         &name,
