@@ -15,7 +15,7 @@
 //! archive, `HEALTHCHECK`, `SHELL`, `ONBUILD`, `STOPSIGNAL`, `FROM scratch`, a variable without
 //! a value) is refused, naming the file and line.
 
-use crate::oci::{insecure_for, pull_options, recipe_text, sh_quote, DIR_SOURCE};
+use crate::oci::{insecure_for, pull_options, recipe_text, sh_quote};
 use crate::BuildError;
 use kiln_oci::{ImageConfig, Source};
 use std::collections::BTreeMap;
@@ -817,17 +817,7 @@ pub fn recipe_for(file: &Path, cache_root: &Path) -> Result<PathBuf, BuildError>
         &pull_options(cache_root, insecure_for(&reference)),
         &|_, _, _| {},
     )?;
-    let from = match &src {
-        Source::Registry(_) => format!(
-            "{}@{}",
-            reference.split('@').next().unwrap_or(&reference),
-            pulled.manifest_digest
-        ),
-        _ => reference.clone(),
-    };
-    if from.starts_with(DIR_SOURCE) {
-        return Err(bad(refuse(from_line, "FROM dir:… is not an image")));
-    }
+    let from = crate::oci::pinned(&src, &reference, &pulled.manifest_digest);
     let name = crate::oci::name_for(
         &std::fs::canonicalize(&context)
             .unwrap_or(context.clone())

@@ -470,10 +470,7 @@ pub fn recipe_for(reference: &str, cache_root: &Path) -> Result<PathBuf, BuildEr
     let src: Source = reference.parse()?;
     let opts = pull_options(cache_root, insecure_for(reference));
     let pulled = kiln_oci::pull(&src, &opts, &|_, _, _| {})?;
-    let from = match &src {
-        Source::Registry(_) => pin(reference, &pulled.manifest_digest),
-        _ => reference.to_string(),
-    };
+    let from = pinned(&src, reference, &pulled.manifest_digest);
     let name = name_for(reference);
     let digest = pulled
         .manifest_digest
@@ -518,6 +515,15 @@ pub(crate) fn write_recipe(
         }
     }
     Ok(dir.to_path_buf())
+}
+
+/// The `from` of a recipe made from `reference` (parsed as `src`): a registry image pinned to
+/// the `digest` pulled, a layout or archive as given.
+pub(crate) fn pinned(src: &Source, reference: &str, digest: &str) -> String {
+    match src {
+        Source::Registry(_) => pin(reference, digest),
+        _ => reference.to_string(),
+    }
 }
 
 /// `reference` pinned to `digest` (`host/repo:tag` → `host/repo@sha256:…`).
