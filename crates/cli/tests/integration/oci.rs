@@ -20,6 +20,18 @@ fn out(o: &std::process::Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
+/// `kiln build TARGET -o OUT` (not checked: the caller says what it expects).
+fn build(f: &Fleet, target: &str, out: &Path) -> std::process::Output {
+    f.run(&["build", target, "-o", out.to_str().expect("utf-8")])
+}
+
+/// `build`, which must succeed.
+fn build_ok(f: &Fleet, target: &str, out: &Path) -> std::process::Output {
+    let o = build(f, target, out);
+    assert!(o.status.success(), "{}", text(&o));
+    o
+}
+
 /// A recipe folder `dir` on `layout`'s `httpd:1`: kiln.toml is `name`, the `from` line, then
 /// `toml`; etc/rc is `rc`.
 fn recipe_on(layout: &Path, dir: &Path, name: &str, toml: &str, rc: &str) {
@@ -66,12 +78,7 @@ fn an_oci_image_from_a_registry_runs_as_a_microvm() {
 
     // The same image from its OCI layout folder builds without the registry.
     let built = tmp.path().join("out");
-    let o = f.ok(&[
-        "build",
-        &format!("oci:{}:1", layout.display()),
-        "-o",
-        built.to_str().expect("utf-8"),
-    ]);
+    let o = build_ok(&f, &format!("oci:{}:1", layout.display()), &built);
     assert!(built.join("manifest.json").is_file(), "{}", text(&o));
 
     // Refusals: a tag the registry does not have, a registry nobody serves, an image with
@@ -276,15 +283,8 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
         .expect("skopeo");
     assert!(o.status.success(), "{}", text(&o));
     let built = tmp.path().join("from-archive");
-    f.ok(&[
-        "build",
-        &format!("docker-archive:{}", archive.display()),
-        "-o",
-        built.to_str().expect("utf-8"),
-    ]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(built.join("manifest.json")).expect("manifest"))
-            .expect("json");
+    build_ok(&f, &format!("docker-archive:{}", archive.display()), &built);
+    let m = manifest(&built);
     assert_eq!(m["name"], "httpd");
     // The manifest lists each path's owner when it is not root's.
     let files = m["files"].as_array().expect("files");
@@ -301,12 +301,7 @@ fn a_recipe_builds_on_an_image_and_runs_as_its_user() {
         toml.replace("\"www\"", "\"nosuch\""),
     )
     .expect("w");
-    let o = f.run(&[
-        "build",
-        recipe.to_str().expect("utf-8"),
-        "-o",
-        built.to_str().expect("utf-8"),
-    ]);
+    let o = build(&f, recipe.to_str().expect("utf-8"), &built);
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
         text(&o).contains("kiln.toml:3") && text(&o).contains("nosuch"),
@@ -336,12 +331,7 @@ fn read_only_roots_keep_owners_or_say_they_cannot() {
             "exec sleep 1",
         );
         let built = tmp.path().join(format!("out-{format}"));
-        let o = f.ok(&[
-            "build",
-            recipe.to_str().expect("utf-8"),
-            "-o",
-            built.to_str().expect("utf-8"),
-        ]);
+        let o = build_ok(&f, recipe.to_str().expect("utf-8"), &built);
         let root = built.join(format!("root.{format}"));
         let warned = text(&o).contains("erofs cannot keep owners");
         if format == "erofs" {
@@ -426,15 +416,8 @@ fn trace_slims_an_image_to_what_the_service_reads() {
     )
     .expect("w");
     let built = tmp.path().join("slim");
-    f.ok(&[
-        "build",
-        recipe.to_str().expect("utf-8"),
-        "-o",
-        built.to_str().expect("utf-8"),
-    ]);
-    let m: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(built.join("manifest.json")).expect("manifest"))
-            .expect("json");
+    build_ok(&f, recipe.to_str().expect("utf-8"), &built);
+    let m = manifest(&built);
     let base = m["base"].as_str().expect("base").to_string();
     assert!(base.contains("@sha256:"), "{base}");
     let files = m["files"].as_array().expect("files");
@@ -452,12 +435,7 @@ fn trace_slims_an_image_to_what_the_service_reads() {
     let mut lines = index.clone();
     lines.push_str("/etc/debian_version\n");
     std::fs::write(recipe.join("files.txt"), &lines).expect("w");
-    let o = f.run(&[
-        "build",
-        recipe.to_str().expect("utf-8"),
-        "-o",
-        built.to_str().expect("utf-8"),
-    ]);
+    let o = build(&f, recipe.to_str().expect("utf-8"), &built);
     let n = lines.lines().count();
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     assert!(
@@ -550,12 +528,11 @@ fn a_dockerfile_builds_and_serves() {
         ),
     ] {
         std::fs::write(&dockerfile, change).expect("w");
-        let o = f.run(&[
-            "build",
+        let o = build(
+            &f,
             dockerfile.to_str().expect("utf-8"),
-            "-o",
-            tmp.path().join("out").to_str().expect("utf-8"),
-        ]);
+            &tmp.path().join("out"),
+        );
         assert_eq!(o.status.code(), Some(2), "{}", text(&o));
         assert!(text(&o).contains(says), "{says}: {}", text(&o));
         assert!(
