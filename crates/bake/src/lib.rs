@@ -582,26 +582,29 @@ impl Build<'_> {
         let Some(file) = &inputs.index else {
             return Ok(());
         };
-        let line = match (inputs.base.is_some(), inputs.pkgs.is_some()) {
-            (true, true) => base.into_iter().find(|l| packages.contains(l)),
-            (true, false) => base.into_iter().next(),
-            _ => packages.into_iter().next(),
+        // The first line no tree has, and what was looked in when an image was.
+        let (line, image) = match (inputs.base.is_some(), inputs.pkgs.is_some()) {
+            (true, true) => (
+                base.into_iter().find(|l| packages.contains(l)),
+                Some("the `from` image, the recipe's packages nor this host"),
+            ),
+            (true, false) => (
+                base.into_iter().next(),
+                Some("the `from` image (the host is not looked at)"),
+            ),
+            (false, _) => (packages.into_iter().next(), None),
         };
         let Some(l) = line else {
             return Ok(());
         };
         let (file, line, text) = (file.clone(), l.line, l.text);
-        let e = match (inputs.base.is_some(), inputs.pkgs.is_some()) {
-            (false, _) => IndexError::NoMatch { file, line, text },
-            (true, with_packages) => IndexError::NoMatchIn {
+        let e = match image {
+            None => IndexError::NoMatch { file, line, text },
+            Some(sources) => IndexError::NoMatchIn {
                 file,
                 line,
                 text,
-                sources: if with_packages {
-                    "the `from` image, the recipe's packages nor this host".into()
-                } else {
-                    "the `from` image (the host is not looked at)".into()
-                },
+                sources: sources.into(),
             },
         };
         Err(RootfsError::from(e).into())
