@@ -51,33 +51,23 @@ pub fn sandbox_command(bwrap: &Path, staging: &Path, recipe_dir: &Path, hook: &P
 /// as `/` (writable; nothing of the host's visible), fresh /dev, /proc and /tmp, uid and gid 0
 /// of the namespace, the root's own `/bin/sh -e`, a clean environment.
 pub fn in_root_command(bwrap: &Path, staging: &Path, hook: &Path) -> Command {
-    let mut c = Command::new(bwrap);
-    c.args([
-        "--die-with-parent",
-        "--new-session",
-        "--unshare-all",
-        "--uid",
-        "0",
-        "--gid",
-        "0",
-        "--cap-drop",
-        "ALL",
-    ])
-    .arg("--bind")
-    .arg(staging)
-    .arg("/")
-    .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
-    .arg("--ro-bind")
-    .arg(hook)
-    .arg(IN_ROOT_SCRIPT)
-    .args(["--chdir", "/", "--clearenv"])
-    .args([
-        "--setenv",
-        "PATH",
-        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-    ])
-    .args(["--setenv", "HOME", "/root", "--setenv", "LC_ALL", "C"])
-    .args(["--", "/bin/sh", "-e", IN_ROOT_SCRIPT]);
+    let mut c = confined(bwrap);
+    c.args(["--uid", "0", "--gid", "0"])
+        .arg("--bind")
+        .arg(staging)
+        .arg("/")
+        .args(["--dev", "/dev", "--proc", "/proc", "--tmpfs", "/tmp"])
+        .arg("--ro-bind")
+        .arg(hook)
+        .arg(IN_ROOT_SCRIPT)
+        .args(["--chdir", "/", "--clearenv"])
+        .args([
+            "--setenv",
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        ])
+        .args(["--setenv", "HOME", "/root", "--setenv", "LC_ALL", "C"])
+        .args(["--", "/bin/sh", "-e", IN_ROOT_SCRIPT]);
     c
 }
 
@@ -85,15 +75,8 @@ pub fn in_root_command(bwrap: &Path, staging: &Path, hook: &Path) -> Command {
 /// host read-only, `recipe_dir` read-only, only `staging` writable, a clean environment. The
 /// caller appends `--` and the program.
 pub fn sandbox(bwrap: &Path, staging: &Path, recipe_dir: &Path) -> Command {
-    let mut c = Command::new(bwrap);
+    let mut c = confined(bwrap);
     c.args([
-        "--die-with-parent",
-        "--new-session",
-        "--unshare-all",
-        "--cap-drop",
-        "ALL",
-    ])
-    .args([
         "--ro-bind",
         "/",
         "/",
@@ -125,6 +108,20 @@ pub fn sandbox(bwrap: &Path, staging: &Path, recipe_dir: &Path) -> Command {
     .arg("--setenv")
     .arg("KILN_RECIPE")
     .arg(recipe_dir);
+    c
+}
+
+/// bubblewrap with what every build-time sandbox has: new user, mount, PID, network, IPC and
+/// UTS namespaces, its own session, no capabilities, gone with its parent. Callers add mounts.
+fn confined(bwrap: &Path) -> Command {
+    let mut c = Command::new(bwrap);
+    c.args([
+        "--die-with-parent",
+        "--new-session",
+        "--unshare-all",
+        "--cap-drop",
+        "ALL",
+    ]);
     c
 }
 
